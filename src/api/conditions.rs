@@ -1,0 +1,149 @@
+//! Conditions as the Kubernetes API conventions and kstatus define them: `Ready` summarises, `Reconciling` and
+//! `Stalled` say whether progress is still being made. Pure functions, no I/O.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The summary condition that Argo CD, Flux and `kubectl wait --for=condition=Ready` read.
+pub const READY: &str = "Ready";
+/// kstatus: the controller is working towards the desired state.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the controller cannot make progress without a change from outside.
+pub const STALLED: &str = "Stalled";
+
+/// Sets `new` in `conditions`, replacing the condition of the same type. `lastTransitionTime` moves only when
+/// the status changes, as the API conventions require; reason, message and observedGeneration always follow
+/// `new`. Returns whether anything changed, so callers can skip a status write that would change nothing.
+pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            let transition_time = if old.status == new.status {
+                old.last_transition_time.clone()
+            } else {
+                new.last_transition_time.clone()
+            };
+            let updated = Condition {
+                last_transition_time: transition_time,
+                ..new
+            };
+            if *old == updated {
+                return false;
+            }
+            *old = updated;
+            true
+        }
+        None => {
+            conditions.push(new);
+            true
+        }
+    }
+}
+
+/// Builds a condition observed now for `generation`.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+/// The condition of the given type, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of the given type is present with status True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut conds = vec![];
+        assert!(set_condition(
+            &mut conds,
+            condition(
+                READY,
+                false,
+                "Creating",
+                "creating the application",
+                Some(1),
+                at(10)
+            )
+        ));
+
+        // Same status, new reason: the reason follows, the transition time stays.
+        assert!(set_condition(
+            &mut conds,
+            condition(
+                READY,
+                false,
+                "WaitingForPrincipalReplication",
+                "waiting",
+                Some(1),
+                at(20)
+            )
+        ));
+        assert_eq!(conds[0].reason, "WaitingForPrincipalReplication");
+        assert_eq!(conds[0].last_transition_time, at(10));
+
+        // Status flips: the transition time moves.
+        assert!(set_condition(
+            &mut conds,
+            condition(READY, true, "Ready", "ready", Some(1), at(30))
+        ));
+        assert_eq!(conds[0].last_transition_time, at(30));
+        assert!(is_true(&conds, READY));
+        assert_eq!(conds.len(), 1);
+    }
+
+    #[test]
+    fn identical_condition_is_not_a_change() {
+        let mut conds = vec![condition(READY, true, "Ready", "ready", Some(2), at(10))];
+        assert!(!set_condition(
+            &mut conds,
+            condition(READY, true, "Ready", "ready", Some(2), at(99))
+        ));
+        assert_eq!(conds[0].last_transition_time, at(10));
+        // A newer generation observed is a change, even with the same status.
+        assert!(set_condition(
+            &mut conds,
+            condition(READY, true, "Ready", "ready", Some(3), at(99))
+        ));
+        assert_eq!(conds[0].observed_generation, Some(3));
+    }
+
+    #[test]
+    fn types_are_independent() {
+        let mut conds = vec![];
+        set_condition(
+            &mut conds,
+            condition(READY, false, "Reconciling", "", None, at(1)),
+        );
+        set_condition(
+            &mut conds,
+            condition(STALLED, true, "DeniedByPolicy", "", None, at(2)),
+        );
+        assert!(!is_true(&conds, READY));
+        assert!(is_true(&conds, STALLED));
+        assert!(find(&conds, RECONCILING).is_none());
+    }
+}

@@ -1,0 +1,214 @@
+//! `ServicePrincipal`: an Entra application, its service principal and one operator-managed client secret.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{DeletionPolicy, Duration, GUID_PATTERN, SecretTarget};
+
+/// The desired application, service principal and credentials.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "entra-operator.io",
+    version = "v1alpha1",
+    kind = "ServicePrincipal",
+    namespaced,
+    status = "ServicePrincipalStatus",
+    shortname = "sp",
+    category = "entra",
+    derive = "PartialEq",
+    doc = "An Entra ID application with its service principal and, optionally, a client secret delivered to a \
+           Kubernetes Secret: what `az ad sp create-for-rbac` does, declared and kept converged.",
+    printcolumn(
+        name = "AppId",
+        type_ = "string",
+        json_path = ".status.appId",
+        description = "Application (client) id"
+    ),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        description = "Secret holding the credential"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.credential.endDateTime",
+        description = "When the current client secret expires"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.adopt) == has(oldSelf.adopt)")
+    .message("adopt can only be set when the object is created")
+    .field_path(".adopt"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePrincipalSpec {
+    /// Display name of the application and its service principal in Entra ID. Need not be unique.
+    #[schemars(length(min = 1, max = 256))]
+    pub display_name: String,
+
+    /// Free text stored in the application's notes field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub notes: Option<String>,
+
+    /// Tags set on the application, in addition to the ones the operator adds to recognise its own objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub tags: Vec<String>,
+
+    /// Object ids of additional owners of the application (users or service principals). The operator's own
+    /// identity is always an owner: it creates the application.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(regex(pattern = GUID_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub owners: Vec<String>,
+
+    /// The Kubernetes Secret that receives the client secret. Without it no client secret is created, for a
+    /// principal that signs in only through federatedCredentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTarget>,
+
+    /// Lifetime of each client secret the operator adds, as a Go duration. Default 8760h (one year, as
+    /// `az ad sp create-for-rbac` does). A CredentialRotation renews it before it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s"))]
+    pub credential_lifetime: Option<Duration>,
+
+    /// Federated identity credentials: tokens from these issuers with these subjects may sign in as the
+    /// application (workload identity), instead of or beside a client secret. At most 20, as Entra allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.issuer == b.issuer && a.subject == b.subject))")
+        .message("each issuer and subject pair may appear only once"))]
+    pub federated_credentials: Vec<FederatedCredential>,
+
+    /// What happens in Azure when this object is deleted: Delete removes the application, its service principal
+    /// and its credentials; Orphan leaves them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Take over an existing application instead of creating one. Explicit opt-in: the operator then manages
+    /// its credentials and deletes it according to deletionPolicy. Can only be set at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<Adopt>,
+}
+
+/// An existing application to manage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Adopt {
+    /// Application (client) id of the existing application. Immutable.
+    #[schemars(regex(pattern = GUID_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("adopt.appId is immutable"))]
+    pub app_id: String,
+}
+
+/// Trust between the application and an external identity provider, such as a Kubernetes cluster's
+/// service-account issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredential {
+    /// Unique name of the credential within the application. Letters, digits, '-', '_' and '.'; at most 120.
+    #[schemars(
+        length(min = 1, max = 120),
+        regex(pattern = "^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    )]
+    pub name: String,
+
+    /// Issuer of the tokens, an https URL, for example a cluster's OIDC issuer URL.
+    #[schemars(length(min = 1, max = 600))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() == 'https'").message("must be an https URL"))]
+    pub issuer: String,
+
+    /// Subject of the tokens, for example system:serviceaccount:NAMESPACE:NAME.
+    #[schemars(length(min = 1, max = 600))]
+    pub subject: String,
+
+    /// Audiences of the tokens. Entra accepts exactly one; default api://AzureADTokenExchange.
+    #[serde(default = "default_audiences")]
+    #[schemars(length(min = 1, max = 1), inner(length(min = 1, max = 600)))]
+    pub audiences: Vec<String>,
+
+    /// Free text describing the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 600))]
+    pub description: Option<String>,
+}
+
+fn default_audiences() -> Vec<String> {
+    vec!["api://AzureADTokenExchange".to_string()]
+}
+
+/// The observed state of a ServicePrincipal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePrincipalStatus {
+    /// Application (client) id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// Object id of the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// Object id of the service principal: the principal that role assignments name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_principal_id: Option<String>,
+    /// Tenant the application lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The client secret currently delivered to the Secret (never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialStatus>,
+    /// Name of the Secret holding the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Federated identity credentials present on the application, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federated_credentials: Vec<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready summarises; finer conditions say which step is pending or failing and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A password credential as Entra ID describes it, without its secret text.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialStatus {
+    /// Entra's id of the password credential.
+    pub key_id: String,
+    /// The first characters of the secret, as Entra shows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Display name the operator gave the password (identifies this object and its generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Start of validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date_time: Option<Time>,
+    /// End of validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date_time: Option<Time>,
+}

@@ -1,0 +1,7 @@
+//! entra-operator: Microsoft Entra ID service principals, Azure role assignments and credential rotation as
+//! Kubernetes resources.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod telemetry;
