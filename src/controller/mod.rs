@@ -1,0 +1,96 @@
+//! The operator's main loop: connect to the API server, check that the CRDs are served and readable, then run
+//! until SIGTERM or SIGINT. The per-resource controllers plug in here.
+
+use anyhow::Context as _;
+use kube::{
+    Api, Client, Config, Resource,
+    api::ListParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::de::DeserializeOwned;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use crate::{api, cli::RunArgs};
+
+/// Runs the operator until it is told to stop.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Registered before anything else, so that a SIGTERM during start-up is handled, not fatal.
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        started = start(&args) => started?,
+        signal = &mut shutdown => {
+            info!(signal, "shutting down before ready");
+            return Ok(());
+        }
+    };
+    let signal = shutdown.await;
+    info!(signal, "shutting down");
+    Ok(())
+}
+
+/// Connects and checks that every kind is served and readable; then the operator is ready.
+async fn start(args: &RunArgs) -> anyhow::Result<Client> {
+    let client = connect(args).await?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    check_served::<api::ServicePrincipal>(&client).await?;
+    check_served::<api::RoleDelegation>(&client).await?;
+    check_served::<api::CredentialRotation>(&client).await?;
+    info!(apiserver = %version.git_version, "operator ready");
+    Ok(client)
+}
+
+async fn connect(args: &RunArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer()
+            .await
+            .context("no kubeconfig given and none found in the environment")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Lists one object of the kind, which proves both that its CRD is installed and that this identity may read it.
+async fn check_served<K>(client: &Client) -> anyhow::Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let plural = K::plural(&());
+    let group = K::group(&());
+    match Api::<K>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            anyhow::bail!(
+                "{plural}.{group} is not served: install the CRDs first (kubectl apply -f crds/)"
+            )
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            anyhow::bail!("not allowed to list {plural}.{group}: {}", status.message)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot list {plural}.{group}")),
+    }
+}
+
+/// Listens for SIGTERM (how Kubernetes stops a pod) and SIGINT (Ctrl-C) from the moment it is called; the
+/// returned future names the one that came.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}

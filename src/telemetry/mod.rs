@@ -1,0 +1,32 @@
+//! Logging (and later metrics and health endpoints).
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::cli::{LogArgs, LogFormat};
+
+/// Installs the global tracing subscriber. Logs go to standard error, so that `crdgen` output on standard
+/// output stays clean.
+pub fn init_logging(args: &LogArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_filter).map_err(|e| {
+        anyhow::anyhow!(
+            "--log-filter {:?} is not a valid filter: {e}",
+            args.log_filter
+        )
+    })?;
+    let registry = tracing_subscriber::registry().with(filter);
+    match args.log_format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()?,
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
+    }
+    Ok(())
+}
