@@ -1,0 +1,500 @@
+//! The CRDs on the real API server: what admission accepts, what it defaults, and what it rejects, with a
+//! message that names the offending field.
+
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, PostParams},
+};
+use serde_json::{Value, json};
+
+use entra_operator::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
+
+use crate::support::{TestNamespace, admin_client, install_crds};
+
+const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
+const GUID: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
+
+fn resource(kind: &str) -> ApiResource {
+    match kind {
+        "ServicePrincipal" => ApiResource::erase::<ServicePrincipal>(&()),
+        "RoleDelegation" => ApiResource::erase::<RoleDelegation>(&()),
+        "CredentialRotation" => ApiResource::erase::<CredentialRotation>(&()),
+        _ => unreachable!("{kind}"),
+    }
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &resource(kind))
+}
+
+/// The message of a 422, or a description of what came instead.
+async fn rejection(api: &Api<DynamicObject>, obj: &DynamicObject) -> Result<String, String> {
+    match api.create(&PostParams::default(), obj).await {
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(status.message),
+        Err(e) => Err(format!("failed with something other than 422: {e}")),
+        Ok(_) => Err("was accepted".into()),
+    }
+}
+
+fn valid_sp() -> Value {
+    json!({"displayName": "app", "secret": {"name": "app-credentials"}})
+}
+
+fn valid_rd() -> Value {
+    json!({"principalId": GUID, "role": {"name": "AcrPull"}, "scope": format!("{SUB}/resourceGroups/rg")})
+}
+
+fn valid_crot() -> Value {
+    json!({"servicePrincipalRef": {"name": "app"}, "rotateEvery": "720h"})
+}
+
+fn with(mut base: Value, patch: Value) -> Value {
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_naming_the_field() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "admission").await;
+
+    let fics = |n: usize| -> Value {
+        (0..n).map(|i| json!({"name": format!("f{i}"), "issuer": "https://issuer.example", "subject": format!("s{i}")})).collect()
+    };
+    // (kind, spec, the field the message must name, what it must say)
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "ServicePrincipal",
+            json!({"secret": {"name": "x"}}),
+            "spec.displayName",
+            "Required value",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"secret": {"name": "x", "format": "template"}}),
+            ),
+            "spec.secret.templates",
+            "templates must be set",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"secret": {"name": "x", "templates": {"k": "v"}}}),
+            ),
+            "spec.secret.templates",
+            "templates must be set",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"secret": {"name": "x", "format": "yaml"}}),
+            ),
+            "spec.secret.format",
+            "Unsupported value",
+        ),
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"secret": {"name": "Not_A_Name"}})),
+            "spec.secret.name",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"secret": {"name": "x", "format": "template", "templates": {"bad key": "v"}}}),
+            ),
+            "spec.secret.templates",
+            "valid Secret key",
+        ),
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"credentialLifetime": "1y"})),
+            "spec.credentialLifetime",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"owners": ["not-a-guid"]})),
+            "spec.owners[0]",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"deletionPolicy": "Keep"})),
+            "spec.deletionPolicy",
+            "Unsupported value",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"federatedCredentials": [{"name": "gh", "issuer": "http://token.actions.example", "subject": "repo:x"}]}),
+            ),
+            "spec.federatedCredentials[0].issuer",
+            "must be an https URL",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"federatedCredentials": [
+            {"name": "a", "issuer": "https://i.example", "subject": "s1"}, {"name": "a", "issuer": "https://i.example", "subject": "s2"}]}),
+            ),
+            "spec.federatedCredentials[1]",
+            "Duplicate value",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"federatedCredentials": [
+            {"name": "a", "issuer": "https://i.example", "subject": "s"}, {"name": "b", "issuer": "https://i.example", "subject": "s"}]}),
+            ),
+            "spec.federatedCredentials",
+            "each issuer and subject pair may appear only once",
+        ),
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"federatedCredentials": fics(21)})),
+            "spec.federatedCredentials",
+            "Too many",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"scope": "/subscriptions/nope"})),
+            "spec.scope",
+            "must be an ARM scope",
+        ),
+        (
+            "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"scope": format!("{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults")}),
+            ),
+            "spec.scope",
+            "must be an ARM scope",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"principalRef": {"name": "app"}})),
+            "spec.principalRef",
+            "exactly one of principalRef and principalId",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"principalId": null})),
+            "spec.principalRef",
+            "exactly one of principalRef and principalId",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"principalId": "managed-identity"})),
+            "spec.principalId",
+            "should match",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"role": {"name": "AcrPull", "id": GUID}})),
+            "spec.role",
+            "exactly one of name, id and custom",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"role": {}})),
+            "spec.role",
+            "exactly one of name, id and custom",
+        ),
+        (
+            "RoleDelegation",
+            with(valid_rd(), json!({"role": {"id": "AcrPull"}})),
+            "spec.role.id",
+            "must be a role definition GUID",
+        ),
+        (
+            "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"role": {"custom": {"roleName": "r", "notActions": ["x"]}}}),
+            ),
+            "spec.role.custom.actions",
+            "at least one action",
+        ),
+        (
+            "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"role": {"custom": {"roleName": "r", "actions": ["a"], "assignableScopes": ["/"]}}}),
+            ),
+            "spec.role.custom.assignableScopes",
+            "must be an ARM scope",
+        ),
+        (
+            "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"condition": "@Resource[x] StringEquals 'y'"}),
+            ),
+            "spec.conditionVersion",
+            "conditionVersion must be set together with condition",
+        ),
+        (
+            "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"condition": "c", "conditionVersion": "1.0"}),
+            ),
+            "spec.conditionVersion",
+            "Unsupported value",
+        ),
+        (
+            "CredentialRotation",
+            with(valid_crot(), json!({"applicationId": GUID})),
+            "spec.servicePrincipalRef",
+            "exactly one of servicePrincipalRef and applicationId",
+        ),
+        (
+            "CredentialRotation",
+            with(valid_crot(), json!({"rotateEvery": null})),
+            "spec.rotateEvery",
+            "at least one of rotateEvery and renewBefore",
+        ),
+        (
+            "CredentialRotation",
+            with(valid_crot(), json!({"rotateEvery": "30d"})),
+            "spec.rotateEvery",
+            "should match",
+        ),
+        (
+            "CredentialRotation",
+            with(valid_crot(), json!({"rotateEvery": "30m"})),
+            "spec.overlap",
+            "overlap must be shorter than rotateEvery",
+        ),
+        (
+            "CredentialRotation",
+            with(valid_crot(), json!({"credentialLifetime": "240h"})),
+            "spec.rotateEvery",
+            "rotateEvery must be shorter than credentialLifetime",
+        ),
+        (
+            "CredentialRotation",
+            with(
+                valid_crot(),
+                json!({"renewBefore": "9000h", "credentialLifetime": "8760h", "rotateEvery": null}),
+            ),
+            "spec.renewBefore",
+            "renewBefore must be shorter than credentialLifetime",
+        ),
+        (
+            "CredentialRotation",
+            with(
+                valid_crot(),
+                json!({"targets": {"aksClusters": [format!("{SUB}/resourceGroups/rg/providers/Microsoft.Compute/disks/d")]}}),
+            ),
+            "spec.targets.aksClusters",
+            "ARM id of an AKS cluster",
+        ),
+        (
+            "CredentialRotation",
+            with(
+                valid_crot(),
+                json!({"targets": {"restartWorkloads": [{"kind": "Pod", "name": "p"}]}}),
+            ),
+            "spec.targets.restartWorkloads[0].kind",
+            "Unsupported value",
+        ),
+        (
+            "CredentialRotation",
+            json!({"applicationId": GUID, "rotateEvery": "720h"}),
+            "spec.targets",
+            "name at least one target",
+        ),
+    ];
+    assert!(cases.len() >= 12);
+
+    let mut failures = vec![];
+    for (i, (kind, spec, field, reason)) in cases.iter().enumerate() {
+        let obj = object(kind, &format!("bad-{i}"), spec.clone());
+        match rejection(&api(&client, &ns.name, kind), &obj).await {
+            Ok(message) if message.contains(&format!("{field}:")) && message.contains(reason) => {}
+            Ok(message) => failures.push(format!(
+                "case {i} ({kind} {spec}): expected `{field}: ...{reason}...`, got: {message}"
+            )),
+            Err(what) => failures.push(format!("case {i} ({kind} {spec}): {what}")),
+        }
+    }
+    ns.cleanup().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn immutable_fields_cannot_change() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "immutable").await;
+
+    // (kind, spec at creation, spec of the update, field, reason)
+    let cases: Vec<(&str, Value, Value, &str, &str)> = vec![
+        (
+            "ServicePrincipal",
+            with(valid_sp(), json!({"adopt": {"appId": GUID}})),
+            with(
+                valid_sp(),
+                json!({"adopt": {"appId": "00000000-0000-0000-0000-000000000001"}}),
+            ),
+            "spec.adopt.appId",
+            "immutable",
+        ),
+        (
+            "ServicePrincipal",
+            valid_sp(),
+            with(valid_sp(), json!({"adopt": {"appId": GUID}})),
+            "spec.adopt",
+            "adopt can only be set when the object is created",
+        ),
+        (
+            "CredentialRotation",
+            valid_crot(),
+            with(
+                valid_crot(),
+                json!({"servicePrincipalRef": {"name": "other"}}),
+            ),
+            "spec.servicePrincipalRef",
+            "immutable",
+        ),
+        (
+            "CredentialRotation",
+            valid_crot(),
+            with(
+                valid_crot(),
+                json!({"servicePrincipalRef": null, "applicationId": GUID, "targets": {"aksClusters": [
+                format!("{SUB}/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/c")]}}),
+            ),
+            "spec.servicePrincipalRef",
+            "immutable",
+        ),
+    ];
+
+    let mut failures = vec![];
+    for (i, (kind, before, after, field, reason)) in cases.iter().enumerate() {
+        let api = api(&client, &ns.name, kind);
+        let name = format!("imm-{i}");
+        let created = api
+            .create(&PostParams::default(), &object(kind, &name, before.clone()))
+            .await
+            .unwrap();
+        let mut updated = object(kind, &name, after.clone());
+        updated.metadata.resource_version = created.metadata.resource_version;
+        match api.replace(&name, &PostParams::default(), &updated).await {
+            Err(kube::Error::Api(s))
+                if s.code == 422
+                    && s.message.contains(&format!("{field}:"))
+                    && s.message.contains(reason) => {}
+            Err(e) => failures.push(format!(
+                "case {i}: expected `{field}: ...{reason}...`, got: {e}"
+            )),
+            Ok(_) => failures.push(format!(
+                "case {i}: update from {before} to {after} was accepted"
+            )),
+        }
+    }
+    ns.cleanup().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn examples_are_accepted_and_defaulted() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "examples").await;
+
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    let mut dir: Vec<_> =
+        std::fs::read_dir(std::path::Path::new(crate::support::MANIFEST_DIR).join("examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    dir.sort();
+    for path in dir {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_saphyr::from_multiple::<DynamicObject>(&text).unwrap() {
+            let kind = doc.types.as_ref().unwrap().kind.clone();
+            api(&client, &ns.name, &kind)
+                .create(&PostParams::default(), &doc)
+                .await
+                .unwrap_or_else(|e| panic!("{} was rejected: {e}", path.display()));
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    assert_eq!(kinds.len(), 3, "examples cover every kind: {kinds:?}");
+
+    // What admission fills in is what the controllers will read.
+    let sp = Api::<ServicePrincipal>::namespaced(client.clone(), &ns.name)
+        .get("aks-cluster-sp")
+        .await
+        .unwrap();
+    assert_eq!(
+        sp.spec.deletion_policy,
+        entra_operator::api::DeletionPolicy::Delete
+    );
+    let crot = Api::<CredentialRotation>::namespaced(client.clone(), &ns.name)
+        .get("aks-cluster-sp")
+        .await
+        .unwrap();
+    assert_eq!(
+        crot.spec.overlap.as_std(),
+        std::time::Duration::from_secs(24 * 3600)
+    );
+
+    let defaulted = api(&client, &ns.name, "ServicePrincipal")
+        .create(
+            &PostParams::default(),
+            &object("ServicePrincipal", "defaults", json!({"displayName": "d", "secret": {"name": "d"},
+                "federatedCredentials": [{"name": "ci", "issuer": "https://issuer.example", "subject": "s"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(defaulted.data["spec"]["secret"]["format"], "env");
+    assert_eq!(defaulted.data["spec"]["deletionPolicy"], "Delete");
+    assert_eq!(
+        defaulted.data["spec"]["federatedCredentials"][0]["audiences"],
+        json!(["api://AzureADTokenExchange"])
+    );
+    let defaulted = api(&client, &ns.name, "CredentialRotation")
+        .create(
+            &PostParams::default(),
+            &object("CredentialRotation", "defaults", valid_crot()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(defaulted.data["spec"]["overlap"], "1h");
+    ns.cleanup().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests against the real control plane that `make testenv-up` starts. One test binary, so that
+//! the large dependency graph is linked once.
+
+mod admission;
+mod crdgen;
+mod explain;
+mod operator_run;
+mod support;

@@ -1,0 +1,197 @@
+//! The operator binary against the real API server: it reports readiness, honours SIGTERM, and runs under
+//! a ServiceAccount with nothing but the RBAC it is granted.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::{Value, json};
+
+use crate::support::{
+    TestNamespace, admin_client, admin_kubeconfig, install_crds, service_account_kubeconfig,
+};
+
+/// A running `entra-operator run` whose JSON log lines arrive on a channel.
+struct Operator {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_entra-operator"))
+            .args(["run", "--log-format", "json", "--kubeconfig"])
+            .arg(kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Operator {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a log line whose message is `message`; returns it parsed.
+    fn wait_for(&mut self, message: &str, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["message"] == message
+                    {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no `{message}` log line within {timeout:?}; the operator said:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its status and the rest of its output.
+    fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread ends at EOF; collect what it still has.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return (status, self.seen);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the operator did not exit within {timeout:?}:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_reports_ready_and_exits_cleanly_on_sigterm() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+
+    let mut operator = Operator::start(&admin_kubeconfig());
+    let ready = operator.wait_for("operator ready", Duration::from_secs(30));
+    assert_eq!(ready["level"], "INFO");
+    assert!(
+        ready["apiserver"].as_str().unwrap().starts_with("v1."),
+        "{ready}"
+    );
+
+    operator.signal(Signal::SIGTERM);
+    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        lines.join("\n")
+    );
+    let last: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        last.iter()
+            .any(|v| v["message"] == "shutting down" && v["signal"] == "SIGTERM"),
+        "no shutdown line:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        last.len(),
+        lines.len(),
+        "every log line is JSON:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "operator-sa").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+
+    // Without any grant, the API server refuses and the operator says what it may not do, then exits.
+    let (status, lines) = Operator::start(&kubeconfig).wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not allowed to list serviceprincipals.entra-operator.io")),
+        "{}",
+        lines.join("\n")
+    );
+
+    // With read access to its three kinds it starts.
+    let name = format!("{}-entra-operator", ns.name);
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": ["entra-operator.io"],
+                   "resources": ["serviceprincipals", "roledelegations", "credentialrotations"],
+                   "verbs": ["get", "list", "watch"]}],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "entra-operator", "namespace": ns.name}],
+    }))
+    .unwrap();
+    let pp = PatchParams::apply("entra-operator-tests");
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    roles.patch(&name, &pp, &Patch::Apply(&role)).await.unwrap();
+    bindings
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+
+    let mut operator = Operator::start(&kubeconfig);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    operator.signal(Signal::SIGTERM);
+    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", lines.join("\n"));
+
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = roles.delete(&name, &DeleteParams::default()).await;
+    ns.cleanup().await;
+}

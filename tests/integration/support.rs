@@ -1,0 +1,193 @@
+//! What every integration test needs: a client for the testenv control plane (as admin or as any
+//! ServiceAccount), the CRDs installed, and a namespace of its own.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, ServiceAccount},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo},
+    runtime::wait::{await_condition, conditions},
+};
+
+pub const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The admin kubeconfig that `make testenv-up` writes.
+pub fn admin_kubeconfig() -> PathBuf {
+    let path = std::env::var_os("TESTENV_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("target/testenv/kubeconfig"));
+    assert!(
+        path.exists(),
+        "no testenv kubeconfig at {}: start the control plane with `make testenv-up` (or run `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// Where `make testenv-bin` put kubectl and the control-plane binaries.
+pub fn testenv_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TESTENV_BIN_DIR").expect("TESTENV_BIN_DIR is set by `make test`");
+    Path::new(&dir).join(name)
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+pub async fn admin_client() -> Client {
+    client_from(&admin_kubeconfig()).await
+}
+
+/// Installs the committed CRDs (what users apply) and waits until the API server serves them.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in committed_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("entra-operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server rejected crds/{name}.yaml: {e}"));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} not Established within 30s"))
+        .unwrap();
+    }
+}
+
+/// The CRDs as committed under crds/.
+pub fn committed_crds() -> Vec<CustomResourceDefinition> {
+    let mut files: Vec<_> = std::fs::read_dir(Path::new(MANIFEST_DIR).join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            serde_saphyr::from_str(&std::fs::read_to_string(p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// A namespace of the test's own, so tests can run in parallel. Deleted by `cleanup`.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+/// Creates the ServiceAccount if needed and writes a kubeconfig that authenticates as it with a bound token
+/// from the TokenRequest API, as a pod's projected token would. The operator binary can be run with it.
+pub async fn service_account_kubeconfig(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &Path,
+) -> PathBuf {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match sas.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create ServiceAccount {namespace}/{name}: {e}"),
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("TokenRequest returns a status")
+        .token;
+
+    let mut kubeconfig = Kubeconfig::read_from(admin_kubeconfig()).unwrap();
+    let user = format!("system:serviceaccount:{namespace}:{name}");
+    kubeconfig.auth_infos = vec![NamedAuthInfo {
+        name: user.clone(),
+        auth_info: Some(AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        }),
+        other: Default::default(),
+    }];
+    for context in &mut kubeconfig.contexts {
+        if let Some(c) = context.context.as_mut() {
+            c.user = Some(user.clone());
+            c.namespace = Some(namespace.into());
+        }
+    }
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
