@@ -1,0 +1,49 @@
+//! Who is calling: the bearer token on a Graph or ARM request, checked for signature, lifetime and audience.
+
+use axum::http::HeaderMap;
+
+use crate::{
+    jwt::{ARM_AUDIENCES, Api, GRAPH_APP_ID, GRAPH_AUDIENCE, TokenProblem},
+    server::Shared,
+};
+
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub app_id: String,
+    /// Object id of the caller's service principal.
+    pub oid: String,
+    /// Graph application permissions in the token.
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r.eq_ignore_ascii_case(role))
+    }
+}
+
+pub fn authenticate(ctx: &Shared, headers: &HeaderMap, api: Api) -> Result<Caller, TokenProblem> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(TokenProblem::Missing)?;
+    let claims = ctx.keys.verify(token)?;
+    let audience_ok = match api {
+        Api::Graph => claims.aud == GRAPH_AUDIENCE || claims.aud == GRAPH_APP_ID,
+        Api::Arm => ARM_AUDIENCES.contains(&claims.aud.as_str()),
+    };
+    if !audience_ok {
+        return Err(TokenProblem::WrongAudience);
+    }
+    Ok(Caller {
+        app_id: claims.appid,
+        oid: claims.oid,
+        roles: claims.roles,
+    })
+}

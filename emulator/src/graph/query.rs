@@ -1,0 +1,209 @@
+//! OData query options as Graph supports them for directory objects: `$select`, `$top`, a small `$filter`
+//! grammar (`eq` on keys and names, `startswith`, `tags/any`, joined by `and` or `or`), and the resource-unit
+//! cost of a request for throttling.
+
+use std::collections::HashMap;
+
+use axum::http::Method;
+use serde_json::Value;
+
+use super::Segment;
+
+pub fn select(query: &HashMap<String, String>) -> Option<Vec<String>> {
+    query.get("$select").map(|s| {
+        s.split(',')
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
+    })
+}
+
+/// `$top`: 1 to 999, default 100.
+pub fn top(query: &HashMap<String, String>) -> Result<usize, String> {
+    match query.get("$top") {
+        None => Ok(100),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=999).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
+            )),
+        },
+    }
+}
+
+/// Graph's resource-unit cost: GET applications costs 2, other requests 1; `$select` -1, `$top` under 20
+/// -1; at least 1.
+pub fn cost(method: &Method, segments: &[Segment], query: &HashMap<String, String>) -> u32 {
+    let base: i32 = if method == Method::GET
+        && segments
+            .first()
+            .is_some_and(|s| s.name.eq_ignore_ascii_case("applications"))
+    {
+        2
+    } else {
+        1
+    };
+    let mut cost = base;
+    if method == Method::GET {
+        if query.contains_key("$select") {
+            cost -= 1;
+        }
+        if query
+            .get("$top")
+            .and_then(|t| t.parse::<u32>().ok())
+            .is_some_and(|t| t < 20)
+        {
+            cost -= 1;
+        }
+        if query.contains_key("$expand") {
+            cost += 1;
+        }
+    }
+    cost.max(1) as u32
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Filter {
+    Eq(String, String),
+    StartsWith(String, String),
+    AnyTag(String),
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+}
+
+pub fn parse_filter(text: &str) -> Result<Filter, String> {
+    let text = text.trim();
+    // `or` binds looser than `and`; neither appears inside our quoted values often enough to need a lexer,
+    // but quotes are respected when splitting.
+    if let Some((l, r)) = split_top(text, " or ") {
+        return Ok(Filter::Or(
+            Box::new(parse_filter(l)?),
+            Box::new(parse_filter(r)?),
+        ));
+    }
+    if let Some((l, r)) = split_top(text, " and ") {
+        return Ok(Filter::And(
+            Box::new(parse_filter(l)?),
+            Box::new(parse_filter(r)?),
+        ));
+    }
+    let unsupported = || format!("Unsupported or invalid query filter clause specified: '{text}'.");
+    if let Some(inner) = text
+        .strip_prefix("startswith(")
+        .and_then(|t| t.strip_suffix(')'))
+    {
+        let (field, value) = inner.split_once(',').ok_or_else(unsupported)?;
+        return Ok(Filter::StartsWith(
+            field.trim().to_string(),
+            quoted(value).ok_or_else(unsupported)?,
+        ));
+    }
+    if let Some(inner) = text
+        .strip_prefix("tags/any(")
+        .and_then(|t| t.strip_suffix(')'))
+    {
+        let (var, cond) = inner.split_once(':').ok_or_else(unsupported)?;
+        let (lhs, value) = cond.split_once(" eq ").ok_or_else(unsupported)?;
+        if lhs.trim() != var.trim() {
+            return Err(unsupported());
+        }
+        return Ok(Filter::AnyTag(quoted(value).ok_or_else(unsupported)?));
+    }
+    let (field, value) = text.split_once(" eq ").ok_or_else(unsupported)?;
+    let field = field.trim();
+    if !["id", "appId", "displayName", "uniqueName"]
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(field))
+    {
+        return Err(unsupported());
+    }
+    Ok(Filter::Eq(
+        field.to_string(),
+        quoted(value).ok_or_else(unsupported)?,
+    ))
+}
+
+fn quoted(value: &str) -> Option<String> {
+    let v = value.trim();
+    v.strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .map(|v| v.replace("''", "'"))
+}
+
+fn split_top<'a>(text: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
+    let mut in_quote = false;
+    let bytes = text.as_bytes();
+    for i in 0..bytes.len() {
+        if bytes[i] == b'\'' {
+            in_quote = !in_quote;
+        } else if !in_quote && text[i..].starts_with(sep) {
+            return Some((&text[..i], &text[i + sep.len()..]));
+        }
+    }
+    None
+}
+
+/// Whether an entity (as rendered) matches.
+pub fn matches(filter: &Filter, entity: &Value) -> bool {
+    let field = |name: &str| {
+        entity
+            .as_object()
+            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .and_then(|(_, v)| v.as_str())
+    };
+    match filter {
+        Filter::Eq(f, v) => field(f).is_some_and(|x| x.eq_ignore_ascii_case(v)),
+        Filter::StartsWith(f, v) => {
+            field(f).is_some_and(|x| x.to_ascii_lowercase().starts_with(&v.to_ascii_lowercase()))
+        }
+        Filter::AnyTag(v) => entity["tags"]
+            .as_array()
+            .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(v))),
+        Filter::And(a, b) => matches(a, entity) && matches(b, entity),
+        Filter::Or(a, b) => matches(a, entity) || matches(b, entity),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let app = json!({"appId": "A1", "displayName": "Payroll API", "tags": ["team:x"]});
+        for (f, want) in [
+            ("appId eq 'a1'", true),
+            ("displayName eq 'Payroll API' and appId eq 'A1'", true),
+            ("startswith(displayName,'pay')", true),
+            ("tags/any(t:t eq 'team:x')", true),
+            ("tags/any(t:t eq 'team:y') or appId eq 'zz'", false),
+            ("displayName eq 'it''s'", false),
+        ] {
+            assert_eq!(matches(&parse_filter(f).unwrap(), &app), want, "{f}");
+        }
+        assert!(parse_filter("notes eq 'x'").is_err());
+        assert!(parse_filter("appId gt 'x'").is_err());
+    }
+
+    #[test]
+    fn cost_follows_the_documented_rules() {
+        let apps = vec![Segment {
+            name: "applications".into(),
+            key: None,
+        }];
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(cost(&Method::GET, &apps, &q(&[])), 2);
+        assert_eq!(cost(&Method::GET, &apps, &q(&[("$select", "id")])), 1);
+        assert_eq!(
+            cost(&Method::GET, &apps, &q(&[("$select", "id"), ("$top", "5")])),
+            1
+        );
+        assert_eq!(cost(&Method::POST, &apps, &q(&[])), 1);
+    }
+}

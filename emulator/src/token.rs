@@ -1,0 +1,438 @@
+//! The Entra token endpoint (`/{tenant}/oauth2/v2.0/token`, client-credentials grant with a client secret
+//! or a federated client assertion), the OpenID discovery document, JWKS, and the instance-discovery
+//! endpoint that MSAL asks before it trusts an unknown authority host.
+
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, Method, StatusCode, request::Parts},
+    response::Response,
+};
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::{
+    http::{RequestIds, json_response, token_error},
+    jwt::{Api, AssertionProblem, Claims, GRAPH_AUDIENCE, peek_assertion},
+    server::Ctx,
+    state::{new_id, sha256_hex},
+};
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
+    let ids = RequestIds::new(&parts.headers);
+    let path = parts.uri.path();
+    let base = base_url(parts);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let tenant = ctx.world.lock().tenant_id.clone();
+    let (route, response) = match (parts.method.clone(), segments.as_slice()) {
+        (Method::GET, ["common", "discovery", "instance"]) => (
+            "token GET /common/discovery/instance",
+            instance_discovery(&base, parts.uri.query().unwrap_or("")),
+        ),
+        (Method::GET, [t, "v2.0", ".well-known", "openid-configuration"])
+            if known_tenant(t, &tenant) =>
+        {
+            (
+                "token GET /{tenant}/v2.0/.well-known/openid-configuration",
+                openid_configuration(&base, &tenant),
+            )
+        }
+        (Method::GET, [t, "discovery", "v2.0", "keys"]) if known_tenant(t, &tenant) => {
+            let (kid, n, e) = &ctx.jwk;
+            let keys = json!({"keys": [{"kty": "RSA", "use": "sig", "kid": kid, "n": n, "e": e, "alg": "RS256"}]});
+            (
+                "token GET /{tenant}/discovery/v2.0/keys",
+                json_response(StatusCode::OK, &keys),
+            )
+        }
+        (Method::POST, [t, "oauth2", "v2.0", "token"]) => {
+            let response = if known_tenant(t, &tenant) {
+                token(ctx, &parts.headers, &body, &base, &tenant, &ids).await
+            } else {
+                token_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    90002,
+                    &format!(
+                        "Tenant '{t}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+                    ),
+                    &ids,
+                )
+            };
+            ("token POST /{tenant}/oauth2/v2.0/token", response)
+        }
+        (_, [_, "oauth2", "v2.0", "token"]) => (
+            "token other /{tenant}/oauth2/v2.0/token",
+            token_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                900561,
+                "The endpoint only accepts POST requests.",
+                &ids,
+            ),
+        ),
+        _ => (
+            "unknown route",
+            crate::http::graph_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "The requested resource does not exist.",
+                &ids,
+            ),
+        ),
+    };
+    ctx.count(route, response.status());
+    response
+}
+
+fn known_tenant(t: &str, tenant: &str) -> bool {
+    t.eq_ignore_ascii_case(tenant) || t == "organizations"
+}
+
+/// The scheme and host clients reached us at, for URLs in responses (HTTP/2 carries the host in the URI's
+/// authority, HTTP/1.1 in the Host header).
+pub fn base_url(parts: &Parts) -> String {
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("https://{host}")
+}
+
+fn instance_discovery(base: &str, query: &str) -> Response {
+    let host = base.trim_start_matches("https://");
+    let tenant_endpoint = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()
+        .and_then(|q| {
+            q.into_iter()
+                .find(|(k, _)| k == "authorization_endpoint")
+                .map(|(_, v)| v)
+        })
+        .and_then(|endpoint| {
+            endpoint
+                .split("/oauth2/")
+                .next()
+                .map(|s| format!("{s}/v2.0/.well-known/openid-configuration"))
+        })
+        .unwrap_or_else(|| format!("{base}/common/v2.0/.well-known/openid-configuration"));
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "tenant_discovery_endpoint": tenant_endpoint,
+            "api-version": "1.1",
+            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+        }),
+    )
+}
+
+fn openid_configuration(base: &str, tenant: &str) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": format!("{base}/{tenant}/v2.0"),
+            "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+            "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+            "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+        }),
+    )
+}
+
+async fn token(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: &Bytes,
+    base: &str,
+    tenant: &str,
+    ids: &RequestIds,
+) -> Response {
+    let bad = |aadsts: u32, error: &str, text: &str| {
+        token_error(StatusCode::BAD_REQUEST, error, aadsts, text, ids)
+    };
+    let form: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
+        Ok(f) => f,
+        Err(_) => {
+            return bad(
+                900144,
+                "invalid_request",
+                "The request body must contain the following parameter: 'grant_type'.",
+            );
+        }
+    };
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return bad(
+            900144,
+            "invalid_request",
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    }
+    let Some(grant_type) = field("grant_type") else {
+        return bad(
+            900144,
+            "invalid_request",
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    };
+    if grant_type != "client_credentials" {
+        return bad(
+            70003,
+            "unsupported_grant_type",
+            &format!("The app requested an unsupported grant type '{grant_type}'."),
+        );
+    }
+    // HTTP Basic carries client_id:client_secret as an alternative to the form fields.
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        });
+    let client_id = field("client_id")
+        .map(str::to_string)
+        .or_else(|| basic.as_ref().map(|(id, _)| id.clone()));
+    let Some(client_id) = client_id else {
+        return bad(
+            900144,
+            "invalid_request",
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    let Some(scope) = field("scope") else {
+        return bad(
+            900144,
+            "invalid_request",
+            "The request body must contain the following parameter: 'scope'.",
+        );
+    };
+    let Some(resource) = scope.strip_suffix("/.default") else {
+        return bad(
+            1002012,
+            "invalid_scope",
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+        );
+    };
+    let Some(api) = Api::for_resource(resource) else {
+        return bad(
+            500011,
+            "invalid_resource",
+            &format!(
+                "The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
+            ),
+        );
+    };
+
+    let app = ctx.world.lock().app_by_app_id(&client_id).cloned();
+    let Some(app) = app else {
+        return bad(
+            700016,
+            "unauthorized_client",
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        );
+    };
+    let unauthorized = |aadsts: u32, text: &str| {
+        token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            aadsts,
+            text,
+            ids,
+        )
+    };
+
+    let secret = field("client_secret")
+        .map(str::to_string)
+        .or_else(|| basic.map(|(_, s)| s));
+    let appidacr = if let Some(secret) = secret {
+        let hash = sha256_hex(&secret);
+        let now = Timestamp::now();
+        match app
+            .password_credentials
+            .iter()
+            .find(|p| p.secret_sha256 == hash)
+        {
+            None => {
+                return unauthorized(
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                );
+            }
+            Some(p) if p.end_date_time <= now => {
+                return unauthorized(
+                    7000222,
+                    &format!(
+                        "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+                    ),
+                );
+            }
+            Some(p) if p.start_date_time > now => {
+                return unauthorized(
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                );
+            }
+            Some(_) => "1",
+        }
+    } else if let Some(assertion) = field("client_assertion") {
+        if field("client_assertion_type") != Some(ASSERTION_TYPE) {
+            return bad(
+                50027,
+                "invalid_request",
+                &format!("Invalid client_assertion_type: expected {ASSERTION_TYPE}."),
+            );
+        }
+        let claims = match peek_assertion(assertion) {
+            Ok(c) => c,
+            Err(_) => {
+                return bad(
+                    50027,
+                    "invalid_request",
+                    "JWT token is invalid or malformed.",
+                );
+            }
+        };
+        let matching = app.federated_identity_credentials.iter().find(|f| {
+            f.issuer == claims.iss
+                && f.subject == claims.sub
+                && claims.aud.iter().any(|a| f.audiences.contains(a))
+        });
+        if matching.is_none() {
+            let issuer_known = app
+                .federated_identity_credentials
+                .iter()
+                .any(|f| f.issuer == claims.iss);
+            return if issuer_known {
+                bad(
+                    700213,
+                    "invalid_request",
+                    &format!(
+                        "No matching federated identity record found for presented assertion subject '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+                        claims.sub
+                    ),
+                )
+            } else {
+                bad(
+                    700211,
+                    "invalid_request",
+                    &format!(
+                        "No matching federated identity record found for presented assertion issuer '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+                        claims.iss
+                    ),
+                )
+            };
+        }
+        match ctx.issuers.verify(assertion, &claims.iss).await {
+            Ok(()) => "2",
+            Err(AssertionProblem::Expired) => {
+                return bad(
+                    700024,
+                    "invalid_client",
+                    "Client assertion is not within its valid time range.",
+                );
+            }
+            Err(AssertionProblem::IssuerUnreachable(why)) => {
+                tracing::warn!(issuer = %claims.iss, %why, "cannot obtain the issuer's keys");
+                return bad(
+                    50166,
+                    "invalid_request",
+                    &format!(
+                        "Request to External OIDC endpoint failed: could not obtain the signing keys of issuer '{}'.",
+                        claims.iss
+                    ),
+                );
+            }
+            Err(AssertionProblem::BadSignature | AssertionProblem::Malformed) => {
+                return unauthorized(50013, "Assertion failed signature validation.");
+            }
+        }
+    } else {
+        return unauthorized(
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
+    };
+
+    let (oid, roles) = {
+        let world = ctx.world.lock();
+        match world.sp_by_app_id(&client_id) {
+            Some(sp) => (sp.id.clone(), sp.graph_permissions.clone()),
+            None => {
+                return bad(
+                    7000229,
+                    "invalid_client",
+                    &format!(
+                        "The client application {client_id} is missing service principal in the tenant {tenant}."
+                    ),
+                );
+            }
+        }
+    };
+    let now = Timestamp::now().as_second();
+    let lifetime = ctx.knobs.read().token_lifetime_seconds as i64;
+    let aud = match api {
+        Api::Graph => GRAPH_AUDIENCE.to_string(),
+        Api::Arm => resource.to_string(),
+    };
+    let claims = Claims {
+        aud,
+        iss: format!("{base}/{tenant}/v2.0"),
+        iat: now,
+        nbf: now,
+        exp: now + lifetime,
+        tid: tenant.to_string(),
+        oid: oid.clone(),
+        sub: oid,
+        appid: app.app_id.clone(),
+        azp: app.app_id.clone(),
+        appidacr: appidacr.into(),
+        idtyp: "app".into(),
+        roles: if api == Api::Graph { roles } else { vec![] },
+        ver: "1.0".into(),
+        uti: new_id(),
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": ctx.keys.sign(&claims),
+        }),
+    )
+}
