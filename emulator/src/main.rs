@@ -15,13 +15,10 @@ struct Args {
     #[arg(long, env = "AZURE_EMULATOR_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Directory for the CA, keys and (with --persist) the state. Default: a new temporary directory.
+    /// Directory for the CA, the keys and the state (applications, assignments, clusters ...), which then
+    /// survive a restart. Without it, a new temporary directory is used and the state starts from the seed.
     #[arg(long, env = "AZURE_EMULATOR_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-
-    /// Keep applications, assignments and everything else in the state directory across restarts.
-    #[arg(long, env = "AZURE_EMULATOR_PERSIST", requires = "state_dir")]
-    persist: bool,
 
     /// Address to listen on.
     #[arg(long, env = "AZURE_EMULATOR_LISTEN", default_value = "127.0.0.1:8443")]
@@ -57,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Config::default_seed(),
     };
+    let persist = args.state_dir.is_some();
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("azure-emulator-{}", std::process::id())),
@@ -65,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let running = server::start(server::Options {
         config,
         state_dir: state_dir.clone(),
-        persist: args.persist,
+        persist,
         listen: args.listen,
         hostnames: args.hostnames,
     })

@@ -6,3 +6,4 @@ mod crdgen;
 mod explain;
 mod operator_run;
 mod support;
+mod workload_identity;
