@@ -67,14 +67,23 @@ kubectl: ## Print the kubectl command line for the test control plane
 	@echo $(KUBECTL)
 
 .PHONY: test
-test: build testenv-up ## Run every test: unit, CRD admission, control plane, operator
+test: build testenv-up ## Run every test: unit, emulator, CRD admission, control plane, operator, contract suite
 	$(CARGO) test --workspace --no-fail-fast
+	cd testenv && $(GO) test -count=1 ./...
+	AZURE_EMULATOR_BIN=$(CURDIR)/target/debug/azure-emulator emulator/contract/run.sh
+
+.PHONY: emulator
+emulator: ## Run the Azure emulator in the foreground (state in target/emulator)
+	$(CARGO) run --bin azure-emulator -- --state-dir $(CURDIR)/target/emulator
 
 .PHONY: demo
 demo: build testenv-up demo-stop ## Control plane + CRDs + operator + example manifests, then show them
 	$(KUBECTL) apply --server-side -f crds/
 	$(KUBECTL) wait --for=condition=Established --timeout=60s -f crds/
 	mkdir -p $(DEMO_DIR)
+	target/debug/azure-emulator --state-dir $(DEMO_DIR)/emulator --listen 127.0.0.1:0 --env-file $(DEMO_DIR)/emulator.env \
+		> $(DEMO_DIR)/emulator.log 2>&1 & echo $$! > $(DEMO_DIR)/emulator.pid
+	@for i in $$(seq 1 100); do [ -s $(DEMO_DIR)/emulator.env ] && break; sleep 0.1; done; cat $(DEMO_DIR)/emulator.env
 	target/debug/entra-operator run --kubeconfig $(KUBECONFIG_TESTENV) --log-format text > $(DEMO_DIR)/operator.log 2>&1 & echo $$! > $(DEMO_DIR)/operator.pid
 	@for i in $$(seq 1 100); do grep -q 'operator ready' $(DEMO_DIR)/operator.log && break; \
 		kill -0 $$(cat $(DEMO_DIR)/operator.pid) 2>/dev/null || { cat $(DEMO_DIR)/operator.log; exit 1; }; sleep 0.1; done
@@ -83,13 +92,14 @@ demo: build testenv-up demo-stop ## Control plane + CRDs + operator + example ma
 	$(KUBECTL) apply -n demo -f examples/
 	$(KUBECTL) get serviceprincipals,roledelegations,credentialrotations -n demo -o wide
 	@echo
-	@echo "The operator runs in the background (log: $(DEMO_DIR)/operator.log)."
+	@echo "The operator and the Azure emulator run in the background (logs in $(DEMO_DIR)/)."
 	@echo "Explore with: $(KUBECTL) explain serviceprincipal.spec"
 	@echo "Stop everything with: make demo-down"
 
 .PHONY: demo-stop
 demo-stop:
-	@if [ -f $(DEMO_DIR)/operator.pid ]; then kill $$(cat $(DEMO_DIR)/operator.pid) 2>/dev/null || true; rm -f $(DEMO_DIR)/operator.pid; fi
+	@for p in operator emulator; do if [ -f $(DEMO_DIR)/$$p.pid ]; then kill $$(cat $(DEMO_DIR)/$$p.pid) 2>/dev/null || true; rm -f $(DEMO_DIR)/$$p.pid; fi; done
+	@rm -f $(DEMO_DIR)/emulator.env
 
 .PHONY: demo-down
 demo-down: demo-stop testenv-down ## Stop the demo's operator and the control plane

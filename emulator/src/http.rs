@@ -122,7 +122,11 @@ pub fn token_error(
     json_response(status, &body)
 }
 
-/// Formats a timestamp as Graph and ARM do: RFC 3339, UTC, with a `Z`.
+/// Formats a timestamp as Graph and ARM do: RFC 3339, UTC, with a `Z` and at most 7 fractional digits
+/// (.NET's tick precision, which strict parsers of Azure's output may assume).
 pub fn rfc3339(t: Timestamp) -> String {
-    t.to_string()
+    let ticks = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Nanosecond)
+        .increment(100);
+    t.round(ticks).unwrap_or(t).to_string()
 }

@@ -253,8 +253,7 @@ pub struct RoleAssignment {
     pub id: String,
     pub name: String,
     pub scope: String,
-    /// Normalised to /subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid} below a
-    /// subscription, /providers/... otherwise.
+    /// Normalised to /providers/Microsoft.Authorization/roleDefinitions/{guid}.
     pub role_definition_id: String,
     pub principal_id: String,
     pub principal_type: String,
@@ -447,7 +446,7 @@ impl World {
                     id,
                     name,
                     scope: ra.scope.clone(),
-                    role_definition_id: crate::arm::roles::definition_id(&ra.scope, &role.name),
+                    role_definition_id: crate::arm::roles::assignment_definition_id(&role.name),
                     principal_id: ra.principal_id.clone(),
                     principal_type: "ServicePrincipal".into(),
                     description: Some("seed".into()),

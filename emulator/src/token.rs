@@ -110,7 +110,8 @@ pub fn base_url(parts: &Parts) -> String {
 
 fn instance_discovery(base: &str, query: &str) -> Response {
     let host = base.trim_start_matches("https://");
-    let tenant_endpoint = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+    // MSAL sends the authorization endpoint without our port; answer with our own base and its tenant.
+    let tenant = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .ok()
         .and_then(|q| {
             q.into_iter()
@@ -121,13 +122,15 @@ fn instance_discovery(base: &str, query: &str) -> Response {
             endpoint
                 .split("/oauth2/")
                 .next()
-                .map(|s| format!("{s}/v2.0/.well-known/openid-configuration"))
+                .and_then(|s| s.rsplit('/').next())
+                .map(str::to_string)
         })
-        .unwrap_or_else(|| format!("{base}/common/v2.0/.well-known/openid-configuration"));
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "common".into());
     json_response(
         StatusCode::OK,
         &json!({
-            "tenant_discovery_endpoint": tenant_endpoint,
+            "tenant_discovery_endpoint": format!("{base}/{tenant}/v2.0/.well-known/openid-configuration"),
             "api-version": "1.1",
             "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
         }),

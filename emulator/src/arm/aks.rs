@@ -213,14 +213,14 @@ fn start_reset(req: &Req, id: &str) -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::ACCEPTED;
     let h = resp.headers_mut();
-    h.insert(
-        "location",
-        HeaderValue::from_str(&location_url).expect("ascii"),
-    );
-    h.insert(
-        "azure-asyncoperation",
-        HeaderValue::from_str(&async_url).expect("ascii"),
-    );
+    for (name, url) in [
+        ("location", &location_url),
+        ("azure-asyncoperation", &async_url),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(url) {
+            h.insert(name, v);
+        }
+    }
     h.insert("retry-after", HeaderValue::from_static("1"));
     resp
 }
@@ -278,8 +278,9 @@ pub fn operation(
                 let mut resp = Response::new(axum::body::Body::empty());
                 *resp.status_mut() = StatusCode::ACCEPTED;
                 let url = format!("{prefix}/operationresults/{id}?api-version=2017-08-31");
-                resp.headers_mut()
-                    .insert("location", HeaderValue::from_str(&url).expect("ascii"));
+                if let Ok(v) = HeaderValue::from_str(&url) {
+                    resp.headers_mut().insert("location", v);
+                }
                 resp.headers_mut()
                     .insert("retry-after", HeaderValue::from_static("1"));
                 resp

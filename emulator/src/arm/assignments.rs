@@ -236,7 +236,7 @@ fn put(req: &Req, scope: &str, name: &str) -> Response {
 
     let id = id_of(scope, name);
     let key = id.to_ascii_lowercase();
-    let role_definition_id = roles::definition_id(scope, &guid);
+    let role_definition_id = roles::assignment_definition_id(&guid);
     if let Some(existing) = world.arm.role_assignments.get(&key) {
         let same = existing.principal_id.eq_ignore_ascii_case(&principal_id)
             && roles::guid_of(&existing.role_definition_id).eq_ignore_ascii_case(&guid)

@@ -206,6 +206,12 @@ pub fn definition_id(scope: &str, guid: &str) -> String {
     }
 }
 
+/// The id under which role assignments echo their definition: the tenant-level form, as the 2022-04-01
+/// examples show (RoleAssignments_CreateForResourceGroup sends the subscription form and gets this back).
+pub fn assignment_definition_id(guid: &str) -> String {
+    format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}")
+}
+
 /// The subscription id in a scope, if the scope is at or below one.
 pub fn subscription_of(scope: &str) -> Option<&str> {
     let mut parts = scope.split('/').filter(|s| !s.is_empty());

@@ -138,8 +138,7 @@ pub fn handle(req: Req) -> Response {
         ),
         (["addpassword"], "POST") => add_password(&req, &key),
         (["removepassword"], "POST") => remove_password(&req, &key),
-        (["federatedidentitycredentials"], "GET" | "POST") => fics(&req, &key, None),
-        (["federatedidentitycredentials"], _) => method_not_allowed(&req),
+        // A keyed segment (`federatedIdentityCredentials(name='x')`) or an id after it names one credential.
         (["federatedidentitycredentials", ..], _) if rest.len() == 2 || rest[0].key.is_some() => {
             let fic_key = match (&rest[0].key, rest.get(1)) {
                 (Some((k, v)), None) if k.eq_ignore_ascii_case("name") => (true, v.clone()),
@@ -149,6 +148,8 @@ pub fn handle(req: Req) -> Response {
             };
             fics(&req, &key, Some(fic_key))
         }
+        (["federatedidentitycredentials"], "GET" | "POST") => fics(&req, &key, None),
+        (["federatedidentitycredentials"], _) => method_not_allowed(&req),
         (["owners"], "GET") => owners(&req, &key, None),
         (["owners", "$ref"], "POST") => owners(&req, &key, Some(None)),
         (["owners", _, "$ref"], "DELETE") => owners(&req, &key, Some(Some(rest[1].name.clone()))),
@@ -940,8 +941,8 @@ pub fn deleted_items(req: Req) -> Response {
     };
     let mut world = req.ctx.world.lock();
     match (rest.as_slice(), req.method.as_str()) {
-        ([kind], "GET") if kind.starts_with("microsoft.graph.") => {
-            let want_app = kind.eq_ignore_ascii_case("microsoft.graph.application");
+        ([kind], "GET") if type_cast(kind).is_some() => {
+            let want_app = type_cast(kind) == Some("application");
             let value: Vec<Value> = world
                 .directory
                 .deleted
@@ -966,7 +967,7 @@ pub fn deleted_items(req: Req) -> Response {
                 None,
             )
         }
-        ([id], "GET" | "DELETE") | ([id, _], "POST") => {
+        ([id], "GET" | "DELETE") | ([id, _], "POST") | ([id, _], "GET") => {
             let Some(item) = world.directory.deleted.get(id).cloned() else {
                 return not_found(&req, id);
             };
@@ -974,6 +975,19 @@ pub fn deleted_items(req: Req) -> Response {
                 return forbidden(&req);
             }
             match req.method {
+                Method::GET if rest.len() == 2 => {
+                    let is_app = matches!(item.object, DeletedObject::Application(_));
+                    match type_cast(&rest[1]) {
+                        Some("application") if is_app => {
+                            ok_json(StatusCode::OK, &render_deleted(&item))
+                        }
+                        Some("servicePrincipal") if !is_app => {
+                            ok_json(StatusCode::OK, &render_deleted(&item))
+                        }
+                        Some(_) => not_found(&req, id),
+                        None => not_found_segment(&req),
+                    }
+                }
                 Method::GET => ok_json(StatusCode::OK, &render_deleted(&item)),
                 Method::DELETE => {
                     world.directory.deleted.remove(id);
@@ -988,7 +1002,8 @@ pub fn deleted_items(req: Req) -> Response {
                 }
                 _ if rest[1].eq_ignore_ascii_case("restore") => {
                     world.directory.deleted.remove(id);
-                    let (entity, body) = match item.object {
+                    // The action returns a directoryObject; the type annotation says which.
+                    let (entity, mut body) = match item.object {
                         DeletedObject::Application(a) => {
                             let body = render::application(&a);
                             world.directory.insert_app(a);
@@ -1000,6 +1015,9 @@ pub fn deleted_items(req: Req) -> Response {
                             ("servicePrincipal", body)
                         }
                     };
+                    body["@odata.context"] =
+                        json!(format!("{}/$metadata#directoryObjects/$entity", req.base));
+                    body["@odata.type"] = json!(format!("#microsoft.graph.{entity}"));
                     world.record(entity, id, ChangeKind::Updated);
                     req.ctx.touch();
                     ok_json(StatusCode::OK, &body)
@@ -1009,6 +1027,16 @@ pub fn deleted_items(req: Req) -> Response {
         }
         _ => not_found_segment(&req),
     }
+}
+
+/// The entity type a type-cast segment names: `microsoft.graph.application` or its CSDL alias `graph.application`.
+fn type_cast(segment: &str) -> Option<&'static str> {
+    let name = segment
+        .strip_prefix("microsoft.graph.")
+        .or_else(|| segment.strip_prefix("graph."))?;
+    ["application", "servicePrincipal"]
+        .into_iter()
+        .find(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// GET /directoryObjects/{id}: what an owner reference points to.

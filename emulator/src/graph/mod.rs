@@ -359,6 +359,11 @@ pub fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
             .decode_utf8()
             .map_err(|_| format!("Invalid segment '{raw}'."))?;
         let segment = match decoded.split_once('(') {
+            // A function call without parameters, as SDKs write delta: `delta()`.
+            Some((name, "")) | Some((name, ")")) if decoded.ends_with("()") => Segment {
+                name: name.to_string(),
+                key: None,
+            },
             Some((name, rest)) => {
                 let inner = rest
                     .strip_suffix(')')
@@ -425,6 +430,13 @@ mod tests {
         assert_eq!(
             s[0].key,
             Some(("id".into(), "00000000-0000-0000-0000-000000000001".into()))
+        );
+        assert_eq!(
+            parse_path("/applications/delta()").unwrap()[1],
+            Segment {
+                name: "delta".into(),
+                key: None
+            }
         );
         assert!(parse_path("/applications(appId=x)").is_err());
         assert!(parse_path("/applications(appId='x'").is_err());
