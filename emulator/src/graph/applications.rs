@@ -214,31 +214,51 @@ fn list(req: &Req) -> Response {
         .unwrap_or(0);
     let select = query::select(&req.query);
     let world = req.ctx.world.lock();
-    let matching: Vec<Value> = world
-        .directory
-        .applications
-        .values()
-        .filter(|a| acc == Access::All || a.owners.contains(&req.caller.oid))
-        .map(render::application)
-        .filter(|v| filter.as_ref().is_none_or(|f| query::matches(f, v)))
-        .collect();
-    page(req, "applications", matching, skip, top, select.as_deref())
+    let visible = |a: &&Application| acc == Access::All || a.owners.contains(&req.caller.oid);
+    let matching: Vec<&Application> = match filter.as_ref().and_then(query::indexed_key) {
+        Some((key, value)) => match key.as_str() {
+            "appid" => world.app_by_app_id(value),
+            "uniquename" => world.app_by_unique_name(value),
+            _ => world.directory.applications.get(value),
+        }
+        .into_iter()
+        .filter(visible)
+        .collect(),
+        None => world
+            .directory
+            .applications
+            .values()
+            .filter(visible)
+            .filter(|a| filter.as_ref().is_none_or(|f| query::matches(f, *a)))
+            .collect(),
+    };
+    page(
+        req,
+        "applications",
+        &matching,
+        render::application,
+        skip,
+        top,
+        select.as_deref(),
+    )
 }
 
-pub fn page(
+/// One page of a collection: renders only the returned items, and links the next page by offset.
+pub fn page<T>(
     req: &Req,
     set: &str,
-    all: Vec<Value>,
+    all: &[&T],
+    render: fn(&T) -> Value,
     skip: usize,
     top: usize,
     select: Option<&[String]>,
 ) -> Response {
     let total = all.len();
     let value: Vec<Value> = all
-        .into_iter()
+        .iter()
         .skip(skip)
         .take(top)
-        .map(|v| render::select(v, select))
+        .map(|v| render::select(render(v), select))
         .collect();
     let mut body =
         json!({"@odata.context": format!("{}/$metadata#{set}", req.base), "value": value});
@@ -958,10 +978,12 @@ pub fn deleted_items(req: Req) -> Response {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             let top = query::top(&req.query).unwrap_or(100);
+            let refs: Vec<&Value> = value.iter().collect();
             page(
                 &req,
                 &format!("directory/deletedItems/{kind}"),
-                value,
+                &refs,
+                Value::clone,
                 skip,
                 top,
                 None,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Access, Req, access, bad_request, forbidden, method_not_allowed, ok_json, render};
 use crate::{
     http::graph_error,
-    state::{ChangeKind, World},
+    state::{Application, ChangeKind, ServicePrincipal, World},
 };
 
 const PAGE: usize = 200;
@@ -39,6 +39,12 @@ fn encode(t: &Token) -> String {
 
 fn decode(s: &str) -> Option<Token> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).ok()?).ok()
+}
+
+enum Entry<'w> {
+    App(&'w Application),
+    Sp(&'w ServicePrincipal),
+    Removed(&'w str, &'static str),
 }
 
 pub fn handle(req: Req, entity: &'static str) -> Response {
@@ -117,21 +123,23 @@ pub fn handle(req: Req, entity: &'static str) -> Response {
             .as_ref()
             .is_none_or(|ids| ids.iter().any(|i| i.eq_ignore_ascii_case(id)))
     };
-    let entries: Vec<Value> = if token.initial {
+    // Collected as references and rendered only for the returned page: a first round over thousands of
+    // objects must not serialize all of them for every page.
+    let entries: Vec<Entry> = if token.initial {
         match entity {
             "application" => world
                 .directory
                 .applications
                 .values()
                 .filter(|a| wanted(&a.id) && visible(&world, &a.app_id))
-                .map(|a| render::select(render::application(a), token.select.as_deref()))
+                .map(Entry::App)
                 .collect(),
             _ => world
                 .directory
                 .service_principals
                 .values()
                 .filter(|s| wanted(&s.id) && visible(&world, &s.app_id))
-                .map(|s| render::select(render::service_principal(s), token.select.as_deref()))
+                .map(Entry::Sp)
                 .collect(),
         }
     } else {
@@ -147,39 +155,38 @@ pub fn handle(req: Req, entity: &'static str) -> Response {
         }
         last.into_iter()
             .filter(|(id, _)| wanted(id))
-            .filter_map(|(id, kind)| {
-                let current = match entity {
+            .filter_map(|(id, kind)| match kind {
+                ChangeKind::Updated => match entity {
                     "application" => world
                         .directory
                         .applications
                         .get(id)
-                        .map(|a| (a.app_id.clone(), render::application(a))),
+                        .filter(|a| visible(&world, &a.app_id))
+                        .map(Entry::App),
                     _ => world
                         .directory
                         .service_principals
                         .get(id)
-                        .map(|s| (s.app_id.clone(), render::service_principal(s))),
-                };
-                match (kind, current) {
-                    (ChangeKind::Updated, Some((app_id, v))) => {
-                        visible(&world, &app_id).then(|| render::select(v, token.select.as_deref()))
-                    }
-                    // Updated but gone since (a later round reports the removal), or removed.
-                    (ChangeKind::Updated, None) => None,
-                    (ChangeKind::SoftDeleted, _) => {
-                        Some(json!({"id": id, "@removed": {"reason": "changed"}}))
-                    }
-                    (ChangeKind::Purged, _) => {
-                        Some(json!({"id": id, "@removed": {"reason": "deleted"}}))
-                    }
-                }
+                        .filter(|s| visible(&world, &s.app_id))
+                        .map(Entry::Sp),
+                },
+                ChangeKind::SoftDeleted => Some(Entry::Removed(id, "changed")),
+                ChangeKind::Purged => Some(Entry::Removed(id, "deleted")),
             })
             .collect()
     };
-    drop(world);
-
     let total = entries.len();
-    let value: Vec<Value> = entries.into_iter().skip(token.offset).take(PAGE).collect();
+    let value: Vec<Value> = entries
+        .iter()
+        .skip(token.offset)
+        .take(PAGE)
+        .map(|e| match e {
+            Entry::App(a) => render::select(render::application(a), token.select.as_deref()),
+            Entry::Sp(s) => render::select(render::service_principal(s), token.select.as_deref()),
+            Entry::Removed(id, reason) => json!({"id": id, "@removed": {"reason": reason}}),
+        })
+        .collect();
+    drop(world);
     let next_offset = token.offset + value.len();
     let mut body =
         json!({"@odata.context": format!("{}/$metadata#{set}", req.base), "value": value});

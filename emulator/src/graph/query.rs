@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use axum::http::Method;
-use serde_json::Value;
 
 use super::Segment;
 
@@ -143,35 +142,87 @@ fn split_top<'a>(text: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
     None
 }
 
-/// Whether an entity (as rendered) matches.
-pub fn matches(filter: &Filter, entity: &Value) -> bool {
-    let field = |name: &str| {
-        entity
-            .as_object()
-            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
-            .and_then(|(_, v)| v.as_str())
-    };
-    match filter {
-        Filter::Eq(f, v) => field(f).is_some_and(|x| x.eq_ignore_ascii_case(v)),
-        Filter::StartsWith(f, v) => {
-            field(f).is_some_and(|x| x.to_ascii_lowercase().starts_with(&v.to_ascii_lowercase()))
+/// What a filter can look at on an entity.
+pub trait Filterable {
+    fn field(&self, name: &str) -> Option<&str>;
+    fn tags(&self) -> &[String];
+}
+
+impl Filterable for crate::state::Application {
+    fn field(&self, name: &str) -> Option<&str> {
+        match name.to_ascii_lowercase().as_str() {
+            "id" => Some(&self.id),
+            "appid" => Some(&self.app_id),
+            "displayname" => Some(&self.display_name),
+            "uniquename" => self.unique_name.as_deref(),
+            _ => None,
         }
-        Filter::AnyTag(v) => entity["tags"]
-            .as_array()
-            .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(v))),
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+impl Filterable for crate::state::ServicePrincipal {
+    fn field(&self, name: &str) -> Option<&str> {
+        match name.to_ascii_lowercase().as_str() {
+            "id" => Some(&self.id),
+            "appid" => Some(&self.app_id),
+            "displayname" => Some(&self.display_name),
+            _ => None,
+        }
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+/// Whether an entity matches; evaluated on the stored object, so that only the returned page is rendered.
+pub fn matches<T: Filterable>(filter: &Filter, entity: &T) -> bool {
+    match filter {
+        Filter::Eq(f, v) => entity.field(f).is_some_and(|x| x.eq_ignore_ascii_case(v)),
+        Filter::StartsWith(f, v) => entity
+            .field(f)
+            .is_some_and(|x| x.to_ascii_lowercase().starts_with(&v.to_ascii_lowercase())),
+        Filter::AnyTag(v) => entity.tags().iter().any(|t| t == v),
         Filter::And(a, b) => matches(a, entity) && matches(b, entity),
         Filter::Or(a, b) => matches(a, entity) || matches(b, entity),
+    }
+}
+
+/// A filter that names one object by a key the directory indexes (`appId eq`, `id eq`, `uniqueName eq`), so
+/// that it is a lookup rather than a scan.
+pub fn indexed_key(filter: &Filter) -> Option<(String, &str)> {
+    match filter {
+        Filter::Eq(f, v)
+            if ["id", "appid", "uniquename"].contains(&f.to_ascii_lowercase().as_str()) =>
+        {
+            Some((f.to_ascii_lowercase(), v.as_str()))
+        }
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn filters_parse_and_match() {
-        let app = json!({"appId": "A1", "displayName": "Payroll API", "tags": ["team:x"]});
+        let app = crate::state::Application {
+            id: "00000000-0000-0000-0000-000000000001".into(),
+            app_id: "A1".into(),
+            display_name: "Payroll API".into(),
+            unique_name: None,
+            description: None,
+            notes: None,
+            tags: vec!["team:x".into()],
+            sign_in_audience: "AzureADMyOrg".into(),
+            created_date_time: jiff::Timestamp::UNIX_EPOCH,
+            password_credentials: vec![],
+            federated_identity_credentials: vec![],
+            owners: vec![],
+        };
         for (f, want) in [
             ("appId eq 'a1'", true),
             ("displayName eq 'Payroll API' and appId eq 'A1'", true),
@@ -182,6 +233,14 @@ mod tests {
         ] {
             assert_eq!(matches(&parse_filter(f).unwrap(), &app), want, "{f}");
         }
+        assert_eq!(
+            indexed_key(&parse_filter("appId eq 'A1'").unwrap()),
+            Some(("appid".into(), "A1"))
+        );
+        assert_eq!(
+            indexed_key(&parse_filter("appId eq 'A1' and displayName eq 'x'").unwrap()),
+            None
+        );
         assert!(parse_filter("notes eq 'x'").is_err());
         assert!(parse_filter("appId gt 'x'").is_err());
     }

@@ -11,7 +11,7 @@ use super::{
     method_not_allowed, no_content, not_found, not_found_segment, not_yet_replicated, ok_json,
     query, render,
 };
-use crate::state::{ChangeKind, Deleted, DeletedObject};
+use crate::state::{ChangeKind, Deleted, DeletedObject, ServicePrincipal};
 
 pub fn handle(req: Req) -> Response {
     let segs = req.segments.clone();
@@ -55,21 +55,35 @@ fn list(req: &Req) -> Response {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let world = req.ctx.world.lock();
-    let all: Vec<Value> = world
-        .directory
-        .service_principals
-        .values()
-        .filter(|s| {
-            acc == Access::All || super::applications::owns_app(&world, &req.caller.oid, &s.app_id)
-        })
-        .map(render::service_principal)
-        .filter(|v| filter.as_ref().is_none_or(|f| query::matches(f, v)))
-        .collect();
-    drop(world);
+    let visible = |s: &&ServicePrincipal| {
+        acc == Access::All || super::applications::owns_app(&world, &req.caller.oid, &s.app_id)
+    };
+    let all: Vec<&ServicePrincipal> = match filter.as_ref().and_then(query::indexed_key) {
+        Some((key, value)) if key == "appid" => world
+            .sp_by_app_id(value)
+            .into_iter()
+            .filter(visible)
+            .collect(),
+        Some((key, value)) if key == "id" => world
+            .directory
+            .service_principals
+            .get(value)
+            .into_iter()
+            .filter(visible)
+            .collect(),
+        _ => world
+            .directory
+            .service_principals
+            .values()
+            .filter(visible)
+            .filter(|s| filter.as_ref().is_none_or(|f| query::matches(f, *s)))
+            .collect(),
+    };
     page(
         req,
         "servicePrincipals",
-        all,
+        &all,
+        render::service_principal,
         skip,
         top,
         query::select(&req.query).as_deref(),
