@@ -15,10 +15,10 @@ use std::{
 
 use axum::{
     Router,
-    body::{Body, Bytes},
+    body::Bytes,
     extract::{Request, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -213,12 +213,19 @@ fn too_large(parts: &axum::http::request::Parts) -> Response {
             "The request content size exceeds the maximum allowed.",
             &ids,
         )
-    } else {
-        (
+    } else if path.starts_with("/_emulator") {
+        crate::http::json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            Body::from("request body too large"),
+            &serde_json::json!({"error": "request body too large"}),
         )
-            .into_response()
+    } else {
+        crate::http::token_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            90004,
+            "The request body is too large.",
+            &ids,
+        )
     }
 }
 

@@ -72,6 +72,21 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
                 &ids,
             ),
         ),
+        (
+            Method::GET,
+            [t, "v2.0", ".well-known", "openid-configuration"] | [t, "discovery", "v2.0", "keys"],
+        ) => (
+            "token GET unknown tenant",
+            token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_tenant",
+                90002,
+                &format!(
+                    "Tenant '{t}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+                ),
+                &ids,
+            ),
+        ),
         _ => (
             "unknown route",
             crate::http::graph_error(

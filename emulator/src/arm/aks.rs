@@ -242,11 +242,16 @@ pub fn operation(
         );
     }
     let world = req.ctx.world.lock();
+    // An operation is found only under the subscription and location of the cluster it belongs to.
     let Some(op) = world
         .arm
         .operations
         .get(id)
         .filter(|o| o.location.eq_ignore_ascii_case(location))
+        .filter(|o| {
+            crate::arm::roles::subscription_of(&o.cluster_id)
+                .is_some_and(|s| s.eq_ignore_ascii_case(subscription))
+        })
         .cloned()
     else {
         return arm_error(

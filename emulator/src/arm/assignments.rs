@@ -93,6 +93,16 @@ fn get(req: &Req, scope: &str, name: &str) -> Response {
 }
 
 fn delete(req: &Req, scope: &str, name: &str) -> Response {
+    if uuid::Uuid::parse_str(name).is_err() {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRoleAssignmentId",
+            &format!(
+                "The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."
+            ),
+            &req.ids,
+        );
+    }
     let mut world = req.ctx.world.lock();
     if !authorized(&world, &req.caller.oid, scope, DELETE) {
         return authorization_failed(req, DELETE, scope);

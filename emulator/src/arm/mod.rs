@@ -467,6 +467,24 @@ pub fn missing_scope(req: &Req, world: &World, scope: &str) -> Option<Response> 
 
 /// The request body as a JSON object, or ARM's error for anything else.
 pub fn body_object(req: &Req) -> Result<Map<String, Value>, Response> {
+    let content_type = req
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(arm_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!(
+                "The content media type '{content_type}' is not supported. Only 'application/json' is supported."
+            ),
+            &req.ids,
+        ));
+    }
     match serde_json::from_slice::<Value>(&req.body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(arm_error(

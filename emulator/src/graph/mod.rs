@@ -359,8 +359,8 @@ pub fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
             .decode_utf8()
             .map_err(|_| format!("Invalid segment '{raw}'."))?;
         let segment = match decoded.split_once('(') {
-            // A function call without parameters, as SDKs write delta: `delta()`.
-            Some((name, "")) | Some((name, ")")) if decoded.ends_with("()") => Segment {
+            // The one function called without parameters, as SDKs write it: `delta()`.
+            Some((name, ")")) if name.eq_ignore_ascii_case("delta") => Segment {
                 name: name.to_string(),
                 key: None,
             },
@@ -438,6 +438,7 @@ mod tests {
                 key: None
             }
         );
+        assert!(parse_path("/applications()").is_err());
         assert!(parse_path("/applications(appId=x)").is_err());
         assert!(parse_path("/applications(appId='x'").is_err());
     }

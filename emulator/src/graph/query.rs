@@ -131,9 +131,8 @@ fn quoted(value: &str) -> Option<String> {
 
 fn split_top<'a>(text: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
     let mut in_quote = false;
-    let bytes = text.as_bytes();
-    for i in 0..bytes.len() {
-        if bytes[i] == b'\'' {
+    for (i, c) in text.char_indices() {
+        if c == '\'' {
             in_quote = !in_quote;
         } else if !in_quote && text[i..].starts_with(sep) {
             return Some((&text[..i], &text[i + sep.len()..]));
@@ -242,6 +241,14 @@ mod tests {
             None
         );
         assert!(parse_filter("notes eq 'x'").is_err());
+        assert!(
+            parse_filter("é eq 'x'").is_err(),
+            "non-ASCII outside quotes is an error, not a panic"
+        );
+        assert!(matches(
+            &parse_filter("displayName eq 'café' or appId eq 'A1'").unwrap(),
+            &app
+        ));
         assert!(parse_filter("appId gt 'x'").is_err());
     }
 
