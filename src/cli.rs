@@ -18,7 +18,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: connect to the Kubernetes API server and reconcile ServicePrincipal, RoleDelegation and
     /// CredentialRotation objects until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crdgen(CrdgenArgs),
 }
@@ -30,7 +30,79 @@ pub struct RunArgs {
     pub kubeconfig: Option<PathBuf>,
 
     #[command(flatten)]
+    pub azure: AzureArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Which Azure, and the operator's identity there.
+#[derive(Debug, Default, clap::Args)]
+pub struct AzureArgs {
+    /// Azure cloud: public, us-government, china, or custom (then give the three endpoints below; this is how
+    /// the local emulator is used).
+    #[arg(long, env = "AZURE_CLOUD", value_enum, default_value_t = CloudName::Public)]
+    pub azure_cloud: CloudName,
+
+    /// Entra authority host, overriding the cloud's (e.g. https://login.microsoftonline.com).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub azure_authority_host: Option<String>,
+
+    /// Microsoft Graph base URL with its version, overriding the cloud's (e.g. https://graph.microsoft.com/v1.0).
+    #[arg(long, env = "AZURE_GRAPH_ENDPOINT", value_name = "URL")]
+    pub azure_graph_endpoint: Option<String>,
+
+    /// Azure Resource Manager base URL, overriding the cloud's (e.g. https://management.azure.com).
+    #[arg(long, env = "AZURE_RESOURCE_MANAGER_ENDPOINT", value_name = "URL")]
+    pub azure_resource_manager_endpoint: Option<String>,
+
+    /// Extra CA certificates (PEM) to trust for every Azure endpoint, besides the system's.
+    #[arg(long, env = "AZURE_CA_FILE", value_name = "PATH")]
+    pub azure_ca_file: Option<std::path::PathBuf>,
+
+    /// How the operator authenticates: workload-identity (a projected ServiceAccount token; the default),
+    /// client-secret, or managed-identity.
+    #[arg(long, env = "AZURE_CREDENTIAL", value_enum, default_value_t = CredentialKind::WorkloadIdentity)]
+    pub azure_credential: CredentialKind,
+
+    /// Application (client) id of the operator's identity (with managed-identity: a user-assigned identity's).
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "GUID")]
+    pub azure_client_id: Option<String>,
+
+    /// Tenant (directory) id.
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "GUID")]
+    pub azure_tenant_id: Option<String>,
+
+    /// File holding the projected ServiceAccount token, re-read on each token request (workload identity).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "PATH")]
+    pub azure_federated_token_file: Option<std::path::PathBuf>,
+
+    /// Client secret (client-secret credential). Prefer the environment variable to the flag, which other
+    /// processes can read from the command line.
+    #[arg(
+        long,
+        env = "AZURE_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub azure_client_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CloudName {
+    #[default]
+    Public,
+    UsGovernment,
+    China,
+    Custom,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CredentialKind {
+    #[default]
+    WorkloadIdentity,
+    ClientSecret,
+    ManagedIdentity,
 }
 
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@ async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Crdgen(args) => crdgen(args),
-        cli::Command::Run(args) => run(args).await,
+        cli::Command::Run(args) => run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

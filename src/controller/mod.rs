@@ -9,9 +9,13 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::{api, cli::RunArgs};
+use crate::{
+    api,
+    azure::{Cloud, credential},
+    cli::{AzureArgs, RunArgs},
+};
 
 /// Runs the operator until it is told to stop.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -40,8 +44,31 @@ async fn start(args: &RunArgs) -> anyhow::Result<Client> {
     check_served::<api::ServicePrincipal>(&client).await?;
     check_served::<api::RoleDelegation>(&client).await?;
     check_served::<api::CredentialRotation>(&client).await?;
+    let cloud = Cloud::from_args(&args.azure)?;
+    let http = credential::http_client(&args.azure)?;
+    check_azure(&args.azure, &cloud, &http).await;
     info!(apiserver = %version.git_version, "operator ready");
     Ok(client)
+}
+
+/// Obtains a Graph token once, so that a misconfigured identity shows in the log at start-up rather than on
+/// the first object. Not fatal: Entra may be briefly unreachable, and each object reports its own failures.
+async fn check_azure(args: &AzureArgs, cloud: &Cloud, http: &reqwest::Client) {
+    let result = match credential::build(args, cloud, http) {
+        Ok(credential) => credential
+            .get_token(&[cloud.graph_scope.as_str()], None)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            info!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, "azure credential ready")
+        }
+        Err(e) => {
+            warn!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, error = format!("{e:#}"), "azure credential not ready")
+        }
+    }
 }
 
 async fn connect(args: &RunArgs) -> anyhow::Result<Client> {

@@ -18,7 +18,8 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestNamespace, admin_client, admin_kubeconfig, install_crds, service_account_kubeconfig,
+    AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_trusting_testenv,
+    install_crds, operator_azure_env, sa_token, service_account_kubeconfig,
 };
 
 /// A running `entra-operator run` whose JSON log lines arrive on a channel.
@@ -30,7 +31,18 @@ struct Operator {
 
 impl Operator {
     fn start(kubeconfig: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_entra-operator"))
+        Self::start_with(kubeconfig, &[])
+    }
+
+    /// Starts the operator with only the given Azure settings: none are inherited, so that a test never
+    /// reaches for the public cloud.
+    fn start_with(kubeconfig: &Path, azure_env: &[(String, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_entra-operator"));
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")) {
+            cmd.env_remove(key);
+        }
+        let mut child = cmd
+            .envs(azure_env.iter().map(|(k, v)| (k, v)))
             .args(["run", "--log-format", "json", "--kubeconfig"])
             .arg(kubeconfig)
             .env_remove("RUST_LOG")
@@ -162,7 +174,26 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
     );
 
     // With read access to its three kinds it starts.
-    let name = format!("{}-entra-operator", ns.name);
+    let (roles, bindings, name) = grant_read(&admin, &ns.name, "entra-operator").await;
+
+    let mut operator = Operator::start(&kubeconfig);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    operator.signal(Signal::SIGTERM);
+    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", lines.join("\n"));
+
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = roles.delete(&name, &DeleteParams::default()).await;
+    ns.cleanup().await;
+}
+
+/// A ClusterRole that reads the operator's three kinds, bound to the ServiceAccount.
+async fn grant_read(
+    admin: &kube::Client,
+    ns: &str,
+    sa: &str,
+) -> (Api<ClusterRole>, Api<ClusterRoleBinding>, String) {
+    let name = format!("{ns}-{sa}");
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": name},
         "rules": [{"apiGroups": ["entra-operator.io"],
@@ -173,7 +204,7 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "entra-operator", "namespace": ns.name}],
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
     }))
     .unwrap();
     let pp = PatchParams::apply("entra-operator-tests");
@@ -184,14 +215,80 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
         .patch(&name, &pp, &Patch::Apply(&binding))
         .await
         .unwrap();
+    (roles, bindings, name)
+}
 
-    let mut operator = Operator::start(&kubeconfig);
+// Multi-threaded: the emulator runs on this test's runtime while the test blocks reading the operator's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_signs_in_to_azure_with_workload_identity() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "operator-wi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, name) = grant_read(&admin, &ns.name, "entra-operator").await;
+    let emulator = emulator_trusting_testenv(&ns.name, "entra-operator", dir.path()).await;
+
+    // The token kubelet would project for the operator's pod: its own ServiceAccount, Entra's audience.
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(
+        &token_file,
+        sa_token(&admin, &ns.name, "entra-operator", AUDIENCE).await,
+    )
+    .unwrap();
+    let mut operator =
+        Operator::start_with(&kubeconfig, &operator_azure_env(&emulator, &token_file));
+    let ready = operator.wait_for("azure credential ready", Duration::from_secs(30));
+    assert_eq!(ready["cloud"], "Custom");
+    assert_eq!(ready["credential"], "WorkloadIdentity");
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+
+    // Another ServiceAccount's token is not trusted: the operator says so, naming Entra's error code.
+    std::fs::write(
+        &token_file,
+        sa_token(&admin, &ns.name, "intruder", AUDIENCE).await,
+    )
+    .unwrap();
+    let mut operator =
+        Operator::start_with(&kubeconfig, &operator_azure_env(&emulator, &token_file));
+    let refused = operator.wait_for("azure credential not ready", Duration::from_secs(30));
+    assert!(
+        refused["error"].as_str().unwrap().contains("AADSTS700213"),
+        "{refused}"
+    );
     operator.wait_for("operator ready", Duration::from_secs(30));
     operator.signal(Signal::SIGTERM);
     let (status, lines) = operator.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(status.success());
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        !lines.iter().any(|l| l.contains(&token)),
+        "the assertion never reaches the log"
+    );
+
+    let calls: serde_json::Value = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&emulator.ca_file).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap()
+        .get(format!("{}/_emulator/calls", emulator.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        calls["token POST /{tenant}/oauth2/v2.0/token"]["200"], 1,
+        "{calls}"
+    );
 
     let _ = bindings.delete(&name, &DeleteParams::default()).await;
     let _ = roles.delete(&name, &DeleteParams::default()).await;
+    emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }

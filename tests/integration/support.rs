@@ -191,3 +191,101 @@ pub async fn service_account_kubeconfig(
     std::fs::write(&path, serde_saphyr::to_string(&kubeconfig).unwrap()).unwrap();
     path
 }
+
+/// The operator's application in the emulator's built-in configuration.
+pub const OPERATOR_APP: &str = "0e0e0e0e-0000-4000-8000-00000000e0e0";
+/// The audience of tokens exchanged for Entra tokens.
+pub const AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// A token for a ServiceAccount (created if needed) with the given audience, as kubelet projects it.
+pub async fn sa_token(client: &Client, ns: &str, name: &str, audience: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let _ = sas.create(&PostParams::default(), &sa).await;
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    sas.create_token_request(name, &PostParams::default(), &req)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
+/// An in-process emulator whose operator application trusts testenv's service-account issuer for
+/// `system:serviceaccount:{ns}:{sa}`, fetching the issuer's keys through its discovery document.
+pub async fn emulator_trusting_testenv(ns: &str, sa: &str, dir: &Path) -> azure_emulator::Running {
+    use base64::Engine;
+    let kubeconfig = Kubeconfig::read_from(admin_kubeconfig()).unwrap();
+    let cluster = kubeconfig.clusters[0].cluster.clone().unwrap();
+    let issuer = cluster.server.clone().unwrap();
+    let ca_file = dir.join("testenv-ca.crt");
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(cluster.certificate_authority_data.as_deref().unwrap())
+        .unwrap();
+    std::fs::write(&ca_file, ca).unwrap();
+
+    let mut config = azure_emulator::config::Config::default_seed();
+    config.seed.trusted_issuers = vec![azure_emulator::config::TrustedIssuer {
+        issuer: issuer.clone(),
+        ca_file: Some(ca_file.display().to_string()),
+        public_key_file: None,
+    }];
+    config.seed.applications[0].federated_credentials =
+        vec![azure_emulator::config::SeedFederatedCredential {
+            name: "testenv".into(),
+            issuer,
+            subject: format!("system:serviceaccount:{ns}:{sa}"),
+            audiences: vec![AUDIENCE.into()],
+        }];
+    azure_emulator::start(azure_emulator::Options {
+        config,
+        state_dir: dir.join("emulator"),
+        persist: false,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        hostnames: vec![],
+    })
+    .await
+    .unwrap()
+}
+
+/// The environment that points the operator at an emulator with workload identity.
+pub fn operator_azure_env(
+    emulator: &azure_emulator::Running,
+    token_file: &Path,
+) -> Vec<(String, String)> {
+    let base = &emulator.base_url;
+    [
+        ("AZURE_CLOUD", "custom".to_string()),
+        ("AZURE_AUTHORITY_HOST", base.clone()),
+        ("AZURE_GRAPH_ENDPOINT", format!("{base}/v1.0")),
+        ("AZURE_RESOURCE_MANAGER_ENDPOINT", base.clone()),
+        ("AZURE_CA_FILE", emulator.ca_file.display().to_string()),
+        ("AZURE_CLIENT_ID", OPERATOR_APP.to_string()),
+        (
+            "AZURE_TENANT_ID",
+            azure_emulator::config::Config::default_seed()
+                .seed
+                .tenant_id,
+        ),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}

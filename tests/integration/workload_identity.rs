@@ -4,65 +4,23 @@
 
 use std::time::Duration;
 
-use azure_emulator::config::{Config, TrustedIssuer};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-};
-use kube::{
-    Api,
-    api::{ObjectMeta, PostParams},
-    config::Kubeconfig,
-};
+use azure_emulator::config::Config;
 use serde_json::{Value, json};
 
-use crate::support::{TestNamespace, admin_client, admin_kubeconfig};
-
-const OPERATOR_APP: &str = "0e0e0e0e-0000-4000-8000-00000000e0e0";
-const AUDIENCE: &str = "api://AzureADTokenExchange";
-
-async fn sa_token(client: &kube::Client, ns: &str, name: &str, audience: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let sa = ServiceAccount { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
-    let _ = sas.create(&PostParams::default(), &sa).await;
-    let req = TokenRequest {
-        spec: TokenRequestSpec { audiences: vec![audience.into()], expiration_seconds: Some(600), ..Default::default() },
-        ..Default::default()
-    };
-    sas.create_token_request(name, &PostParams::default(), &req).await.unwrap().status.unwrap().token
-}
+use crate::support::{
+    AUDIENCE, OPERATOR_APP, TestNamespace, admin_client, emulator_trusting_testenv, sa_token,
+};
 
 #[tokio::test]
 async fn service_account_tokens_from_testenv_sign_in_through_federated_credentials() {
     let client = admin_client().await;
     let ns = TestNamespace::new(&client, "wi").await;
-    let kubeconfig = Kubeconfig::read_from(admin_kubeconfig()).unwrap();
-    let cluster = kubeconfig.clusters[0].cluster.clone().unwrap();
-    let issuer = cluster.server.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("testenv-ca.crt");
-    let ca = base64_decode(cluster.certificate_authority_data.as_deref().unwrap());
-    std::fs::write(&ca_file, ca).unwrap();
-
-    // The operator's app trusts this cluster's issuer for its ServiceAccount, as `az identity federated-credential
-    // create` would set it up; the emulator fetches the issuer's keys from its discovery document.
-    let mut config = Config::default_seed();
-    config.seed.trusted_issuers = vec![TrustedIssuer { issuer: issuer.clone(), ca_file: Some(ca_file.display().to_string()), public_key_file: None }];
-    config.seed.applications[0].federated_credentials = vec![serde_json::from_value(json!({
-        "name": "testenv", "issuer": issuer, "subject": format!("system:serviceaccount:{}:entra-operator", ns.name),
-    }))
-    .unwrap()];
-    let emulator = azure_emulator::start(azure_emulator::Options {
-        config,
-        state_dir: dir.path().join("emulator"),
-        persist: false,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        hostnames: vec![],
-    })
-    .await
-    .unwrap();
+    let emulator = emulator_trusting_testenv(&ns.name, "entra-operator", dir.path()).await;
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&emulator.ca_file).unwrap()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&emulator.ca_file).unwrap()).unwrap(),
+        )
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -77,7 +35,10 @@ async fn service_account_tokens_from_testenv_sign_in_through_federated_credentia
                     ("grant_type", "client_credentials"),
                     ("client_id", OPERATOR_APP),
                     ("scope", "https://graph.microsoft.com/.default"),
-                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
                     ("client_assertion", assertion.as_str()),
                 ])
                 .send()
@@ -91,16 +52,30 @@ async fn service_account_tokens_from_testenv_sign_in_through_federated_credentia
     let (status, body) = exchange(good.clone()).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();
-    let claims: Value = serde_json::from_slice(&base64_decode_url(token.split('.').nth(1).unwrap())).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&base64_decode_url(token.split('.').nth(1).unwrap())).unwrap();
     assert_eq!(claims["appid"], OPERATOR_APP);
-    assert_eq!(claims["appidacr"], "2", "authenticated by a federated assertion");
+    assert_eq!(
+        claims["appidacr"], "2",
+        "authenticated by a federated assertion"
+    );
     assert_eq!(claims["roles"], json!(["Application.ReadWrite.OwnedBy"]));
 
     let other_sa = sa_token(&client, &ns.name, "someone-else", AUDIENCE).await;
     let (status, body) = exchange(other_sa).await;
-    assert_eq!((status, body["error_codes"][0].as_u64()), (400, Some(700213)), "another subject: {body}");
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (400, Some(700213)),
+        "another subject: {body}"
+    );
 
-    let wrong_audience = sa_token(&client, &ns.name, "entra-operator", "https://kubernetes.default.svc").await;
+    let wrong_audience = sa_token(
+        &client,
+        &ns.name,
+        "entra-operator",
+        "https://kubernetes.default.svc",
+    )
+    .await;
     let (_, body) = exchange(wrong_audience).await;
     assert_eq!(body["error_codes"][0], 700213, "another audience: {body}");
 
@@ -109,18 +84,19 @@ async fn service_account_tokens_from_testenv_sign_in_through_federated_credentia
     let forged_sig = "A".repeat(parts[2].len());
     parts[2] = &forged_sig;
     let (status, body) = exchange(parts.join(".")).await;
-    assert_eq!((status, body["error_codes"][0].as_u64()), (401, Some(50013)), "{body}");
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(50013)),
+        "{body}"
+    );
 
     emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
-}
-
 fn base64_decode_url(s: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
 }
