@@ -1,7 +1,9 @@
-//! Talking to Azure: which cloud (endpoints and token scopes), and as whom (the operator's own credential).
-//! The Graph and ARM clients build on these.
+//! Talking to Azure: which cloud (endpoints and token scopes), as whom (the operator's own credential), the
+//! typed Graph client, and what each failure means for the caller.
 
 pub mod cloud;
 pub mod credential;
+pub mod error;
+pub mod graph;
 
 pub use cloud::Cloud;

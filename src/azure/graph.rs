@@ -1,0 +1,627 @@
+//! The Microsoft Graph calls the operator makes, typed. There is no maintained Rust Graph SDK, so this is
+//! a thin client over reqwest: each method is one documented request, and failures become `AzureError`s
+//! that say what to do. Secret text from addPassword is wrapped so that it cannot be logged by accident.
+
+use std::sync::Arc;
+
+use azure_core::credentials::{Secret, TokenCredential};
+use jiff::Timestamp;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use super::{
+    Cloud,
+    error::{AzureError, retry_after},
+};
+
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    endpoint: String,
+    scope: String,
+}
+
+/// An application as the operator reads it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Application {
+    pub id: String,
+    pub app_id: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub unique_name: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub password_credentials: Vec<PasswordCredential>,
+}
+
+/// A password credential as Graph lists it: never with its secret text.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordCredential {
+    pub key_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub start_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub end_date_time: Option<Timestamp>,
+}
+
+/// A password just added: the only moment its text exists.
+#[derive(Debug)]
+pub struct NewPassword {
+    pub credential: PasswordCredential,
+    /// `Secret`'s Debug and Display print a placeholder, never the text.
+    pub secret_text: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePrincipal {
+    pub id: String,
+    pub app_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedIdentityCredential {
+    #[serde(default, skip_serializing)]
+    pub id: String,
+    pub name: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Whether an upsert created the object or found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Existed,
+}
+
+fn odata_quote(key: &str) -> String {
+    // OData string literals double their single quotes; the whole key is then percent-encoded as a path part.
+    let quoted = key.replace('\'', "''");
+    percent_encode(&quoted)
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'\'' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl GraphClient {
+    pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, cloud: &Cloud) -> Self {
+        GraphClient {
+            http,
+            credential,
+            endpoint: cloud.graph_endpoint.clone(),
+            scope: cloud.graph_scope.clone(),
+        }
+    }
+
+    async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        upsert: bool,
+    ) -> Result<(StatusCode, Option<Value>), AzureError> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| AzureError::Credential(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.endpoint))
+            .bearer_auth(token.token.secret());
+        if upsert {
+            req = req.header("Prefer", "create-if-missing");
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| AzureError::Transport { operation, source })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| AzureError::Transport { operation, source })?;
+        if status.is_success() {
+            let value = if bytes.is_empty() {
+                None
+            } else {
+                serde_json::from_slice(&bytes).ok()
+            };
+            return Ok((status, value));
+        }
+        let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(AzureError::Api {
+            operation,
+            status: status.as_u16(),
+            code: error["error"]["code"]
+                .as_str()
+                .unwrap_or("Unknown")
+                .to_string(),
+            message: error["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            request_id: headers
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            retry_after: retry_after(&headers),
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(
+        operation: &'static str,
+        value: Option<Value>,
+    ) -> Result<T, AzureError> {
+        let value = value.ok_or_else(|| AzureError::Unexpected {
+            operation,
+            detail: "empty body".into(),
+        })?;
+        serde_json::from_value(value).map_err(|e| AzureError::Unexpected {
+            operation,
+            detail: e.to_string(),
+        })
+    }
+
+    /// PATCH /applications(uniqueName='…') with `Prefer: create-if-missing`: creates the application with
+    /// `fields`, or updates the existing one. Idempotent, so a retry after a crash cannot make a second app.
+    pub async fn upsert_application(
+        &self,
+        unique_name: &str,
+        fields: &Value,
+    ) -> Result<Upserted, AzureError> {
+        let path = format!("/applications(uniqueName='{}')", odata_quote(unique_name));
+        let (status, _) = self
+            .send(
+                "graph upsert application",
+                Method::PATCH,
+                &path,
+                Some(fields),
+                true,
+            )
+            .await?;
+        Ok(if status == StatusCode::CREATED {
+            Upserted::Created
+        } else {
+            Upserted::Existed
+        })
+    }
+
+    /// The application with this uniqueName, if it exists (and is visible to the operator).
+    pub async fn application_by_unique_name(
+        &self,
+        unique_name: &str,
+    ) -> Result<Option<Application>, AzureError> {
+        let path = format!("/applications(uniqueName='{}')", odata_quote(unique_name));
+        match self
+            .send("graph get application", Method::GET, &path, None, false)
+            .await
+        {
+            Ok((_, body)) => Self::parse("graph get application", body).map(Some),
+            Err(AzureError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn application_by_app_id(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Application>, AzureError> {
+        let path = format!("/applications(appId='{}')", odata_quote(app_id));
+        match self
+            .send("graph get application", Method::GET, &path, None, false)
+            .await
+        {
+            Ok((_, body)) => Self::parse("graph get application", body).map(Some),
+            Err(AzureError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// POST /applications/{id}/addPassword.
+    pub async fn add_password(
+        &self,
+        object_id: &str,
+        display_name: &str,
+        end: Timestamp,
+    ) -> Result<NewPassword, AzureError> {
+        const OP: &str = "graph addPassword";
+        let body = json!({"passwordCredential": {"displayName": display_name, "endDateTime": end.to_string()}});
+        let (_, value) = self
+            .send(
+                OP,
+                Method::POST,
+                &format!("/applications/{object_id}/addPassword"),
+                Some(&body),
+                false,
+            )
+            .await?;
+        let value = value.ok_or_else(|| AzureError::Unexpected {
+            operation: OP,
+            detail: "empty body".into(),
+        })?;
+        let secret = value["secretText"]
+            .as_str()
+            .ok_or_else(|| AzureError::Unexpected {
+                operation: OP,
+                detail: "no secretText".into(),
+            })?;
+        let secret_text = Secret::new(secret.to_string());
+        Ok(NewPassword {
+            credential: Self::parse(OP, Some(value))?,
+            secret_text,
+        })
+    }
+
+    /// POST /applications/{id}/removePassword. Removing a password that is already gone is success.
+    pub async fn remove_password(&self, object_id: &str, key_id: &str) -> Result<(), AzureError> {
+        let body = json!({"keyId": key_id});
+        match self
+            .send(
+                "graph removePassword",
+                Method::POST,
+                &format!("/applications/{object_id}/removePassword"),
+                Some(&body),
+                false,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(AzureError::Api {
+                status: 400 | 404,
+                ref message,
+                ..
+            }) if message.contains(key_id) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// PATCH /servicePrincipals(appId='…') with `Prefer: create-if-missing`, then the principal itself (a 204
+    /// carries no body).
+    pub async fn upsert_service_principal(
+        &self,
+        app_id: &str,
+    ) -> Result<(Upserted, ServicePrincipal), AzureError> {
+        const OP: &str = "graph upsert servicePrincipal";
+        let path = format!("/servicePrincipals(appId='{}')", odata_quote(app_id));
+        let (status, body) = self
+            .send(OP, Method::PATCH, &path, Some(&json!({})), true)
+            .await?;
+        if status == StatusCode::CREATED {
+            return Ok((Upserted::Created, Self::parse(OP, body)?));
+        }
+        let (_, body) = self
+            .send(
+                "graph get servicePrincipal",
+                Method::GET,
+                &path,
+                None,
+                false,
+            )
+            .await?;
+        Ok((Upserted::Existed, Self::parse(OP, body)?))
+    }
+
+    /// DELETE /applications/{id}: a soft delete into deleted items (the service principal goes with it).
+    pub async fn delete_application(&self, object_id: &str) -> Result<(), AzureError> {
+        match self
+            .send(
+                "graph delete application",
+                Method::DELETE,
+                &format!("/applications/{object_id}"),
+                None,
+                false,
+            )
+            .await
+        {
+            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// DELETE /directory/deletedItems/{id}: gone for good, no longer counting against the tenant's quota.
+    pub async fn purge_deleted(&self, object_id: &str) -> Result<(), AzureError> {
+        match self
+            .send(
+                "graph purge deleted item",
+                Method::DELETE,
+                &format!("/directory/deletedItems/{object_id}"),
+                None,
+                false,
+            )
+            .await
+        {
+            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn federated_credentials(
+        &self,
+        object_id: &str,
+    ) -> Result<Vec<FederatedIdentityCredential>, AzureError> {
+        const OP: &str = "graph list federatedIdentityCredentials";
+        let (_, body) = self
+            .send(
+                OP,
+                Method::GET,
+                &format!("/applications/{object_id}/federatedIdentityCredentials"),
+                None,
+                false,
+            )
+            .await?;
+        let value = body.unwrap_or(Value::Null);
+        Self::parse(OP, Some(value["value"].clone()))
+    }
+
+    /// PATCH …/federatedIdentityCredentials(name='…') with `Prefer: create-if-missing`.
+    pub async fn upsert_federated_credential(
+        &self,
+        object_id: &str,
+        fic: &FederatedIdentityCredential,
+    ) -> Result<Upserted, AzureError> {
+        let path = format!(
+            "/applications/{object_id}/federatedIdentityCredentials(name='{}')",
+            odata_quote(&fic.name)
+        );
+        let body = serde_json::to_value(fic).expect("serializable");
+        let (status, _) = self
+            .send(
+                "graph upsert federatedIdentityCredential",
+                Method::PATCH,
+                &path,
+                Some(&body),
+                true,
+            )
+            .await?;
+        Ok(if status == StatusCode::CREATED {
+            Upserted::Created
+        } else {
+            Upserted::Existed
+        })
+    }
+
+    pub async fn delete_federated_credential(
+        &self,
+        object_id: &str,
+        name: &str,
+    ) -> Result<(), AzureError> {
+        let path = format!(
+            "/applications/{object_id}/federatedIdentityCredentials(name='{}')",
+            odata_quote(name)
+        );
+        match self
+            .send(
+                "graph delete federatedIdentityCredential",
+                Method::DELETE,
+                &path,
+                None,
+                false,
+            )
+            .await
+        {
+            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        azure::{credential, error::ErrorClass},
+        cli::{AzureArgs, CloudName, CredentialKind},
+    };
+
+    const OPERATOR_SECRET: &str = "graph-client-test-secret";
+
+    /// The operator's client against an in-process emulator, authenticated with a client secret.
+    async fn client() -> (GraphClient, azure_emulator::Running, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = azure_emulator::config::Config::default_seed();
+        config.seed.applications[0].client_secrets = vec![OPERATOR_SECRET.into()];
+        let emulator = azure_emulator::start(azure_emulator::Options {
+            config,
+            state_dir: dir.path().to_path_buf(),
+            persist: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hostnames: vec![],
+        })
+        .await
+        .unwrap();
+        let base = emulator.base_url.clone();
+        let args = AzureArgs {
+            azure_cloud: CloudName::Custom,
+            azure_authority_host: Some(base.clone()),
+            azure_graph_endpoint: Some(format!("{base}/v1.0")),
+            azure_resource_manager_endpoint: Some(base),
+            azure_ca_file: Some(emulator.ca_file.clone()),
+            azure_credential: CredentialKind::ClientSecret,
+            azure_client_id: Some("0e0e0e0e-0000-4000-8000-00000000e0e0".into()),
+            azure_tenant_id: Some(
+                azure_emulator::config::Config::default_seed()
+                    .seed
+                    .tenant_id,
+            ),
+            azure_federated_token_file: None,
+            azure_client_secret: Some(OPERATOR_SECRET.into()),
+        };
+        let cloud = Cloud::from_args(&args).unwrap();
+        let http = credential::http_client(&args).unwrap();
+        let cred = credential::build(&args, &cloud, &http).unwrap();
+        (GraphClient::new(http, cred, &cloud), emulator, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn application_lifecycle_is_idempotent_and_secrets_stay_hidden() {
+        let (graph, _emulator, _dir) = client().await;
+        let name = "eo-cluster-ns-it's-name";
+        let fields = json!({"displayName": "app", "tags": ["entra-operator"]});
+        assert_eq!(
+            graph.upsert_application(name, &fields).await.unwrap(),
+            Upserted::Created
+        );
+        assert_eq!(
+            graph.upsert_application(name, &fields).await.unwrap(),
+            Upserted::Existed,
+            "a retry finds it"
+        );
+        let app = graph
+            .application_by_unique_name(name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(app.unique_name.as_deref(), Some(name));
+        assert_eq!(
+            graph
+                .application_by_app_id(&app.app_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            app.id
+        );
+        assert!(
+            graph
+                .application_by_unique_name("missing")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let (created, sp) = graph.upsert_service_principal(&app.app_id).await.unwrap();
+        assert_eq!(created, Upserted::Created);
+        let (again, same) = graph.upsert_service_principal(&app.app_id).await.unwrap();
+        assert_eq!((again, same.id), (Upserted::Existed, sp.id));
+
+        let end = Timestamp::now() + jiff::SignedDuration::from_hours(24);
+        let pw = graph
+            .add_password(&app.id, "entra-operator/ns/name/1", end)
+            .await
+            .unwrap();
+        assert_eq!(
+            pw.credential.display_name.as_deref(),
+            Some("entra-operator/ns/name/1")
+        );
+        assert_eq!(
+            pw.credential.hint.as_deref(),
+            Some(&pw.secret_text.secret()[..3])
+        );
+        assert!(
+            !format!("{pw:?}").contains(pw.secret_text.secret()),
+            "Debug never prints the secret"
+        );
+        let listed = graph
+            .application_by_unique_name(name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed.password_credentials.len(), 1);
+        graph
+            .remove_password(&app.id, &pw.credential.key_id)
+            .await
+            .unwrap();
+        graph
+            .remove_password(&app.id, &pw.credential.key_id)
+            .await
+            .unwrap();
+
+        let fic = FederatedIdentityCredential {
+            id: String::new(),
+            name: "cluster".into(),
+            issuer: "https://oidc.example/".into(),
+            subject: "system:serviceaccount:ns:app".into(),
+            audiences: vec!["api://AzureADTokenExchange".into()],
+            description: None,
+        };
+        assert_eq!(
+            graph
+                .upsert_federated_credential(&app.id, &fic)
+                .await
+                .unwrap(),
+            Upserted::Created
+        );
+        assert_eq!(
+            graph.federated_credentials(&app.id).await.unwrap()[0].subject,
+            fic.subject
+        );
+        graph
+            .delete_federated_credential(&app.id, "cluster")
+            .await
+            .unwrap();
+        assert!(
+            graph
+                .federated_credentials(&app.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        graph.delete_application(&app.id).await.unwrap();
+        assert!(
+            graph
+                .application_by_unique_name(name)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        graph.purge_deleted(&app.id).await.unwrap();
+        graph.delete_application(&app.id).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_carry_graphs_code_and_what_to_do() {
+        let (graph, _emulator, _dir) = client().await;
+        // No such application.
+        let err = graph
+            .add_password(
+                "5a5a5a5a-0000-4000-8000-0000000000ff",
+                "x",
+                Timestamp::now() + jiff::SignedDuration::from_hours(1),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
+        let foreign = json!({"displayName": "x"});
+        graph.upsert_application("mine", &foreign).await.unwrap();
+        let err = graph
+            .upsert_application("mine", &json!({"displayName": 7}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.class()),
+            ("Request_BadRequest", ErrorClass::Invalid),
+            "{err}"
+        );
+    }
+}
