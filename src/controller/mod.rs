@@ -1,6 +1,9 @@
 //! The operator's main loop: connect to the API server, check that the CRDs are served and readable, then run
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
+pub mod naming;
+pub mod secret_format;
+
 use anyhow::Context as _;
 use kube::{
     Api, Client, Config, Resource,
