@@ -29,6 +29,20 @@ pub struct RunArgs {
     #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// A stable identity for this cluster, part of every application's uniqueName so that two clusters never
+    /// claim each other's applications. Default: the uid of the kube-system namespace.
+    #[arg(long, env = "ENTRA_OPERATOR_CLUSTER_ID", value_name = "ID")]
+    pub cluster_id: Option<String>,
+
+    /// Namespaces to watch, comma-separated. Default: all namespaces.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS,..."
+    )]
+    pub watch_namespaces: Vec<String>,
+
     #[command(flatten)]
     pub azure: AzureArgs,
 

@@ -3,13 +3,19 @@ use std::process::ExitCode;
 use clap::Parser;
 use entra_operator::{api, cli, controller, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let result = match cli.command {
         cli::Command::Crdgen(args) => crdgen(args),
-        cli::Command::Run(args) => run(*args).await,
+        cli::Command::Run(args) => runtime.block_on(run(*args)),
     };
+    // Blocking tasks that never end on their own (the workload identity credential's token-file reader) must
+    // not hold the process after a clean shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -331,6 +331,20 @@ impl GraphClient {
         Ok((Upserted::Existed, Self::parse(OP, body)?))
     }
 
+    /// The service principal of an application, if it exists.
+    pub async fn service_principal_by_app_id(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<ServicePrincipal>, AzureError> {
+        const OP: &str = "graph get servicePrincipal";
+        let path = format!("/servicePrincipals(appId='{}')", odata_quote(app_id));
+        match self.send(OP, Method::GET, &path, None, false).await {
+            Ok((_, body)) => Self::parse(OP, body).map(Some),
+            Err(AzureError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// DELETE /applications/{id}: a soft delete into deleted items (the service principal goes with it).
     pub async fn delete_application(&self, object_id: &str) -> Result<(), AzureError> {
         match self

@@ -3,12 +3,22 @@
 
 pub mod naming;
 pub mod secret_format;
+pub mod service_principal;
 
 use anyhow::Context as _;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api, Client, Config, Resource,
+    Api, Client, Config, Resource, ResourceExt,
     api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,29 +26,75 @@ use tracing::{info, warn};
 
 use crate::{
     api,
-    azure::{Cloud, credential},
+    azure::{Cloud, credential, graph::GraphClient},
     cli::{AzureArgs, RunArgs},
 };
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub graph: GraphClient,
+    pub cloud: Cloud,
+    pub tenant_id: String,
+    pub cluster_id: String,
+    pub recorder: Recorder,
+}
 
 /// Runs the operator until it is told to stop.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Registered before anything else, so that a SIGTERM during start-up is handled, not fatal.
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
-    tokio::select! {
+    let ctx = tokio::select! {
         started = start(&args) => started?,
         signal = &mut shutdown => {
             info!(signal, "shutting down before ready");
             return Ok(());
         }
     };
-    let signal = shutdown.await;
-    info!(signal, "shutting down");
+    // One controller per watched namespace (or one for all), merged into one stream.
+    let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces
+            .iter()
+            .map(|n| Some(n.as_str()))
+            .collect()
+    };
+    let ctx = Arc::new(ctx);
+    let controllers = scopes.into_iter().map(|ns| {
+        let (sps, secrets): (Api<api::ServicePrincipal>, Api<Secret>) = match ns {
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+        };
+        Controller::new(sps, watcher::Config::default())
+            .owns(
+                secrets,
+                watcher::Config::default().labels(service_principal::OWNER_LABEL),
+            )
+            .run(
+                service_principal::reconcile,
+                service_principal::error_policy,
+                ctx.clone(),
+            )
+            .boxed()
+    });
+    let controllers =
+        futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
+    // On a signal the controllers are dropped where they stand: every reconcile is safe to interrupt (state
+    // lives in Azure and the API server, and the next reconcile finds it), so there is nothing to drain.
+    tokio::select! {
+        _ = controllers => warn!("controllers stopped on their own"),
+        signal = shutdown => info!(signal, "shutting down"),
+    }
     Ok(())
 }
 
 /// Connects and checks that every kind is served and readable; then the operator is ready.
-async fn start(args: &RunArgs) -> anyhow::Result<Client> {
+async fn start(args: &RunArgs) -> anyhow::Result<Context> {
     let client = connect(args).await?;
     let version = client
         .apiserver_version()
@@ -47,11 +103,46 @@ async fn start(args: &RunArgs) -> anyhow::Result<Client> {
     check_served::<api::ServicePrincipal>(&client).await?;
     check_served::<api::RoleDelegation>(&client).await?;
     check_served::<api::CredentialRotation>(&client).await?;
+    let cluster_id = match &args.cluster_id {
+        Some(id) => id.clone(),
+        None => Api::<Namespace>::all(client.clone())
+            .get("kube-system")
+            .await
+            .context(
+                "cannot read the kube-system namespace for the cluster id (or set --cluster-id)",
+            )?
+            .uid()
+            .context("kube-system has no uid")?,
+    };
+    let tenant_id = args
+        .azure
+        .azure_tenant_id
+        .clone()
+        .context("AZURE_TENANT_ID (--azure-tenant-id) is required")?;
     let cloud = Cloud::from_args(&args.azure)?;
     let http = credential::http_client(&args.azure)?;
     check_azure(&args.azure, &cloud, &http).await;
-    info!(apiserver = %version.git_version, "operator ready");
-    Ok(client)
+    let graph = GraphClient::new(
+        http.clone(),
+        credential::build(&args.azure, &cloud, &http)?,
+        &cloud,
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "entra-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    info!(apiserver = %version.git_version, cluster_id = %cluster_id, "operator ready");
+    Ok(Context {
+        client,
+        graph,
+        cloud,
+        tenant_id,
+        cluster_id,
+        recorder,
+    })
 }
 
 /// Obtains a Graph token once, so that a misconfigured identity shows in the log at start-up rather than on

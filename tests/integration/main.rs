@@ -5,5 +5,6 @@ mod admission;
 mod crdgen;
 mod explain;
 mod operator_run;
+mod service_principal;
 mod support;
 mod workload_identity;

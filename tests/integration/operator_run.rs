@@ -9,34 +9,26 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::{
-    Api,
-    api::{DeleteParams, Patch, PatchParams},
-};
+use kube::api::DeleteParams;
 use nix::{sys::signal::Signal, unistd::Pid};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::{
     AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_trusting_testenv,
-    install_crds, operator_azure_env, sa_token, service_account_kubeconfig,
+    grant_operator_rbac, install_crds, operator_azure_env, sa_token, service_account_kubeconfig,
 };
 
 /// A running `entra-operator run` whose JSON log lines arrive on a channel.
-struct Operator {
+pub struct Operator {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Operator {
-    fn start(kubeconfig: &Path) -> Self {
-        Self::start_with(kubeconfig, &[])
-    }
-
     /// Starts the operator with only the given Azure settings: none are inherited, so that a test never
     /// reaches for the public cloud.
-    fn start_with(kubeconfig: &Path, azure_env: &[(String, String)]) -> Self {
+    pub fn start_with(kubeconfig: &Path, azure_env: &[(String, String)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_entra-operator"));
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")) {
             cmd.env_remove(key);
@@ -67,7 +59,7 @@ impl Operator {
     }
 
     /// Waits for a log line whose message is `message`; returns it parsed.
-    fn wait_for(&mut self, message: &str, timeout: Duration) -> Value {
+    pub fn wait_for(&mut self, message: &str, timeout: Duration) -> Value {
         let deadline = std::time::Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
@@ -88,12 +80,12 @@ impl Operator {
         );
     }
 
-    fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     /// Waits for the process to exit and returns its status and the rest of its output.
-    fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, Vec<String>) {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -105,6 +97,9 @@ impl Operator {
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
                 panic!(
                     "the operator did not exit within {timeout:?}:\n{}",
                     self.seen.join("\n")
@@ -115,12 +110,44 @@ impl Operator {
     }
 }
 
-#[tokio::test]
+/// An emulator that trusts `ns`'s entra-operator ServiceAccount, and the environment pointing the operator at it.
+pub struct Azure {
+    pub emulator: azure_emulator::Running,
+    pub env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Azure {
+    pub async fn new(admin: &kube::Client, ns: &str) -> Azure {
+        let dir = tempfile::tempdir().unwrap();
+        let emulator = emulator_trusting_testenv(ns, "entra-operator", dir.path()).await;
+        let token_file = dir.path().join("azure-identity-token");
+        std::fs::write(
+            &token_file,
+            sa_token(admin, ns, "entra-operator", AUDIENCE).await,
+        )
+        .unwrap();
+        let mut env = operator_azure_env(&emulator, &token_file);
+        env.push(("ENTRA_OPERATOR_CLUSTER_ID".into(), format!("testenv-{ns}")));
+        // Only this test's namespace: other tests' objects are not this operator's business.
+        env.push(("WATCH_NAMESPACES".into(), ns.to_string()));
+        Azure {
+            emulator,
+            env,
+            _dir: dir,
+        }
+    }
+}
+
+// Multi-threaded wherever an in-process emulator serves while the test blocks reading the operator's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reports_ready_and_exits_cleanly_on_sigterm() {
     let client = admin_client().await;
     install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "operator-ready").await;
+    let azure = Azure::new(&client, &ns.name).await;
 
-    let mut operator = Operator::start(&admin_kubeconfig());
+    let mut operator = Operator::start_with(&admin_kubeconfig(), &azure.env);
     let ready = operator.wait_for("operator ready", Duration::from_secs(30));
     assert_eq!(ready["level"], "INFO");
     assert!(
@@ -151,9 +178,11 @@ async fn run_reports_ready_and_exits_cleanly_on_sigterm() {
         "every log line is JSON:\n{}",
         lines.join("\n")
     );
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
     let admin = admin_client().await;
     install_crds(&admin).await;
@@ -162,8 +191,11 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
     let kubeconfig =
         service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
 
+    let azure = Azure::new(&admin, &ns.name).await;
+
     // Without any grant, the API server refuses and the operator says what it may not do, then exits.
-    let (status, lines) = Operator::start(&kubeconfig).wait_exit(Duration::from_secs(30));
+    let (status, lines) =
+        Operator::start_with(&kubeconfig, &azure.env).wait_exit(Duration::from_secs(30));
     assert!(!status.success());
     assert!(
         lines
@@ -173,10 +205,10 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
         lines.join("\n")
     );
 
-    // With read access to its three kinds it starts.
-    let (roles, bindings, name) = grant_read(&admin, &ns.name, "entra-operator").await;
+    // With the operator's rules it starts.
+    let (roles, bindings, name) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
 
-    let mut operator = Operator::start(&kubeconfig);
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     operator.signal(Signal::SIGTERM);
     let (status, lines) = operator.wait_exit(Duration::from_secs(10));
@@ -184,38 +216,8 @@ async fn run_under_its_own_service_account_needs_exactly_its_rbac() {
 
     let _ = bindings.delete(&name, &DeleteParams::default()).await;
     let _ = roles.delete(&name, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
     ns.cleanup().await;
-}
-
-/// A ClusterRole that reads the operator's three kinds, bound to the ServiceAccount.
-async fn grant_read(
-    admin: &kube::Client,
-    ns: &str,
-    sa: &str,
-) -> (Api<ClusterRole>, Api<ClusterRoleBinding>, String) {
-    let name = format!("{ns}-{sa}");
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": ["entra-operator.io"],
-                   "resources": ["serviceprincipals", "roledelegations", "credentialrotations"],
-                   "verbs": ["get", "list", "watch"]}],
-    }))
-    .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-    }))
-    .unwrap();
-    let pp = PatchParams::apply("entra-operator-tests");
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
-    roles.patch(&name, &pp, &Patch::Apply(&role)).await.unwrap();
-    bindings
-        .patch(&name, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
-    (roles, bindings, name)
 }
 
 // Multi-threaded: the emulator runs on this test's runtime while the test blocks reading the operator's log.
@@ -227,7 +229,7 @@ async fn run_signs_in_to_azure_with_workload_identity() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig =
         service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, name) = grant_read(&admin, &ns.name, "entra-operator").await;
+    let (roles, bindings, name) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
     let emulator = emulator_trusting_testenv(&ns.name, "entra-operator", dir.path()).await;
 
     // The token kubelet would project for the operator's pod: its own ServiceAccount, Entra's audience.

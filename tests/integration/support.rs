@@ -289,3 +289,53 @@ pub fn operator_azure_env(
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
+
+/// The rules the operator needs, and no more: its three kinds (and their status and finalizers), the Secrets
+/// it writes, Events, and the kube-system namespace's uid as the default cluster id. The chart's RBAC must
+/// match; tests run the operator with exactly these.
+pub fn operator_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals", "roledelegations", "credentialrotations"],
+         "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals/status", "roledelegations/status", "credentialrotations/status"],
+         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals/finalizers", "roledelegations/finalizers", "credentialrotations/finalizers"],
+         "verbs": ["update"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]},
+    ])
+}
+
+/// Binds `operator_rules()` to the ServiceAccount; returns what to delete afterwards.
+pub async fn grant_operator_rbac(
+    admin: &Client,
+    ns: &str,
+    sa: &str,
+) -> (
+    Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+    Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+    String,
+) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let name = format!("{ns}-{sa}");
+    let role: ClusterRole = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name}, "rules": operator_rules()}),
+    )
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+    }))
+    .unwrap();
+    let pp = PatchParams::apply("entra-operator-tests");
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    roles.patch(&name, &pp, &Patch::Apply(&role)).await.unwrap();
+    bindings
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    (roles, bindings, name)
+}

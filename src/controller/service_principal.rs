@@ -1,0 +1,580 @@
+//! The ServicePrincipal controller: converge the application, its service principal, federated credentials and
+//! one delivered password; write the Secret; report status; clean up on delete.
+//!
+//! State lives in Azure and in the Secret, not in memory: the application is found by its derived uniqueName,
+//! the operator's passwords by their displayName, the delivered one by the Secret's key-id annotation. So a
+//! crash between any two steps is repaired by the next reconcile: a password whose text was never delivered is
+//! removed, never leaked.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as Finalized, finalizer},
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, naming, secret_format};
+use crate::{
+    api::{
+        DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
+        conditions::{self, READY},
+        service_principal::CredentialStatus,
+    },
+    azure::{
+        error::{AzureError, ErrorClass},
+        graph::{Application, FederatedIdentityCredential, PasswordCredential},
+    },
+};
+
+pub const FINALIZER: &str = "entra-operator.io/cleanup";
+/// Annotations on the Secret: which object wrote it, which password it holds, in which format.
+pub const KEY_ID_ANNOTATION: &str = "entra-operator.io/key-id";
+pub const FORMAT_ANNOTATION: &str = "entra-operator.io/format";
+pub const OWNER_LABEL: &str = "entra-operator.io/service-principal";
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// A spec the operator cannot act on; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Secret exists and belongs to something else.
+    #[error("Secret {0} exists and is not owned by this ServicePrincipal; it is left untouched")]
+    SecretConflict(String),
+    /// Azure has not shown the object yet (replication right after a create).
+    #[error("{0} is not visible yet (replication delay)")]
+    NotYetVisible(&'static str),
+}
+
+impl Error {
+    /// The condition reason this failure shows as.
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Azure(e) => match e.class() {
+                ErrorClass::Throttled(_) => "Throttled",
+                ErrorClass::Forbidden => "AzurePermissionDenied",
+                ErrorClass::Invalid => "AzureRejected",
+                ErrorClass::NotFound => "WaitingForReplication",
+                _ => "AzureUnavailable",
+            },
+            Error::Kube(_) => "KubernetesError",
+            Error::Invalid(_) => "InvalidSpec",
+            Error::SecretConflict(_) => "SecretConflict",
+            Error::NotYetVisible(_) => "WaitingForReplication",
+        }
+    }
+
+    /// How long until the next try.
+    fn retry_after(&self) -> Duration {
+        match self {
+            Error::Azure(e) => match e.class() {
+                ErrorClass::Throttled(d) => d,
+                ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
+                _ => Duration::from_secs(5),
+            },
+            Error::Invalid(_) | Error::SecretConflict(_) => Duration::from_secs(300),
+            Error::NotYetVisible(_) => Duration::from_secs(2),
+            Error::Kube(_) => Duration::from_secs(5),
+        }
+    }
+}
+
+pub async fn reconcile(
+    sp: Arc<ServicePrincipal>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let api: Api<ServicePrincipal> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, sp, |event| async {
+        match event {
+            Finalized::Apply(sp) => apply(&sp, &ctx).await,
+            Finalized::Cleanup(sp) => cleanup(&sp, &ctx).await,
+        }
+    })
+    .await
+}
+
+pub fn error_policy(
+    sp: Arc<ServicePrincipal>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    _ctx: Arc<Context>,
+) -> Action {
+    let delay = match error {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
+        _ => Duration::from_secs(5),
+    };
+    warn!(object = %format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Converges one object, recording a failure in its conditions before returning it.
+async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
+    match converge(sp, ctx).await {
+        Ok(status) => {
+            write_status(sp, ctx, status).await?;
+            Ok(Action::requeue(Duration::from_secs(3600)))
+        }
+        Err(err) => {
+            let mut status = sp.status.clone().unwrap_or_default();
+            let ready = conditions::condition(
+                READY,
+                false,
+                err.reason(),
+                err.to_string(),
+                sp.metadata.generation,
+                now(),
+            );
+            conditions::set_condition(&mut status.conditions, ready);
+            let event = err.reason();
+            write_status(sp, ctx, status).await?;
+            publish(ctx, sp, EventType::Warning, event, &err.to_string()).await;
+            Err(err)
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn owned_by(secret: &Secret, sp: &ServicePrincipal) -> bool {
+    let uid = sp.uid().unwrap_or_default();
+    secret
+        .owner_references()
+        .iter()
+        .any(|r| r.uid == uid && r.kind == "ServicePrincipal")
+}
+
+async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincipalStatus, Error> {
+    let ns = sp.namespace().unwrap_or_default();
+    let name = sp.name_any();
+    let uid = sp.uid().unwrap_or_default();
+    if sp.spec.adopt.is_some() {
+        return Err(Error::Invalid(
+            "spec.adopt: adopting an existing application is not supported by this version".into(),
+        ));
+    }
+    let key = naming::unique_name(&ctx.cluster_id, &ns, &name, &uid);
+    let mut tags = naming::ownership_tags(&ctx.cluster_id, &ns, &name);
+    tags.extend(sp.spec.tags.iter().cloned());
+    let fields = json!({"displayName": sp.spec.display_name, "notes": sp.spec.notes, "tags": tags});
+
+    // Application: read first, write only when something differs (no redundant writes to Graph).
+    let app = match ctx.graph.application_by_unique_name(&key).await? {
+        Some(app) if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), &tags) => {
+            app
+        }
+        found => {
+            ctx.graph.upsert_application(&key, &fields).await?;
+            if found.is_none() {
+                info!(object = %format!("{ns}/{name}"), unique_name = %key, "created application");
+                publish(
+                    ctx,
+                    sp,
+                    EventType::Normal,
+                    "ApplicationCreated",
+                    &format!("Created application {key}"),
+                )
+                .await;
+            }
+            ctx.graph
+                .application_by_unique_name(&key)
+                .await?
+                .ok_or(Error::NotYetVisible("the application"))?
+        }
+    };
+
+    let principal = match ctx.graph.service_principal_by_app_id(&app.app_id).await? {
+        Some(p) => p,
+        None => {
+            let (_, p) = ctx.graph.upsert_service_principal(&app.app_id).await?;
+            publish(
+                ctx,
+                sp,
+                EventType::Normal,
+                "ServicePrincipalCreated",
+                &format!("Created service principal {}", p.id),
+            )
+            .await;
+            p
+        }
+    };
+
+    let fic_names = converge_federated_credentials(sp, ctx, &app).await?;
+
+    let mut status = sp.status.clone().unwrap_or_default();
+    status.app_id = Some(app.app_id.clone());
+    status.object_id = Some(app.id.clone());
+    status.service_principal_id = Some(principal.id.clone());
+    status.tenant_id = Some(ctx.tenant_id.clone());
+    status.federated_credentials = fic_names;
+    status.observed_generation = sp.metadata.generation;
+
+    match &sp.spec.secret {
+        Some(target) => {
+            let delivered = converge_password(sp, ctx, &app, target).await?;
+            status.secret_name = Some(target.name.clone());
+            status.credential = Some(CredentialStatus {
+                key_id: delivered.key_id.clone(),
+                hint: delivered.hint.clone(),
+                display_name: delivered.display_name.clone(),
+                start_date_time: delivered.start_date_time.map(Time),
+                end_date_time: delivered.end_date_time.map(Time),
+            });
+        }
+        None => {
+            // No Secret asked for: no password either; remove any the operator issued before.
+            for p in ours(&app, &ns, &name) {
+                ctx.graph.remove_password(&app.id, &p.key_id).await?;
+            }
+            status.secret_name = None;
+            status.credential = None;
+        }
+    }
+    let ready = conditions::condition(
+        READY,
+        true,
+        "Ready",
+        format!("application {} is ready", app.app_id),
+        sp.metadata.generation,
+        now(),
+    );
+    conditions::set_condition(&mut status.conditions, ready);
+    Ok(status)
+}
+
+fn app_matches(
+    app: &Application,
+    display_name: &str,
+    notes: Option<&str>,
+    tags: &[String],
+) -> bool {
+    let mut have = app.tags.clone();
+    let mut want = tags.to_vec();
+    have.sort();
+    want.sort();
+    app.display_name == display_name && app.notes.as_deref() == notes && have == want
+}
+
+/// The passwords this object issued, oldest first.
+fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a PasswordCredential> {
+    let mut found: Vec<(u64, &PasswordCredential)> = app
+        .password_credentials
+        .iter()
+        .filter_map(|p| {
+            p.display_name
+                .as_deref()
+                .and_then(|d| naming::password_serial(d, ns, name))
+                .map(|s| (s, p))
+        })
+        .collect();
+    found.sort_by_key(|(serial, _)| *serial);
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Makes the application's federated credentials exactly the spec's; returns their names.
+async fn converge_federated_credentials(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    app: &Application,
+) -> Result<Vec<String>, Error> {
+    let current = ctx.graph.federated_credentials(&app.id).await?;
+    for want in &sp.spec.federated_credentials {
+        let desired = FederatedIdentityCredential {
+            id: String::new(),
+            name: want.name.clone(),
+            issuer: want.issuer.clone(),
+            subject: want.subject.clone(),
+            audiences: want.audiences.clone(),
+            description: want.description.clone(),
+        };
+        let same = current.iter().any(|c| {
+            c.name == desired.name
+                && c.issuer == desired.issuer
+                && c.subject == desired.subject
+                && c.audiences == desired.audiences
+        });
+        if !same {
+            ctx.graph
+                .upsert_federated_credential(&app.id, &desired)
+                .await?;
+        }
+    }
+    for extra in current.iter().filter(|c| {
+        !sp.spec
+            .federated_credentials
+            .iter()
+            .any(|w| w.name == c.name)
+    }) {
+        ctx.graph
+            .delete_federated_credential(&app.id, &extra.name)
+            .await?;
+    }
+    Ok(sp
+        .spec
+        .federated_credentials
+        .iter()
+        .map(|f| f.name.clone())
+        .collect())
+}
+
+/// Delivers one password to the Secret: keeps the delivered one if it is still valid (re-rendering when the
+/// format changed), otherwise issues a new one and writes it at once; then removes every other password this
+/// object issued (those a crash left undelivered, or one removed from the Secret).
+async fn converge_password(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    app: &Application,
+    target: &crate::api::SecretTarget,
+) -> Result<PasswordCredential, Error> {
+    let ns = sp.namespace().unwrap_or_default();
+    let name = sp.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&target.name).await?;
+    if let Some(secret) = &existing
+        && !owned_by(secret, sp)
+    {
+        return Err(Error::SecretConflict(format!("{ns}/{}", target.name)));
+    }
+    let ours = ours(app, &ns, &name);
+    let annotation = |s: &Secret, key: &str| s.annotations().get(key).cloned();
+    let delivered = existing.as_ref().and_then(|s| {
+        let key_id = annotation(s, KEY_ID_ANNOTATION)?;
+        let password = ours.iter().find(|p| p.key_id == key_id)?;
+        let format: SecretFormat =
+            serde_json::from_value(json!(annotation(s, FORMAT_ANNOTATION)?)).ok()?;
+        let data: BTreeMap<String, Vec<u8>> = s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        secret_format::extract_secret(format, &data)
+            .map(|text| ((*password).clone(), text, format, data))
+    });
+
+    let password = match delivered {
+        Some((password, text, format, data)) => {
+            let rendered = render(sp, ctx, app, target, &text)?;
+            let current: BTreeMap<String, String> = data
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect();
+            if format != target.format || rendered != current {
+                write_secret(sp, ctx, target, &password.key_id, rendered).await?;
+                publish(
+                    ctx,
+                    sp,
+                    EventType::Normal,
+                    "SecretUpdated",
+                    &format!("Re-rendered Secret {} as {:?}", target.name, target.format),
+                )
+                .await;
+            }
+            password
+        }
+        None => {
+            let serial = ours
+                .iter()
+                .filter_map(|p| p.display_name.as_deref())
+                .filter_map(|d| naming::password_serial(d, &ns, &name))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let lifetime = sp
+                .spec
+                .credential_lifetime
+                .as_ref()
+                .map(|d| d.as_std())
+                .unwrap_or(DEFAULT_LIFETIME);
+            let end = k8s_openapi::jiff::Timestamp::now()
+                + k8s_openapi::jiff::SignedDuration::try_from(lifetime)
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::from_hours(8760));
+            let new = ctx
+                .graph
+                .add_password(&app.id, &naming::password_name(&ns, &name, serial), end)
+                .await?;
+            // Written straight away: the text exists nowhere else, and Graph will never show it again.
+            let data = render(sp, ctx, app, target, new.secret_text.secret())?;
+            write_secret(sp, ctx, target, &new.credential.key_id, data).await?;
+            publish(
+                ctx,
+                sp,
+                EventType::Normal,
+                "CredentialIssued",
+                &format!(
+                    "Issued password {} into Secret {}",
+                    new.credential.key_id, target.name
+                ),
+            )
+            .await;
+            new.credential
+        }
+    };
+    for stale in ours.iter().filter(|p| p.key_id != password.key_id) {
+        ctx.graph.remove_password(&app.id, &stale.key_id).await?;
+        publish(
+            ctx,
+            sp,
+            EventType::Normal,
+            "CredentialRemoved",
+            &format!("Removed password {} that was not delivered", stale.key_id),
+        )
+        .await;
+    }
+    Ok(password)
+}
+
+fn render(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    app: &Application,
+    target: &crate::api::SecretTarget,
+    secret: &str,
+) -> Result<BTreeMap<String, String>, Error> {
+    let credential = secret_format::Credential {
+        client_id: &app.app_id,
+        client_secret: secret,
+        tenant_id: &ctx.tenant_id,
+        display_name: &sp.spec.display_name,
+        cloud: &ctx.cloud,
+    };
+    secret_format::render(target.format, target.templates.as_ref(), &credential)
+        .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+async fn write_secret(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    target: &crate::api::SecretTarget,
+    key_id: &str,
+    data: BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let ns = sp.namespace().unwrap_or_default();
+    let format = serde_json::to_value(target.format)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(target.name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([(OWNER_LABEL.to_string(), sp.name_any())])),
+            annotations: Some(BTreeMap::from([
+                (KEY_ID_ANNOTATION.to_string(), key_id.to_string()),
+                (FORMAT_ANNOTATION.to_string(), format),
+            ])),
+            owner_references: Some(vec![OwnerReference {
+                controller: Some(true),
+                ..sp.controller_owner_ref(&())
+                    .expect("a stored object has a uid")
+            }]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // Server-side apply with force: the operator is the only writer of a Secret it owns.
+    secrets
+        .patch(
+            &target.name,
+            &PatchParams::apply("entra-operator").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn write_status(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    status: ServicePrincipalStatus,
+) -> Result<(), Error> {
+    if sp.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<ServicePrincipal> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    api.patch_status(
+        &sp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
+    let ns = sp.namespace().unwrap_or_default();
+    let name = sp.name_any();
+    match sp.spec.deletion_policy {
+        DeletionPolicy::Orphan => {
+            publish(
+                ctx,
+                sp,
+                EventType::Normal,
+                "Orphaned",
+                "deletionPolicy Orphan: the application is left in Azure",
+            )
+            .await;
+        }
+        DeletionPolicy::Delete if sp.spec.adopt.is_none() => {
+            let key =
+                naming::unique_name(&ctx.cluster_id, &ns, &name, &sp.uid().unwrap_or_default());
+            if let Some(app) = ctx.graph.application_by_unique_name(&key).await? {
+                // Deleting the application removes its passwords, federated credentials and service principal.
+                ctx.graph.delete_application(&app.id).await?;
+                info!(object = %format!("{ns}/{name}"), unique_name = %key, "deleted application");
+            }
+        }
+        DeletionPolicy::Delete => {}
+    }
+    if let Some(target) = &sp.spec.secret {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Some(secret) = secrets.get_opt(&target.name).await?
+            && owned_by(&secret, sp)
+        {
+            secrets
+                .delete(&target.name, &DeleteParams::default())
+                .await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &Context, sp: &ServicePrincipal, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &sp.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish an event");
+    }
+}

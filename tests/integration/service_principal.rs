@@ -1,0 +1,316 @@
+//! The ServicePrincipal controller end to end: the operator binary, under its own ServiceAccount and RBAC,
+//! signed in to the emulator with workload identity, turns objects into applications, service principals
+//! and Secrets that authenticate, repairs a lost Secret, refuses to overwrite a foreign one, and cleans up.
+
+use std::time::Duration;
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use entra_operator::api::ServicePrincipal;
+
+use crate::{
+    operator_run::{Azure, Operator},
+    support::{
+        TestNamespace, admin_client, grant_operator_rbac, install_crds, service_account_kubeconfig,
+    },
+};
+
+/// Polls until `check` returns Some, or fails after `secs` with what was last seen.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} not reached within {secs}s; last: {last}");
+}
+
+fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
+    let c = sp
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+async fn state(azure: &Azure) -> Value {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    http.get(format!("{}/_emulator/state", azure.emulator.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn token_status(azure: &Azure, client_id: &str, secret: &str) -> u16 {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    http.post(format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        azure.emulator.base_url
+    ))
+    .form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("scope", "https://management.azure.com/.default"),
+    ])
+    .send()
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
+fn text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_principals_converge_heal_and_clean_up() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "sp").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+    let azure = Azure::new(&admin, &ns.name).await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let sp: ServicePrincipal = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "payroll"},
+        "spec": {"displayName": "payroll", "secret": {"name": "payroll-credentials"}, "tags": ["team:payroll"]},
+    }))
+    .unwrap();
+    sps.create(&PostParams::default(), &sp).await.unwrap();
+
+    let ready = eventually(60, "payroll Ready", || async {
+        let sp = sps.get("payroll").await.map_err(|e| e.to_string())?;
+        match ready_reason(&sp) {
+            Some((s, _)) if s == "True" => Ok(sp),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    let app_id = status.app_id.clone().unwrap();
+    assert_eq!(status.secret_name.as_deref(), Some("payroll-credentials"));
+    assert_eq!(status.observed_generation, ready.metadata.generation);
+    let key_id = status.credential.as_ref().unwrap().key_id.clone();
+
+    // The Secret authenticates, as a consumer would use it.
+    let secret = secrets.get("payroll-credentials").await.unwrap();
+    assert_eq!(text(&secret, "AZURE_CLIENT_ID"), app_id);
+    let client_secret = text(&secret, "AZURE_CLIENT_SECRET");
+    assert_eq!(token_status(&azure, &app_id, &client_secret).await, 200);
+    assert_eq!(secret.annotations()["entra-operator.io/key-id"], key_id);
+    assert_eq!(
+        secret.metadata.owner_references.as_ref().unwrap()[0].uid,
+        ready.metadata.uid.clone().unwrap()
+    );
+    let world = state(&azure).await;
+    let apps: Vec<&Value> = world["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|a| a["appId"] == app_id.as_str())
+        .collect();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0]["passwordCredentials"].as_array().unwrap().len(), 1);
+    assert!(
+        apps[0]["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("team:payroll"))
+    );
+
+    // A format change re-renders the same password.
+    sps.patch(
+        "payroll",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"secret": {"format": "az"}}})),
+    )
+    .await
+    .unwrap();
+    let az = eventually(30, "Secret in az format", || async {
+        let s = secrets
+            .get("payroll-credentials")
+            .await
+            .map_err(|e| e.to_string())?;
+        if s.data.as_ref().is_some_and(|d| d.contains_key("password")) {
+            Ok(s)
+        } else {
+            Err("no password key yet".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        text(&az, "password"),
+        client_secret,
+        "no new password for a format change"
+    );
+    assert_eq!(az.annotations()["entra-operator.io/key-id"], key_id);
+
+    // A lost Secret means a new password (the old text is gone) and the old password's removal.
+    secrets
+        .delete("payroll-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    let renewed = eventually(30, "Secret recreated", || async {
+        match secrets
+            .get_opt("payroll-credentials")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(s) if s.annotations().get("entra-operator.io/key-id") != Some(&key_id) => Ok(s),
+            _ => Err("not yet".into()),
+        }
+    })
+    .await;
+    let new_secret = text(&renewed, "password");
+    assert_eq!(token_status(&azure, &app_id, &new_secret).await, 200);
+    eventually(30, "old password removed", || async {
+        if token_status(&azure, &app_id, &client_secret).await == 401 {
+            Ok(())
+        } else {
+            Err("old secret still works".into())
+        }
+    })
+    .await;
+
+    // A Secret that belongs to someone else is never overwritten.
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("taken".into()),
+            ..Default::default()
+        },
+        data: Some([("mine".to_string(), ByteString(b"keep".to_vec()))].into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let clash: ServicePrincipal = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "clash"}, "spec": {"displayName": "clash", "secret": {"name": "taken"}},
+    }))
+    .unwrap();
+    sps.create(&PostParams::default(), &clash).await.unwrap();
+    eventually(30, "SecretConflict", || async {
+        let sp = sps.get("clash").await.map_err(|e| e.to_string())?;
+        match ready_reason(&sp) {
+            Some((s, r)) if s == "False" && r == "SecretConflict" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let untouched = secrets.get("taken").await.unwrap();
+    assert_eq!(untouched.data.unwrap().keys().collect::<Vec<_>>(), ["mine"]);
+
+    // Deleting with the default policy removes the application (its SP and passwords go with it).
+    sps.delete("payroll", &DeleteParams::default())
+        .await
+        .unwrap();
+    sps.delete("clash", &DeleteParams::default()).await.unwrap();
+    eventually(30, "objects gone", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+    let world = state(&azure).await;
+    assert!(
+        !world["directory"]["applications"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|a| a["appId"] == app_id.as_str()),
+        "the application is deleted"
+    );
+    assert!(
+        secrets
+            .get_opt("payroll-credentials")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    operator.signal(Signal::SIGTERM);
+    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+    let log = lines.join("\n");
+    assert!(
+        !log.contains(&client_secret) && !log.contains(&new_secret),
+        "no secret text in the operator's log"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &ns.name)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let reasons: Vec<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.contains(&"CredentialIssued".to_string())
+            && reasons.contains(&"SecretConflict".to_string()),
+        "{reasons:?}"
+    );
+    let notes = serde_json::to_string(&events.items).unwrap();
+    assert!(
+        !notes.contains(&client_secret) && !notes.contains(&new_secret),
+        "no secret text in Events"
+    );
+
+    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
+    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
