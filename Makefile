@@ -77,20 +77,8 @@ emulator: ## Run the Azure emulator in the foreground (state in target/emulator)
 	$(CARGO) run --bin azure-emulator -- --state-dir $(CURDIR)/target/emulator
 
 .PHONY: demo
-demo: build testenv-up demo-stop ## Control plane + CRDs + operator + example manifests, then show them
-	$(KUBECTL) apply --server-side -f crds/
-	$(KUBECTL) wait --for=condition=Established --timeout=60s -f crds/
-	mkdir -p $(DEMO_DIR)
-	target/debug/azure-emulator --state-dir $(DEMO_DIR)/emulator --listen 127.0.0.1:0 --env-file $(DEMO_DIR)/emulator.env \
-		> $(DEMO_DIR)/emulator.log 2>&1 & echo $$! > $(DEMO_DIR)/emulator.pid
-	@for i in $$(seq 1 100); do [ -s $(DEMO_DIR)/emulator.env ] && break; sleep 0.1; done; cat $(DEMO_DIR)/emulator.env
-	target/debug/entra-operator run --kubeconfig $(KUBECONFIG_TESTENV) --log-format text > $(DEMO_DIR)/operator.log 2>&1 & echo $$! > $(DEMO_DIR)/operator.pid
-	@for i in $$(seq 1 100); do grep -q 'operator ready' $(DEMO_DIR)/operator.log && break; \
-		kill -0 $$(cat $(DEMO_DIR)/operator.pid) 2>/dev/null || { cat $(DEMO_DIR)/operator.log; exit 1; }; sleep 0.1; done
-	@grep 'operator ready' $(DEMO_DIR)/operator.log
-	$(KUBECTL) create namespace demo --dry-run=client -o yaml | $(KUBECTL) apply -f -
-	$(KUBECTL) apply -n demo -f examples/
-	$(KUBECTL) get serviceprincipals,roledelegations,credentialrotations -n demo -o wide
+demo: build testenv-up demo-stop ## Control plane + Azure emulator + operator (workload identity) + the examples
+	KUBECTL="$(KUBECTL)" TESTENV_STATE=$(TESTENV_STATE) DEMO_DIR=$(DEMO_DIR) scripts/demo.sh
 	@echo
 	@echo "The operator and the Azure emulator run in the background (logs in $(DEMO_DIR)/)."
 	@echo "Explore with: $(KUBECTL) explain serviceprincipal.spec"

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The demo behind `make demo`: the local control plane (already up), the Azure emulator, the operator signed in
+# with workload identity (a projected-style ServiceAccount token, validated by the emulator against the API
+# server's own OIDC discovery), and the examples applied. Ends by proving the delivered credential works.
+#
+# Expects: KUBECTL (command line with --kubeconfig), TESTENV_STATE (testenv's state dir), DEMO_DIR.
+set -euo pipefail
+: "${KUBECTL:?}" "${TESTENV_STATE:?}" "${DEMO_DIR:?}"
+cd "$(dirname "$0")/.."
+mkdir -p "$DEMO_DIR"
+kubectl() { $KUBECTL "$@"; }
+
+echo "--- CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+
+echo "--- Azure emulator"
+rm -f "$DEMO_DIR/emulator.env"
+target/debug/azure-emulator --state-dir "$DEMO_DIR/emulator" --listen 127.0.0.1:0 --env-file "$DEMO_DIR/emulator.env" \
+    >"$DEMO_DIR/emulator.log" 2>&1 &
+echo $! >"$DEMO_DIR/emulator.pid"
+for _ in $(seq 1 100); do [ -s "$DEMO_DIR/emulator.env" ] && break; sleep 0.1; done
+# shellcheck disable=SC1091
+source "$DEMO_DIR/emulator.env"
+echo "serving on $AZURE_EMULATOR_URL (tenant $AZURE_TENANT_ID)"
+curl_emulator() { curl -sS --fail-with-body --cacert "$AZURE_EMULATOR_CA_FILE" "$@"; }
+
+echo "--- the operator's identity: workload identity for entra-operator-system/entra-operator"
+kubectl create namespace entra-operator-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n entra-operator-system create serviceaccount entra-operator --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+issuer=$(cat "$TESTENV_STATE/server")
+operator_app=0e0e0e0e-0000-4000-8000-00000000e0e0
+# The emulator trusts the cluster's issuer for the operator's ServiceAccount, as `az identity
+# federated-credential create` would set it up against a real AKS cluster.
+curl_emulator -X POST "$AZURE_EMULATOR_URL/_emulator/seed" -H 'Content-Type: application/json' -d @- >/dev/null <<JSON
+{"trustedIssuers": [{"issuer": "$issuer", "caFile": "$TESTENV_STATE/pki/ca.crt"}],
+ "applications": [{"displayName": "entra-operator", "appId": "$operator_app",
+   "objectId": "0e0e0e0e-0000-4000-8000-00000000a0a0", "servicePrincipalId": "0e0e0e0e-0000-4000-8000-00000000b0b0",
+   "federatedCredentials": [{"name": "testenv", "issuer": "$issuer",
+     "subject": "system:serviceaccount:entra-operator-system:entra-operator"}]}]}
+JSON
+kubectl -n entra-operator-system create token entra-operator --audience api://AzureADTokenExchange --duration 24h \
+    >"$DEMO_DIR/azure-identity-token"
+
+echo "--- operator"
+AZURE_CLOUD=custom AZURE_AUTHORITY_HOST="$AZURE_AUTHORITY_HOST" AZURE_GRAPH_ENDPOINT="$AZURE_GRAPH_ENDPOINT" \
+AZURE_RESOURCE_MANAGER_ENDPOINT="$AZURE_RESOURCE_MANAGER_ENDPOINT" AZURE_CA_FILE="$AZURE_EMULATOR_CA_FILE" \
+AZURE_CLIENT_ID="$operator_app" AZURE_TENANT_ID="$AZURE_TENANT_ID" AZURE_FEDERATED_TOKEN_FILE="$DEMO_DIR/azure-identity-token" \
+    target/debug/entra-operator run --kubeconfig "$TESTENV_STATE/kubeconfig" --log-format text >"$DEMO_DIR/operator.log" 2>&1 &
+echo $! >"$DEMO_DIR/operator.pid"
+for _ in $(seq 1 100); do grep -q 'operator ready' "$DEMO_DIR/operator.log" && break
+    kill -0 "$(cat "$DEMO_DIR/operator.pid")" 2>/dev/null || { cat "$DEMO_DIR/operator.log"; exit 1; }; sleep 0.1; done
+grep -E 'azure credential|operator ready' "$DEMO_DIR/operator.log" | sed 's/\x1b\[[0-9;]*m//g'
+
+echo "--- examples"
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n demo -f examples/
+kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/aks-cluster-sp
+kubectl -n demo get serviceprincipals,roledelegations,credentialrotations -o wide
+echo
+kubectl -n demo describe secret aks-cluster-sp-credentials | sed -n '/^Data/,$p'
+
+echo "--- the delivered credential signs in (client credentials against the emulator)"
+secret_value() { kubectl -n demo get secret aks-cluster-sp-credentials -o "jsonpath={.data.$1}" | base64 -d; }
+curl_emulator -o /dev/null -X POST "$AZURE_AUTHORITY_HOST/$AZURE_TENANT_ID/oauth2/v2.0/token" \
+    --data-urlencode grant_type=client_credentials --data-urlencode "client_id=$(secret_value AZURE_CLIENT_ID)" \
+    --data-urlencode "client_secret=$(secret_value AZURE_CLIENT_SECRET)" \
+    --data-urlencode scope=https://management.azure.com/.default
+echo "token issued for $(secret_value AZURE_CLIENT_ID)"
