@@ -34,6 +34,16 @@ pub struct RunArgs {
     #[arg(long, env = "ENTRA_OPERATOR_CLUSTER_ID", value_name = "ID")]
     pub cluster_id: Option<String>,
 
+    /// How often a converged object is compared with Azure again, to repair changes made there (a Go
+    /// duration).
+    #[arg(
+        long,
+        env = "RESYNC_INTERVAL",
+        default_value = "1h",
+        value_name = "DURATION"
+    )]
+    pub resync_interval: crate::api::Duration,
+
     /// Namespaces to watch, comma-separated. Default: all namespaces.
     #[arg(
         long,

@@ -38,6 +38,8 @@ pub struct Context {
     pub tenant_id: String,
     pub cluster_id: String,
     pub recorder: Recorder,
+    /// How often a converged object is checked against Azure again.
+    pub resync: std::time::Duration,
 }
 
 /// Runs the operator until it is told to stop.
@@ -142,6 +144,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
         tenant_id,
         cluster_id,
         recorder,
+        resync: args.resync_interval.as_std(),
     })
 }
 

@@ -129,7 +129,8 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
     match converge(sp, ctx).await {
         Ok(status) => {
             write_status(sp, ctx, status).await?;
-            Ok(Action::requeue(Duration::from_secs(3600)))
+            // Changes in Azure (an application deleted, a password removed) are found at the next resync.
+            Ok(Action::requeue(ctx.resync))
         }
         Err(err) => {
             let mut status = sp.status.clone().unwrap_or_default();
@@ -367,8 +368,16 @@ async fn converge_password(
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        secret_format::extract_secret(format, &data)
-            .map(|text| ((*password).clone(), text, format, data))
+        let text = secret_format::extract_secret(format, &data)?;
+        // An edited Secret no longer holds the password it names: Entra's hint (its first characters) tells.
+        if password
+            .hint
+            .as_deref()
+            .is_some_and(|hint| !text.starts_with(hint))
+        {
+            return None;
+        }
+        Some(((*password).clone(), text, format, data))
     });
 
     let password = match delivered {

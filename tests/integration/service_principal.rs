@@ -314,3 +314,199 @@ async fn service_principals_converge_heal_and_clean_up() {
     azure.emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
+
+/// Calls Graph as the operator's identity (given a client secret for the test), to change things behind
+/// the operator's back.
+async fn graph_as_operator(
+    azure: &Azure,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> u16 {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let base = &azure.emulator.base_url;
+    let seed = json!({"applications": [{"displayName": "entra-operator", "appId": "0e0e0e0e-0000-4000-8000-00000000e0e0",
+        "objectId": "0e0e0e0e-0000-4000-8000-00000000a0a0", "servicePrincipalId": "0e0e0e0e-0000-4000-8000-00000000b0b0",
+        "clientSecrets": ["drift-test-secret"]}]});
+    http.post(format!("{base}/_emulator/seed"))
+        .json(&seed)
+        .send()
+        .await
+        .unwrap();
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    let token: Value = http
+        .post(format!("{base}/{tenant}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "0e0e0e0e-0000-4000-8000-00000000e0e0"),
+            ("client_secret", "drift-test-secret"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut req = http
+        .request(method, format!("{base}/v1.0{path}"))
+        .bearer_auth(token["access_token"].as_str().unwrap());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_in_azure_and_in_the_secret_is_repaired() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "sp-drift").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+    let mut azure = Azure::new(&admin, &ns.name).await;
+    azure.env.push(("RESYNC_INTERVAL".into(), "1s".into()));
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let sp: ServicePrincipal = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "drifty"}, "spec": {"displayName": "drifty", "secret": {"name": "drifty"}},
+    }))
+    .unwrap();
+    sps.create(&PostParams::default(), &sp).await.unwrap();
+    let delivered = |secret: Secret| {
+        (
+            text(&secret, "AZURE_CLIENT_ID"),
+            text(&secret, "AZURE_CLIENT_SECRET"),
+        )
+    };
+    let working = |not: Option<(String, String)>| {
+        let secrets = secrets.clone();
+        let azure = &azure;
+        async move {
+            eventually(30, "a working credential in the Secret", || {
+                let not = not.clone();
+                let secrets = secrets.clone();
+                async move {
+                    let s = secrets
+                        .get_opt("drifty")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("no Secret")?;
+                    let pair = delivered(s);
+                    if Some(&pair) == not.as_ref() {
+                        return Err("still the old credential".into());
+                    }
+                    match token_status(azure, &pair.0, &pair.1).await {
+                        200 => Ok(pair),
+                        s => Err(format!("token: {s}")),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let first = working(None).await;
+
+    // Someone edits the Secret: the operator notices (it owns and watches it) and issues a fresh password.
+    let mut edited = secrets.get("drifty").await.unwrap();
+    edited.data.as_mut().unwrap().insert(
+        "AZURE_CLIENT_SECRET".into(),
+        ByteString(b"tampered".to_vec()),
+    );
+    secrets
+        .replace("drifty", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let second = working(Some(first.clone())).await;
+    assert_eq!(second.0, first.0, "same application");
+
+    // The password is removed in Azure: found at the next resync, replaced.
+    let app = state(&azure).await["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|a| a["appId"] == first.0.as_str())
+        .cloned()
+        .unwrap();
+    let object_id = app["id"].as_str().unwrap().to_string();
+    let key_id = app["passwordCredentials"][0]["keyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let removed = graph_as_operator(
+        &azure,
+        reqwest::Method::POST,
+        &format!("/applications/{object_id}/removePassword"),
+        Some(json!({"keyId": key_id})),
+    )
+    .await;
+    assert_eq!(removed, 204);
+    let third = working(Some(second.clone())).await;
+
+    // The application is deleted in Azure: a new one is made and the Secret follows it.
+    assert_eq!(
+        graph_as_operator(
+            &azure,
+            reqwest::Method::DELETE,
+            &format!("/applications/{object_id}"),
+            None
+        )
+        .await,
+        204
+    );
+    let fourth = working(Some(third)).await;
+    assert_ne!(fourth.0, first.0, "a new application");
+    let status = sps.get("drifty").await.unwrap().status.unwrap();
+    assert_eq!(status.app_id.as_deref(), Some(fourth.0.as_str()));
+    let world = state(&azure).await;
+    let ours: Vec<&Value> = world["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|a| a["displayName"] == "drifty")
+        .collect();
+    assert_eq!(ours.len(), 1, "one live application");
+    assert_eq!(
+        ours[0]["passwordCredentials"].as_array().unwrap().len(),
+        1,
+        "one password"
+    );
+
+    // Deleted while the operator runs, so that its finalizer is honoured and nothing is left behind.
+    sps.delete("drifty", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(30, "drifty gone", || async {
+        if sps
+            .get_opt("drifty")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            Ok(())
+        } else {
+            Err("still there".into())
+        }
+    })
+    .await;
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
+    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
