@@ -510,3 +510,231 @@ async fn drift_in_azure_and_in_the_secret_is_repaired() {
     azure.emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
+
+async fn knobs(azure: &Azure, patch: Value) {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let resp = http
+        .patch(format!("{}/_emulator/knobs", azure.emulator.base_url))
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+async fn wait_reason(sps: &Api<ServicePrincipal>, name: &str, want: (&str, &str), secs: u64) {
+    eventually(secs, &format!("{name} {want:?}"), || async {
+        let sp = sps.get(name).await.map_err(|e| e.to_string())?;
+        match ready_reason(&sp) {
+            Some((s, r)) if s == want.0 && r == want.1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+fn sp_object(name: &str, extra: Value) -> ServicePrincipal {
+    let mut spec = json!({"displayName": name, "secret": {"name": name}});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({"apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal", "metadata": {"name": name}, "spec": spec}))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_leave_no_second_application_and_no_orphan_password() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "sp-crash").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+    let azure = Azure::new(&admin, &ns.name).await;
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+
+    // A crash right after addPassword, before the Secret was written: the password exists in Azure and its
+    // text is lost. Staged by hand: the object exists, its application has a password of this object's name.
+    let created = sps
+        .create(&PostParams::default(), &sp_object("orphaned", json!({})))
+        .await
+        .unwrap();
+    let cluster_id = azure
+        .env
+        .iter()
+        .find(|(k, _)| k == "ENTRA_OPERATOR_CLUSTER_ID")
+        .unwrap()
+        .1
+        .clone();
+    let unique = entra_operator::controller::naming::unique_name(
+        &cluster_id,
+        &ns.name,
+        "orphaned",
+        &created.uid().unwrap(),
+    );
+    assert_eq!(
+        graph_as_operator(
+            &azure,
+            reqwest::Method::POST,
+            "/applications",
+            Some(json!({"displayName": "orphaned", "uniqueName": unique}))
+        )
+        .await,
+        201
+    );
+    let password_name = entra_operator::controller::naming::password_name(&ns.name, "orphaned", 1);
+    let added = graph_as_operator(
+        &azure,
+        reqwest::Method::POST,
+        &format!("/applications(uniqueName='{unique}')/addPassword"),
+        Some(json!({"passwordCredential": {"displayName": password_name}})),
+    )
+    .await;
+    assert_eq!(added, 200);
+
+    // kill -9 at different points of a create: after each kill another operator takes over.
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    for (i, delay) in [20u64, 60, 120, 250, 400].into_iter().enumerate() {
+        sps.create(
+            &PostParams::default(),
+            &sp_object(&format!("crash-{i}"), json!({})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        operator.signal(Signal::SIGKILL);
+        let _ = operator.wait_exit(Duration::from_secs(10));
+        operator = Operator::start_with(&kubeconfig, &azure.env);
+        operator.wait_for("operator ready", Duration::from_secs(30));
+    }
+    let names: Vec<String> = std::iter::once("orphaned".to_string())
+        .chain((0..5).map(|i| format!("crash-{i}")))
+        .collect();
+    for name in &names {
+        wait_reason(&sps, name, ("True", "Ready"), 60).await;
+    }
+    let world = state(&azure).await;
+    let apps: Vec<&Value> = world["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .collect();
+    for name in &names {
+        let mine: Vec<&&Value> = apps
+            .iter()
+            .filter(|a| a["displayName"] == name.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{name}: exactly one application");
+        let passwords = mine[0]["passwordCredentials"].as_array().unwrap();
+        assert_eq!(
+            passwords.len(),
+            1,
+            "{name}: exactly one password: {passwords:?}"
+        );
+        let app_id = mine[0]["appId"].as_str().unwrap();
+        let sp_count = world["directory"]["servicePrincipals"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|s| s["appId"] == app_id)
+            .count();
+        assert_eq!(sp_count, 1, "{name}: exactly one service principal");
+        let secret = secrets.get(name).await.unwrap();
+        assert_eq!(
+            token_status(&azure, app_id, &text(&secret, "AZURE_CLIENT_SECRET")).await,
+            200,
+            "{name}"
+        );
+    }
+    let orphaned = apps
+        .iter()
+        .find(|a| a["displayName"] == "orphaned")
+        .unwrap();
+    assert_eq!(
+        orphaned["passwordCredentials"][0]["displayName"],
+        entra_operator::controller::naming::password_name(&ns.name, "orphaned", 2),
+        "the undelivered password was removed, a new one issued"
+    );
+
+    // Orphan leaves Azure untouched; throttling shows as a condition and passes.
+    sps.patch(
+        "crash-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Orphan"}})),
+    )
+    .await
+    .unwrap();
+    let kept = sps
+        .get("crash-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .app_id
+        .unwrap();
+    knobs(
+        &azure,
+        json!({"throttling": {"enabled": true, "scale": 0.0001}}),
+    )
+    .await;
+    sps.create(&PostParams::default(), &sp_object("throttled", json!({})))
+        .await
+        .unwrap();
+    wait_reason(&sps, "throttled", ("False", "Throttled"), 30).await;
+    knobs(&azure, json!({"throttling": {"enabled": false}})).await;
+    for name in names
+        .iter()
+        .chain(std::iter::once(&"throttled".to_string()))
+    {
+        sps.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(60, "all deleted", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+    let world = state(&azure).await;
+    let live: Vec<&Value> = world["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .collect();
+    assert!(
+        live.iter().any(|a| a["appId"] == kept.as_str()),
+        "Orphan kept its application"
+    );
+    assert_eq!(
+        live.iter()
+            .filter(|a| a["displayName"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("crash-") || d == "orphaned"))
+            .count(),
+        1,
+        "the others were deleted"
+    );
+
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
+    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
