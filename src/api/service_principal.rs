@@ -103,12 +103,19 @@ pub struct ServicePrincipalSpec {
     pub federated_credentials: Vec<FederatedCredential>,
 
     /// What happens in Azure when this object is deleted: Delete removes the application, its service principal
-    /// and its credentials; Orphan leaves them.
+    /// and its credentials (for an adopted application: only the passwords and federated credentials the
+    /// operator added, never the application itself); Orphan leaves everything.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Take over an existing application instead of creating one. Explicit opt-in: the operator then manages
-    /// its credentials and deletes it according to deletionPolicy. Can only be set at creation.
+    /// With deletionPolicy Delete: also remove the application and service principal from the directory's
+    /// deleted items, so that they no longer count against the tenant's quota (they cannot be restored then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub purge_on_delete: bool,
+
+    /// Manage an existing application instead of creating one. Explicit opt-in, and only for an application the
+    /// operator's identity owns: the operator then manages its display name, tags, federated credentials and
+    /// its own passwords, and never deletes it. Can only be set at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<Adopt>,
 }

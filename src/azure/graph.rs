@@ -216,6 +216,23 @@ impl GraphClient {
         })
     }
 
+    /// PATCH /applications/{id}: updates an application the operator found rather than named (an adopted one).
+    pub async fn update_application(
+        &self,
+        object_id: &str,
+        fields: &Value,
+    ) -> Result<(), AzureError> {
+        self.send(
+            "graph update application",
+            Method::PATCH,
+            &format!("/applications/{object_id}"),
+            Some(fields),
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The application with this uniqueName, if it exists (and is visible to the operator).
     pub async fn application_by_unique_name(
         &self,

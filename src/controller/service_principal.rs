@@ -57,6 +57,9 @@ pub enum Error {
     /// The Secret exists and belongs to something else.
     #[error("Secret {0} exists and is not owned by this ServicePrincipal; it is left untouched")]
     SecretConflict(String),
+    /// spec.adopt names an application the operator may not (or cannot) manage.
+    #[error("{0}")]
+    Adoption(String),
     /// Azure has not shown the object yet (replication right after a create).
     #[error("{0} is not visible yet (replication delay)")]
     NotYetVisible(&'static str),
@@ -76,6 +79,7 @@ impl Error {
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::SecretConflict(_) => "SecretConflict",
+            Error::Adoption(_) => "AdoptionDenied",
             Error::NotYetVisible(_) => "WaitingForReplication",
         }
     }
@@ -88,7 +92,9 @@ impl Error {
                 ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
                 _ => Duration::from_secs(5),
             },
-            Error::Invalid(_) | Error::SecretConflict(_) => Duration::from_secs(300),
+            Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => {
+                Duration::from_secs(300)
+            }
             Error::NotYetVisible(_) => Duration::from_secs(2),
             Error::Kube(_) => Duration::from_secs(5),
         }
@@ -167,39 +173,15 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
     let ns = sp.namespace().unwrap_or_default();
     let name = sp.name_any();
     let uid = sp.uid().unwrap_or_default();
-    if sp.spec.adopt.is_some() {
-        return Err(Error::Invalid(
-            "spec.adopt: adopting an existing application is not supported by this version".into(),
-        ));
-    }
     let key = naming::unique_name(&ctx.cluster_id, &ns, &name, &uid);
     let mut tags = naming::ownership_tags(&ctx.cluster_id, &ns, &name);
     tags.extend(sp.spec.tags.iter().cloned());
     let fields = json!({"displayName": sp.spec.display_name, "notes": sp.spec.notes, "tags": tags});
 
     // Application: read first, write only when something differs (no redundant writes to Graph).
-    let app = match ctx.graph.application_by_unique_name(&key).await? {
-        Some(app) if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), &tags) => {
-            app
-        }
-        found => {
-            ctx.graph.upsert_application(&key, &fields).await?;
-            if found.is_none() {
-                info!(object = %format!("{ns}/{name}"), unique_name = %key, "created application");
-                publish(
-                    ctx,
-                    sp,
-                    EventType::Normal,
-                    "ApplicationCreated",
-                    &format!("Created application {key}"),
-                )
-                .await;
-            }
-            ctx.graph
-                .application_by_unique_name(&key)
-                .await?
-                .ok_or(Error::NotYetVisible("the application"))?
-        }
+    let app = match &sp.spec.adopt {
+        Some(adopt) => adopted_application(ctx, &adopt.app_id, &fields, sp, &tags).await?,
+        None => created_application(ctx, sp, &key, &fields, &tags).await?,
     };
 
     let principal = match ctx.graph.service_principal_by_app_id(&app.app_id).await? {
@@ -261,6 +243,74 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
     Ok(status)
 }
 
+/// The application this object created (found by its uniqueName), created or updated as the spec says.
+async fn created_application(
+    ctx: &Context,
+    sp: &ServicePrincipal,
+    key: &str,
+    fields: &serde_json::Value,
+    tags: &[String],
+) -> Result<Application, Error> {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    Ok(match ctx.graph.application_by_unique_name(key).await? {
+        Some(app) if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), tags) => {
+            app
+        }
+        found => {
+            ctx.graph.upsert_application(key, fields).await?;
+            if found.is_none() {
+                info!(object = %format!("{ns}/{name}"), unique_name = %key, "created application");
+                publish(
+                    ctx,
+                    sp,
+                    EventType::Normal,
+                    "ApplicationCreated",
+                    &format!("Created application {key}"),
+                )
+                .await;
+            }
+            ctx.graph
+                .application_by_unique_name(key)
+                .await?
+                .ok_or(Error::NotYetVisible("the application"))?
+        }
+    })
+}
+
+/// An existing application named by spec.adopt: only one the operator's identity owns (Graph refuses the
+/// others), updated in place, never renamed by uniqueName.
+async fn adopted_application(
+    ctx: &Context,
+    app_id: &str,
+    fields: &serde_json::Value,
+    sp: &ServicePrincipal,
+    tags: &[String],
+) -> Result<Application, Error> {
+    let app = match ctx.graph.application_by_app_id(app_id).await {
+        Ok(Some(app)) => app,
+        Ok(None) => {
+            return Err(Error::Adoption(format!(
+                "spec.adopt.appId: no application {app_id} exists"
+            )));
+        }
+        Err(e) if e.class() == ErrorClass::Forbidden => {
+            return Err(Error::Adoption(format!(
+                "spec.adopt.appId: the operator's identity does not own application {app_id} ({})",
+                e.code()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), tags) {
+        return Ok(app);
+    }
+    ctx.graph.update_application(&app.id, fields).await?;
+    ctx.graph
+        .application_by_app_id(app_id)
+        .await?
+        .ok_or(Error::NotYetVisible("the adopted application"))
+}
+
 fn app_matches(
     app: &Application,
     display_name: &str,
@@ -290,7 +340,9 @@ fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a PasswordCrede
     found.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Makes the application's federated credentials exactly the spec's; returns their names.
+/// Makes the application's federated credentials the spec's; returns their names. On an application the
+/// operator created every other credential goes; on an adopted one only those it added before (listed in
+/// status), so that credentials someone else put there survive.
 async fn converge_federated_credentials(
     sp: &ServicePrincipal,
     ctx: &Context,
@@ -318,11 +370,18 @@ async fn converge_federated_credentials(
                 .await?;
         }
     }
+    let added_before: &[String] = sp
+        .status
+        .as_ref()
+        .map(|s| s.federated_credentials.as_slice())
+        .unwrap_or_default();
+    let ours = |name: &str| sp.spec.adopt.is_none() || added_before.iter().any(|n| n == name);
     for extra in current.iter().filter(|c| {
         !sp.spec
             .federated_credentials
             .iter()
             .any(|w| w.name == c.name)
+            && ours(&c.name)
     }) {
         ctx.graph
             .delete_federated_credential(&app.id, &extra.name)
@@ -551,16 +610,47 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
             )
             .await;
         }
-        DeletionPolicy::Delete if sp.spec.adopt.is_none() => {
-            let key =
-                naming::unique_name(&ctx.cluster_id, &ns, &name, &sp.uid().unwrap_or_default());
-            if let Some(app) = ctx.graph.application_by_unique_name(&key).await? {
-                // Deleting the application removes its passwords, federated credentials and service principal.
-                ctx.graph.delete_application(&app.id).await?;
-                info!(object = %format!("{ns}/{name}"), unique_name = %key, "deleted application");
+        DeletionPolicy::Delete => match &sp.spec.adopt {
+            None => {
+                let key =
+                    naming::unique_name(&ctx.cluster_id, &ns, &name, &sp.uid().unwrap_or_default());
+                if let Some(app) = ctx.graph.application_by_unique_name(&key).await? {
+                    // Deleting the application removes its passwords, federated credentials and service principal.
+                    ctx.graph.delete_application(&app.id).await?;
+                    info!(object = %format!("{ns}/{name}"), unique_name = %key, "deleted application");
+                    if sp.spec.purge_on_delete {
+                        // The service principal first: its deleted item is reachable through the application's.
+                        if let Some(principal) = sp
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.service_principal_id.as_deref())
+                        {
+                            ctx.graph.purge_deleted(principal).await?;
+                        }
+                        ctx.graph.purge_deleted(&app.id).await?;
+                    }
+                }
             }
-        }
-        DeletionPolicy::Delete => {}
+            // Never the adopted application itself: only what the operator added to it.
+            Some(adopt) => match ctx.graph.application_by_app_id(&adopt.app_id).await {
+                Ok(Some(app)) => {
+                    for p in ours(&app, &ns, &name) {
+                        ctx.graph.remove_password(&app.id, &p.key_id).await?;
+                    }
+                    for fic in sp
+                        .status
+                        .iter()
+                        .flat_map(|s| s.federated_credentials.iter())
+                    {
+                        ctx.graph.delete_federated_credential(&app.id, fic).await?;
+                    }
+                }
+                // Gone, or never the operator's to touch (adoption was denied): nothing was added to it.
+                Ok(None) => {}
+                Err(e) if e.class() == ErrorClass::Forbidden => {}
+                Err(e) => return Err(e.into()),
+            },
+        },
     }
     if let Some(target) = &sp.spec.secret {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

@@ -738,3 +738,132 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
     azure.emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "sp-adopt").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+    let azure = Azure::new(&admin, &ns.name).await;
+    // An application someone else owns, beside the one the operator owns in the emulator's seed.
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let foreign = json!({"applications": [{"displayName": "finance-legacy", "appId": "f1f1f1f1-0000-4000-8000-00000000f1f1",
+        "objectId": "f1f1f1f1-0000-4000-8000-00000000a1a1", "servicePrincipalId": "f1f1f1f1-0000-4000-8000-00000000b1b1"}]});
+    http.post(format!("{}/_emulator/seed", azure.emulator.base_url))
+        .json(&foreign)
+        .send()
+        .await
+        .unwrap();
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+
+    let owned = "5a5a5a5a-0000-4000-8000-000000005a5a";
+    sps.create(
+        &PostParams::default(),
+        &sp_object("legacy", json!({"adopt": {"appId": owned}})),
+    )
+    .await
+    .unwrap();
+    sps.create(
+        &PostParams::default(),
+        &sp_object(
+            "finance",
+            json!({"adopt": {"appId": "f1f1f1f1-0000-4000-8000-00000000f1f1"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    sps.create(
+        &PostParams::default(),
+        &sp_object("purged", json!({"purgeOnDelete": true})),
+    )
+    .await
+    .unwrap();
+    wait_reason(&sps, "legacy", ("True", "Ready"), 30).await;
+    wait_reason(&sps, "finance", ("False", "AdoptionDenied"), 30).await;
+    wait_reason(&sps, "purged", ("True", "Ready"), 30).await;
+
+    let legacy = sps.get("legacy").await.unwrap().status.unwrap();
+    assert_eq!(
+        legacy.app_id.as_deref(),
+        Some(owned),
+        "the existing application, not a new one"
+    );
+    let secret = secrets.get("legacy").await.unwrap();
+    assert_eq!(
+        token_status(&azure, owned, &text(&secret, "AZURE_CLIENT_SECRET")).await,
+        200
+    );
+    let finance = sps.get("finance").await.unwrap();
+    let message = &finance.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("spec.adopt.appId") && message.contains("Authorization_RequestDenied"),
+        "{message}"
+    );
+    let purged_app = sps
+        .get("purged")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .object_id
+        .unwrap();
+
+    for name in ["legacy", "finance", "purged"] {
+        sps.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(30, "all deleted", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+    let world = state(&azure).await;
+    let apps = world["directory"]["applications"].as_object().unwrap();
+    let legacy_app = apps
+        .values()
+        .find(|a| a["appId"] == owned)
+        .expect("an adopted application is never deleted");
+    assert_eq!(
+        legacy_app["passwordCredentials"],
+        json!([]),
+        "only the password the operator added is gone"
+    );
+    assert!(
+        apps.values()
+            .any(|a| a["appId"] == "f1f1f1f1-0000-4000-8000-00000000f1f1"),
+        "the foreign one is untouched"
+    );
+    assert!(
+        world["directory"]["deleted"].get(&purged_app).is_none(),
+        "purged from deleted items"
+    );
+    assert!(!apps.contains_key(&purged_app));
+
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
+    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
