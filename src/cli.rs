@@ -44,6 +44,15 @@ pub struct RunArgs {
     )]
     pub resync_interval: crate::api::Duration,
 
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+
     /// Namespaces to watch, comma-separated. Default: all namespaces.
     #[arg(
         long,

@@ -21,6 +21,7 @@ pub struct GraphClient {
     credential: Arc<dyn TokenCredential>,
     endpoint: String,
     scope: String,
+    metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
 }
 
 /// An application as the operator reads it.
@@ -114,6 +115,19 @@ impl GraphClient {
             credential,
             endpoint: cloud.graph_endpoint.clone(),
             scope: cloud.graph_scope.clone(),
+            metrics: None,
+        }
+    }
+
+    /// Counts every request in `entra_operator_azure_requests_total`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, operation: &str, status: u16) {
+        if let Some(m) = &self.metrics {
+            m.azure_call("graph", operation.trim_start_matches("graph "), status);
         }
     }
 
@@ -140,11 +154,12 @@ impl GraphClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| AzureError::Transport { operation, source })?;
+        let resp = req.send().await.map_err(|source| {
+            self.count(operation, 0);
+            AzureError::Transport { operation, source }
+        })?;
         let status = resp.status();
+        self.count(operation, status.as_u16());
         let headers = resp.headers().clone();
         let bytes = resp
             .bytes()

@@ -28,6 +28,10 @@ use crate::{
     api,
     azure::{Cloud, credential, graph::GraphClient},
     cli::{AzureArgs, RunArgs},
+    telemetry::{
+        metrics::Metrics,
+        server::{self, Probe},
+    },
 };
 
 /// What every reconcile needs.
@@ -40,6 +44,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often a converged object is checked against Azure again.
     pub resync: std::time::Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the operator until it is told to stop.
@@ -54,6 +59,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    server::serve(
+        args.metrics_addr,
+        Probe {
+            metrics: ctx.metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await?;
     // One controller per watched namespace (or one for all), merged into one stream.
     let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
         vec![None]
@@ -86,6 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     // On a signal the controllers are dropped where they stand: every reconcile is safe to interrupt (state
     // lives in Azure and the API server, and the next reconcile finds it), so there is nothing to drain.
     tokio::select! {
@@ -124,11 +139,13 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
     let cloud = Cloud::from_args(&args.azure)?;
     let http = credential::http_client(&args.azure)?;
     check_azure(&args.azure, &cloud, &http).await;
+    let metrics = Arc::new(Metrics::default());
     let graph = GraphClient::new(
         http.clone(),
         credential::build(&args.azure, &cloud, &http)?,
         &cloud,
-    );
+    )
+    .with_metrics(metrics.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -145,6 +162,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
         cluster_id,
         recorder,
         resync: args.resync_interval.as_std(),
+        metrics,
     })
 }
 

@@ -105,12 +105,31 @@ pub async fn reconcile(
     sp: Arc<ServicePrincipal>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(sp, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e),
+        ) => e.reason(),
+        Err(_) => "FinalizerError",
+    };
+    ctx.metrics
+        .reconciled("ServicePrincipal", outcome, started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(
+    sp: Arc<ServicePrincipal>,
+    ctx: &Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
     let api: Api<ServicePrincipal> =
         Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, sp, |event| async {
         match event {
-            Finalized::Apply(sp) => apply(&sp, &ctx).await,
-            Finalized::Cleanup(sp) => cleanup(&sp, &ctx).await,
+            Finalized::Apply(sp) => apply(&sp, ctx).await,
+            Finalized::Cleanup(sp) => cleanup(&sp, ctx).await,
         }
     })
     .await
@@ -134,6 +153,17 @@ pub fn error_policy(
 async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
     match converge(sp, ctx).await {
         Ok(status) => {
+            let expiry = status
+                .credential
+                .as_ref()
+                .and_then(|c| c.end_date_time.as_ref())
+                .map(|t| t.0.as_second() as f64);
+            ctx.metrics.set_expiry(
+                "ServicePrincipal",
+                &sp.namespace().unwrap_or_default(),
+                &sp.name_any(),
+                expiry,
+            );
             write_status(sp, ctx, status).await?;
             // Changes in Azure (an application deleted, a password removed) are found at the next resync.
             Ok(Action::requeue(ctx.resync))
@@ -662,6 +692,7 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
                 .await?;
         }
     }
+    ctx.metrics.set_expiry("ServicePrincipal", &ns, &name, None);
     Ok(Action::await_change())
 }
 

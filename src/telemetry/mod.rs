@@ -1,4 +1,7 @@
-//! Logging (and later metrics and health endpoints).
+//! Logging, Prometheus metrics, and the health endpoints.
+
+pub mod metrics;
+pub mod server;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

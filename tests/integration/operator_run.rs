@@ -131,6 +131,8 @@ impl Azure {
         env.push(("ENTRA_OPERATOR_CLUSTER_ID".into(), format!("testenv-{ns}")));
         // Only this test's namespace: other tests' objects are not this operator's business.
         env.push(("WATCH_NAMESPACES".into(), ns.to_string()));
+        // Tests run side by side: each operator takes a free port for its endpoints.
+        env.push(("METRICS_ADDR".into(), "127.0.0.1:0".into()));
         Azure {
             emulator,
             env,

@@ -110,6 +110,13 @@ async fn service_principals_converge_heal_and_clean_up() {
     let azure = Azure::new(&admin, &ns.name).await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
+    let endpoints = operator.wait_for(
+        "serving /metrics, /healthz and /readyz",
+        Duration::from_secs(30),
+    )["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
@@ -160,6 +167,45 @@ async fn service_principals_converge_heal_and_clean_up() {
             .unwrap()
             .contains(&json!("team:payroll"))
     );
+
+    // What Prometheus sees: the credential's expiry, the Graph calls made, the reconciliations.
+    let metrics = reqwest::get(format!("http://{endpoints}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expiry = status
+        .credential
+        .as_ref()
+        .unwrap()
+        .end_date_time
+        .as_ref()
+        .unwrap()
+        .0
+        .as_second();
+    assert!(
+        metrics.contains(&format!(
+            "entra_operator_credential_expiry_timestamp_seconds{{kind=\"ServicePrincipal\",namespace=\"{}\",name=\"payroll\"}} {expiry}",
+            ns.name
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"entra_operator_azure_requests_total{service="graph",operation="addPassword",status="200"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"entra_operator_reconciliations_total{kind="ServicePrincipal",result="ok"}"#
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{endpoints}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(!metrics.contains(&text(&secret, "AZURE_CLIENT_SECRET")));
 
     // A format change re-renders the same password.
     sps.patch(
@@ -655,15 +701,18 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
             "{name}"
         );
     }
+    // The undelivered password (serial 1) was removed and a new one issued (2, or later if a kill also hit
+    // this object's reconcile after its addPassword).
     let orphaned = apps
         .iter()
         .find(|a| a["displayName"] == "orphaned")
         .unwrap();
-    assert_eq!(
-        orphaned["passwordCredentials"][0]["displayName"],
-        entra_operator::controller::naming::password_name(&ns.name, "orphaned", 2),
-        "the undelivered password was removed, a new one issued"
-    );
+    let kept = orphaned["passwordCredentials"][0]["displayName"]
+        .as_str()
+        .unwrap();
+    let serial =
+        entra_operator::controller::naming::password_serial(kept, &ns.name, "orphaned").unwrap();
+    assert!(serial >= 2, "{kept}");
 
     // Orphan leaves Azure untouched; throttling shows as a condition and passes.
     sps.patch(

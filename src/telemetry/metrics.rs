@@ -1,0 +1,156 @@
+//! Prometheus metrics: reconciliations, Azure calls, and when each delivered credential expires (the figure
+//! to alert on before anything breaks).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AzureLabels {
+    pub service: String,
+    pub operation: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciliations: Family<ReconcileLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram>,
+    pub azure_requests: Family<AzureLabels, Counter>,
+    pub credential_expiry: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("entra_operator");
+        let reconciliations = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let azure_requests = Family::<AzureLabels, Counter>::default();
+        let credential_expiry =
+            Family::<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "reconciliations",
+            "Reconciliations by kind and result (ok or an error reason)",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconciliation took",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "azure_requests",
+            "Requests to Azure by service, operation and HTTP status",
+            azure_requests.clone(),
+        );
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the client secret an object delivered expires, as a Unix timestamp",
+            credential_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            reconciliations,
+            reconcile_duration,
+            azure_requests,
+            credential_expiry,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format Prometheus scrapes.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    pub fn azure_call(&self, service: &str, operation: &str, status: u16) {
+        self.azure_requests
+            .get_or_create(&AzureLabels {
+                service: service.into(),
+                operation: operation.into(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn reconciled(&self, kind: &str, result: &str, seconds: f64) {
+        self.reconciliations
+            .get_or_create(&ReconcileLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(seconds);
+    }
+
+    pub fn set_expiry(&self, kind: &str, namespace: &str, name: &str, unix_seconds: Option<f64>) {
+        let labels = ObjectLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        match unix_seconds {
+            Some(t) => {
+                self.credential_expiry.get_or_create(&labels).set(t);
+            }
+            None => {
+                self.credential_expiry.remove(&labels);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_its_labels() {
+        let m = Metrics::default();
+        m.azure_call("graph", "addPassword", 200);
+        m.reconciled("ServicePrincipal", "ok", 0.2);
+        m.set_expiry("ServicePrincipal", "ns", "app", Some(1_800_000_000.0));
+        let text = m.render();
+        assert!(text.contains(r#"entra_operator_azure_requests_total{service="graph",operation="addPassword",status="200"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"entra_operator_reconciliations_total{kind="ServicePrincipal",result="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"entra_operator_credential_expiry_timestamp_seconds{kind="ServicePrincipal",namespace="ns",name="app"} 1800000000"#), "{text}");
+        m.set_expiry("ServicePrincipal", "ns", "app", None);
+        assert!(
+            !m.render().contains(r#"name="app""#),
+            "a deleted object's expiry goes"
+        );
+    }
+}
