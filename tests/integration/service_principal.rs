@@ -916,3 +916,160 @@ async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
     azure.emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_signs_in_and_spec_changes_apply_in_place() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "sp-formats").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+    let azure = Azure::new(&admin, &ns.name).await;
+    // New objects stay invisible for a moment after they are created, as on a lagging Graph replica.
+    knobs(&azure, json!({"replication": {"graphNotFoundMs": 1500}})).await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+
+    let template = json!({"name": "f-template", "format": "template", "templates": {"connection": "client={{ clientId }};secret={{ clientSecret }}"}});
+    let fic = json!([{"name": "ci", "issuer": "https://token.actions.example", "subject": "repo:org/app:ref:refs/heads/main"}]);
+    for (name, secret) in [
+        ("f-env", json!({"name": "f-env", "format": "env"})),
+        ("f-az", json!({"name": "f-az", "format": "az"})),
+        ("f-sdk", json!({"name": "f-sdk", "format": "sdk-auth"})),
+        ("f-aks", json!({"name": "f-aks", "format": "azure.json"})),
+        ("f-template", template.clone()),
+    ] {
+        let extra = if name == "f-env" {
+            json!({"secret": secret, "federatedCredentials": fic})
+        } else {
+            json!({"secret": secret})
+        };
+        sps.create(&PostParams::default(), &sp_object(name, extra))
+            .await
+            .unwrap();
+    }
+    wait_reason(&sps, "f-env", ("False", "WaitingForReplication"), 30).await;
+    let parse = |s: &Secret, key: &str| serde_json::from_str::<Value>(&text(s, key)).unwrap();
+    for name in ["f-env", "f-az", "f-sdk", "f-aks", "f-template"] {
+        wait_reason(&sps, name, ("True", "Ready"), 60).await;
+        let s = secrets.get(name).await.unwrap();
+        let (client, secret) = match name {
+            "f-env" => (text(&s, "AZURE_CLIENT_ID"), text(&s, "AZURE_CLIENT_SECRET")),
+            "f-az" => (text(&s, "appId"), text(&s, "password")),
+            "f-sdk" => {
+                let doc = parse(&s, "sdk-auth.json");
+                (
+                    doc["clientId"].as_str().unwrap().into(),
+                    doc["clientSecret"].as_str().unwrap().into(),
+                )
+            }
+            "f-aks" => {
+                let doc = parse(&s, "azure.json");
+                (
+                    doc["aadClientId"].as_str().unwrap().into(),
+                    doc["aadClientSecret"].as_str().unwrap().into(),
+                )
+            }
+            _ => {
+                let conn = text(&s, "connection");
+                let (c, sec) = conn
+                    .strip_prefix("client=")
+                    .unwrap()
+                    .split_once(";secret=")
+                    .unwrap();
+                (c.to_string(), sec.to_string())
+            }
+        };
+        assert_eq!(token_status(&azure, &client, &secret).await, 200, "{name}");
+    }
+
+    // Spec changes apply in place: the federated credential goes, tags and the display name follow.
+    let app_id = sps
+        .get("f-env")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .app_id
+        .unwrap();
+    let app = |world: Value| {
+        world["directory"]["applications"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|a| a["appId"] == app_id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        app(state(&azure).await)["federatedIdentityCredentials"][0]["subject"],
+        "repo:org/app:ref:refs/heads/main"
+    );
+    sps.patch("f-env", &PatchParams::default(), &Patch::Merge(json!({"spec": {"federatedCredentials": null, "displayName": "renamed", "tags": ["team:x"]}})))
+        .await
+        .unwrap();
+    eventually(30, "spec applied in Azure", || async {
+        let a = app(state(&azure).await);
+        let done = a["displayName"] == "renamed"
+            && a["federatedIdentityCredentials"] == json!([])
+            && a["tags"].as_array().unwrap().contains(&json!("team:x"));
+        if done { Ok(()) } else { Err(a.to_string()) }
+    })
+    .await;
+    assert_eq!(
+        app(state(&azure).await)["appId"],
+        app_id.as_str(),
+        "the same application"
+    );
+
+    // A template with an unknown placeholder is a spec error naming the field.
+    sps.patch(
+        "f-template",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"secret": {"templates": {"connection": "{{ password }}"}}}})),
+    )
+    .await
+    .unwrap();
+    wait_reason(&sps, "f-template", ("False", "InvalidSpec"), 30).await;
+    let message = sps
+        .get("f-template")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions[0]
+        .message
+        .clone();
+    assert!(
+        message.contains("spec.secret.templates[connection]"),
+        "{message}"
+    );
+
+    for name in ["f-env", "f-az", "f-sdk", "f-aks", "f-template"] {
+        sps.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(30, "all deleted", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
+    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
