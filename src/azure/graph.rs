@@ -193,6 +193,19 @@ impl GraphClient {
         })
     }
 
+    /// GET of one object that may not exist: 404 is None, not an error.
+    async fn get_opt<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+    ) -> Result<Option<T>, AzureError> {
+        match self.send(operation, Method::GET, path, None, false).await {
+            Ok((_, body)) => Self::parse(operation, body).map(Some),
+            Err(AzureError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn parse<T: DeserializeOwned>(
         operation: &'static str,
         value: Option<Value>,
@@ -253,30 +266,22 @@ impl GraphClient {
         &self,
         unique_name: &str,
     ) -> Result<Option<Application>, AzureError> {
-        let path = format!("/applications(uniqueName='{}')", odata_quote(unique_name));
-        match self
-            .send("graph get application", Method::GET, &path, None, false)
-            .await
-        {
-            Ok((_, body)) => Self::parse("graph get application", body).map(Some),
-            Err(AzureError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_opt(
+            "graph get application",
+            &format!("/applications(uniqueName='{}')", odata_quote(unique_name)),
+        )
+        .await
     }
 
     pub async fn application_by_app_id(
         &self,
         app_id: &str,
     ) -> Result<Option<Application>, AzureError> {
-        let path = format!("/applications(appId='{}')", odata_quote(app_id));
-        match self
-            .send("graph get application", Method::GET, &path, None, false)
-            .await
-        {
-            Ok((_, body)) => Self::parse("graph get application", body).map(Some),
-            Err(AzureError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_opt(
+            "graph get application",
+            &format!("/applications(appId='{}')", odata_quote(app_id)),
+        )
+        .await
     }
 
     /// POST /applications/{id}/addPassword.
@@ -368,13 +373,11 @@ impl GraphClient {
         &self,
         app_id: &str,
     ) -> Result<Option<ServicePrincipal>, AzureError> {
-        const OP: &str = "graph get servicePrincipal";
-        let path = format!("/servicePrincipals(appId='{}')", odata_quote(app_id));
-        match self.send(OP, Method::GET, &path, None, false).await {
-            Ok((_, body)) => Self::parse(OP, body).map(Some),
-            Err(AzureError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_opt(
+            "graph get servicePrincipal",
+            &format!("/servicePrincipals(appId='{}')", odata_quote(app_id)),
+        )
+        .await
     }
 
     /// DELETE /applications/{id}: a soft delete into deleted items (the service principal goes with it).
