@@ -42,6 +42,8 @@ pub const FINALIZER: &str = "entra-operator.io/cleanup";
 /// Annotations on the Secret: which object wrote it, which password it holds, in which format.
 pub const KEY_ID_ANNOTATION: &str = "entra-operator.io/key-id";
 pub const FORMAT_ANNOTATION: &str = "entra-operator.io/format";
+/// For the template format: which templates the Secret was rendered from.
+pub const TEMPLATES_ANNOTATION: &str = "entra-operator.io/templates-digest";
 pub const OWNER_LABEL: &str = "entra-operator.io/service-principal";
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -457,20 +459,32 @@ async fn converge_password(
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        let text = secret_format::extract_secret(format, &data)?;
-        // An edited Secret no longer holds the password it names: Entra's hint (its first characters) tells.
-        if password
-            .hint
-            .as_deref()
-            .is_some_and(|hint| !text.starts_with(hint))
-        {
-            return None;
+        match secret_format::extract_secret(format, &data) {
+            // An edited Secret no longer holds the password it names: Entra's hint (its first characters) tells.
+            Some(text)
+                if password
+                    .hint
+                    .as_deref()
+                    .is_some_and(|hint| !text.starts_with(hint)) =>
+            {
+                None
+            }
+            Some(text) => Some(((*password).clone(), Some(text), format, data)),
+            // Templates may embed the secret anywhere, so its text cannot be read back: the Secret stands as
+            // long as it was rendered from the templates the spec still has.
+            None if format == SecretFormat::Template
+                && target.format == SecretFormat::Template
+                && annotation(s, TEMPLATES_ANNOTATION) == Some(templates_digest(target)) =>
+            {
+                Some(((*password).clone(), None, format, data))
+            }
+            None => None,
         }
-        Some(((*password).clone(), text, format, data))
     });
 
     let password = match delivered {
-        Some((password, text, format, data)) => {
+        Some((password, None, _, _)) => password,
+        Some((password, Some(text), format, data)) => {
             let rendered = render(sp, ctx, app, target, &text)?;
             let current: BTreeMap<String, String> = data
                 .into_iter()
@@ -559,6 +573,12 @@ fn render(
         .map_err(|e| Error::Invalid(e.to_string()))
 }
 
+/// A stable digest of the spec's templates (a UUIDv5 of their JSON: no secret is in them).
+fn templates_digest(target: &crate::api::SecretTarget) -> String {
+    let text = serde_json::to_string(&target.templates).unwrap_or_default();
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes()).to_string()
+}
+
 async fn write_secret(
     sp: &ServicePrincipal,
     ctx: &Context,
@@ -579,6 +599,7 @@ async fn write_secret(
             annotations: Some(BTreeMap::from([
                 (KEY_ID_ANNOTATION.to_string(), key_id.to_string()),
                 (FORMAT_ANNOTATION.to_string(), format),
+                (TEMPLATES_ANNOTATION.to_string(), templates_digest(target)),
             ])),
             owner_references: Some(vec![OwnerReference {
                 controller: Some(true),

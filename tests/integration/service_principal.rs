@@ -50,13 +50,7 @@ fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
 }
 
 async fn state(azure: &Azure) -> Value {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = emulator_http(azure);
     http.get(format!("{}/_emulator/state", azure.emulator.base_url))
         .send()
         .await
@@ -67,13 +61,7 @@ async fn state(azure: &Azure) -> Value {
 }
 
 async fn token_status(azure: &Azure, client_id: &str, secret: &str) -> u16 {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = emulator_http(azure);
     let tenant = azure_emulator::config::Config::default_seed()
         .seed
         .tenant_id;
@@ -98,16 +86,79 @@ fn text(secret: &Secret, key: &str) -> String {
     String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
 
+/// What every test here starts from: a namespace, the operator's ServiceAccount with exactly its RBAC, and an
+/// emulator that trusts that account through workload identity.
+struct Setup {
+    admin: kube::Client,
+    ns: TestNamespace,
+    kubeconfig: std::path::PathBuf,
+    azure: Azure,
+    rbac: (
+        Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+        Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+        String,
+    ),
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(prefix: &str) -> Setup {
+        let admin = admin_client().await;
+        install_crds(&admin).await;
+        let ns = TestNamespace::new(&admin, prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig =
+            service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+        let rbac = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+        let azure = Azure::new(&admin, &ns.name).await;
+        Setup {
+            admin,
+            ns,
+            kubeconfig,
+            azure,
+            rbac,
+            _dir: dir,
+        }
+    }
+}
+
+async fn teardown(
+    rbac: (
+        Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+        Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+        String,
+    ),
+    azure: Azure,
+    ns: TestNamespace,
+) {
+    let (roles, bindings, name) = rbac;
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = roles.delete(&name, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
+
+/// The emulator's CA-trusting HTTP client.
+fn emulator_http(azure: &Azure) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_principals_converge_heal_and_clean_up() {
-    let admin = admin_client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::new(&admin, "sp").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
-    let azure = Azure::new(&admin, &ns.name).await;
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("sp").await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     let endpoints = operator.wait_for(
@@ -355,10 +406,7 @@ async fn service_principals_converge_heal_and_clean_up() {
         "no secret text in Events"
     );
 
-    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
-    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
-    azure.emulator.shutdown().await.unwrap();
-    ns.cleanup().await;
+    teardown(rbac, azure, ns).await;
 }
 
 /// Calls Graph as the operator's identity (given a client secret for the test), to change things behind
@@ -369,13 +417,7 @@ async fn graph_as_operator(
     path: &str,
     body: Option<Value>,
 ) -> u16 {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = emulator_http(azure);
     let base = &azure.emulator.base_url;
     let seed = json!({"applications": [{"displayName": "entra-operator", "appId": "0e0e0e0e-0000-4000-8000-00000000e0e0",
         "objectId": "0e0e0e0e-0000-4000-8000-00000000a0a0", "servicePrincipalId": "0e0e0e0e-0000-4000-8000-00000000b0b0",
@@ -413,14 +455,14 @@ async fn graph_as_operator(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_in_azure_and_in_the_secret_is_repaired() {
-    let admin = admin_client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::new(&admin, "sp-drift").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
-    let mut azure = Azure::new(&admin, &ns.name).await;
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        mut azure,
+        rbac,
+        _dir,
+    } = Setup::new("sp-drift").await;
     azure.env.push(("RESYNC_INTERVAL".into(), "1s".into()));
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
@@ -551,20 +593,11 @@ async fn drift_in_azure_and_in_the_secret_is_repaired() {
     .await;
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
-    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
-    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
-    azure.emulator.shutdown().await.unwrap();
-    ns.cleanup().await;
+    teardown(rbac, azure, ns).await;
 }
 
 async fn knobs(azure: &Azure, patch: Value) {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = emulator_http(azure);
     let resp = http
         .patch(format!("{}/_emulator/knobs", azure.emulator.base_url))
         .json(&patch)
@@ -596,14 +629,14 @@ fn sp_object(name: &str, extra: Value) -> ServicePrincipal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_leave_no_second_application_and_no_orphan_password() {
-    let admin = admin_client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::new(&admin, "sp-crash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
-    let azure = Azure::new(&admin, &ns.name).await;
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("sp-crash").await;
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
 
@@ -782,30 +815,21 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
 
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
-    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
-    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
-    azure.emulator.shutdown().await.unwrap();
-    ns.cleanup().await;
+    teardown(rbac, azure, ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
-    let admin = admin_client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::new(&admin, "sp-adopt").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
-    let azure = Azure::new(&admin, &ns.name).await;
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("sp-adopt").await;
     // An application someone else owns, beside the one the operator owns in the emulator's seed.
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = emulator_http(&azure);
     let foreign = json!({"applications": [{"displayName": "finance-legacy", "appId": "f1f1f1f1-0000-4000-8000-00000000f1f1",
         "objectId": "f1f1f1f1-0000-4000-8000-00000000a1a1", "servicePrincipalId": "f1f1f1f1-0000-4000-8000-00000000b1b1"}]});
     http.post(format!("{}/_emulator/seed", azure.emulator.base_url))
@@ -911,22 +935,19 @@ async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
 
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
-    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
-    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
-    azure.emulator.shutdown().await.unwrap();
-    ns.cleanup().await;
+    teardown(rbac, azure, ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_format_signs_in_and_spec_changes_apply_in_place() {
-    let admin = admin_client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::new(&admin, "sp-formats").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
-    let (roles, bindings, rbac) = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
-    let azure = Azure::new(&admin, &ns.name).await;
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("sp-formats").await;
     // New objects stay invisible for a moment after they are created, as on a lagging Graph replica.
     knobs(&azure, json!({"replication": {"graphNotFoundMs": 1500}})).await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
@@ -986,6 +1007,20 @@ async fn every_format_signs_in_and_spec_changes_apply_in_place() {
         };
         assert_eq!(token_status(&azure, &client, &secret).await, 200, "{name}");
     }
+
+    // Reconciles that change nothing issue nothing: the template Secret (whose secret cannot be read back)
+    // keeps its password.
+    let key = |s: Secret| s.annotations()["entra-operator.io/key-id"].clone();
+    let before = key(secrets.get("f-template").await.unwrap());
+    sps.patch(
+        "f-template",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(key(secrets.get("f-template").await.unwrap()), before);
 
     // Spec changes apply in place: the federated credential goes, tags and the display name follow.
     let app_id = sps
@@ -1068,8 +1103,5 @@ async fn every_format_signs_in_and_spec_changes_apply_in_place() {
     .await;
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
-    let _ = bindings.delete(&rbac, &DeleteParams::default()).await;
-    let _ = roles.delete(&rbac, &DeleteParams::default()).await;
-    azure.emulator.shutdown().await.unwrap();
-    ns.cleanup().await;
+    teardown(rbac, azure, ns).await;
 }
