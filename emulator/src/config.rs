@@ -45,6 +45,18 @@ pub struct Seed {
     /// Issuers whose tokens may be exchanged for Entra tokens (workload identity), with how to get their keys.
     #[serde(default)]
     pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Serve a managed identity at `/msi/token`, App Service style (IDENTITY_ENDPOINT + IDENTITY_HEADER).
+    #[serde(default)]
+    pub managed_identity: Option<ManagedIdentity>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedIdentity {
+    /// The application whose tokens the endpoint issues when no client_id is asked for.
+    pub app_id: String,
+    /// The secret callers must send as X-IDENTITY-HEADER.
+    pub identity_header: String,
 }
 
 fn default_tenant() -> String {

@@ -15,6 +15,9 @@ use crate::config::Seed;
 #[serde(rename_all = "camelCase")]
 pub struct World {
     pub tenant_id: String,
+    /// The identity the managed identity endpoint hands out, if any.
+    #[serde(default)]
+    pub managed_identity: Option<crate::config::ManagedIdentity>,
     pub directory: Directory,
     pub arm: Arm,
 }
@@ -320,6 +323,9 @@ impl World {
 
     /// Adds what a (partial) seed describes; used at start and by `POST /_emulator/seed`.
     pub fn add_seed(&mut self, seed: &Seed, now: Timestamp) -> anyhow::Result<()> {
+        if seed.managed_identity.is_some() {
+            self.managed_identity = seed.managed_identity.clone();
+        }
         for app in &seed.applications {
             let passwords: Vec<Password> = app
                 .client_secrets

@@ -26,6 +26,17 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let tenant = ctx.world.lock().tenant_id.clone();
     let (route, response) = match (parts.method.clone(), segments.as_slice()) {
+        (Method::GET, ["msi", "token"]) => (
+            "token GET /msi/token",
+            managed_identity(
+                ctx,
+                &parts.headers,
+                parts.uri.query().unwrap_or(""),
+                &base,
+                &tenant,
+                &ids,
+            ),
+        ),
         (Method::GET, ["common", "discovery", "instance"]) => (
             "token GET /common/discovery/instance",
             instance_discovery(&base, parts.uri.query().unwrap_or("")),
@@ -406,20 +417,36 @@ async fn token(
         );
     };
 
+    match sign(ctx, base, tenant, &app.app_id, api, resource, appidacr) {
+        Some((token, lifetime)) => json_response(
+            StatusCode::OK,
+            &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
+        ),
+        None => bad(
+            7000229,
+            "invalid_client",
+            &format!(
+                "The client application {client_id} is missing service principal in the tenant {tenant}."
+            ),
+        ),
+    }
+}
+
+/// Signs an access token for an application's service principal (None when it has none), with its Graph
+/// application permissions as roles when the token is for Graph.
+fn sign(
+    ctx: &Ctx,
+    base: &str,
+    tenant: &str,
+    app_id: &str,
+    api: Api,
+    resource: &str,
+    appidacr: &str,
+) -> Option<(String, i64)> {
     let (oid, roles) = {
         let world = ctx.world.lock();
-        match world.sp_by_app_id(&client_id) {
-            Some(sp) => (sp.id.clone(), sp.graph_permissions.clone()),
-            None => {
-                return bad(
-                    7000229,
-                    "invalid_client",
-                    &format!(
-                        "The client application {client_id} is missing service principal in the tenant {tenant}."
-                    ),
-                );
-            }
-        }
+        let sp = world.sp_by_app_id(app_id)?;
+        (sp.id.clone(), sp.graph_permissions.clone())
     };
     let now = Timestamp::now().as_second();
     let lifetime = ctx.knobs.read().token_lifetime_seconds as i64;
@@ -436,21 +463,91 @@ async fn token(
         tid: tenant.to_string(),
         oid: oid.clone(),
         sub: oid,
-        appid: app.app_id.clone(),
-        azp: app.app_id.clone(),
+        appid: app_id.to_string(),
+        azp: app_id.to_string(),
         appidacr: appidacr.into(),
         idtyp: "app".into(),
         roles: if api == Api::Graph { roles } else { vec![] },
         ver: "1.0".into(),
         uti: new_id(),
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "ext_expires_in": lifetime,
-            "access_token": ctx.keys.sign(&claims),
-        }),
-    )
+    Some((ctx.keys.sign(&claims), lifetime))
+}
+
+/// The managed identity endpoint as App Service and Azure Functions expose it (IDENTITY_ENDPOINT, with the
+/// IDENTITY_HEADER secret): `GET ?resource=…&api-version=2019-08-01[&client_id=…]`. Numbers are strings in
+/// its answer, as documented.
+fn managed_identity(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    query: &str,
+    base: &str,
+    tenant: &str,
+    ids: &RequestIds,
+) -> Response {
+    let Some(configured) = ctx.world.lock().managed_identity.clone() else {
+        return token_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            90002,
+            "No managed identity is configured for this host.",
+            ids,
+        );
+    };
+    let header = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok());
+    if header != Some(configured.identity_header.as_str()) {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "The X-IDENTITY-HEADER value is missing or wrong.",
+            ids,
+        );
+    }
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let field = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(resource) = field("resource") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request must contain the parameter 'resource'.",
+            ids,
+        );
+    };
+    let Some(api) = Api::for_resource(resource) else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            500011,
+            &format!("The resource principal named {resource} was not found."),
+            ids,
+        );
+    };
+    // A user-assigned identity is chosen by client_id; otherwise the host's (system-assigned) one.
+    let app_id = field("client_id").unwrap_or(&configured.app_id).to_string();
+    match sign(ctx, base, tenant, &app_id, api, resource, "2") {
+        Some((token, lifetime)) => {
+            let expires_on = Timestamp::now().as_second() + lifetime;
+            json_response(
+                StatusCode::OK,
+                &json!({"access_token": token, "expires_on": expires_on.to_string(), "expires_in": lifetime.to_string(),
+                        "resource": resource, "token_type": "Bearer", "client_id": app_id}),
+            )
+        }
+        None => token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            700016,
+            &format!("No managed identity {app_id} is assigned to this host."),
+            ids,
+        ),
+    }
 }

@@ -296,3 +296,99 @@ async fn run_signs_in_to_azure_with_workload_identity() {
     emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_signs_in_with_a_managed_identity() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::new(&admin, "operator-mi").await;
+    let dir = tempfile::tempdir().unwrap();
+    // The host's managed identity is the operator's application, served App Service style.
+    let mut config = azure_emulator::config::Config::default_seed();
+    config.seed.managed_identity = Some(azure_emulator::config::ManagedIdentity {
+        app_id: crate::support::OPERATOR_APP.into(),
+        identity_header: "host-identity-header".into(),
+    });
+    let emulator = azure_emulator::start(azure_emulator::Options {
+        config,
+        state_dir: dir.path().join("emulator"),
+        persist: false,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        hostnames: vec![],
+    })
+    .await
+    .unwrap();
+    let base = emulator.base_url.clone();
+    let env = |header: &str| -> Vec<(String, String)> {
+        [
+            ("AZURE_CLOUD", "custom".to_string()),
+            ("AZURE_AUTHORITY_HOST", base.clone()),
+            ("AZURE_GRAPH_ENDPOINT", format!("{base}/v1.0")),
+            ("AZURE_RESOURCE_MANAGER_ENDPOINT", base.clone()),
+            ("AZURE_CA_FILE", emulator.ca_file.display().to_string()),
+            ("AZURE_CREDENTIAL", "managed-identity".to_string()),
+            (
+                "AZURE_TENANT_ID",
+                azure_emulator::config::Config::default_seed()
+                    .seed
+                    .tenant_id,
+            ),
+            ("IDENTITY_ENDPOINT", format!("{base}/msi/token")),
+            ("IDENTITY_HEADER", header.to_string()),
+            ("ENTRA_OPERATOR_CLUSTER_ID", format!("testenv-{}", ns.name)),
+            ("WATCH_NAMESPACES", ns.name.clone()),
+            ("METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+
+    let mut operator = Operator::start_with(&admin_kubeconfig(), &env("wrong"));
+    let refused = operator.wait_for("azure credential not ready", Duration::from_secs(30));
+    assert_eq!(refused["credential"], "ManagedIdentity");
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+
+    let mut operator = Operator::start_with(&admin_kubeconfig(), &env("host-identity-header"));
+    operator.wait_for("azure credential ready", Duration::from_secs(30));
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    // And Graph accepts its tokens: a ServicePrincipal converges.
+    let sps: kube::Api<entra_operator::api::ServicePrincipal> =
+        kube::Api::namespaced(admin.clone(), &ns.name);
+    let sp = serde_json::from_value(serde_json::json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "via-msi"}, "spec": {"displayName": "via-msi"},
+    }))
+    .unwrap();
+    sps.create(&kube::api::PostParams::default(), &sp)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sp = sps.get("via-msi").await.unwrap();
+        if sp
+            .status
+            .as_ref()
+            .is_some_and(|s| entra_operator::api::conditions::is_true(&s.conditions, "Ready"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not Ready: {:?}",
+            sp.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sps.delete("via-msi", &DeleteParams::default())
+        .await
+        .unwrap();
+    while sps.get_opt("via-msi").await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+    emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
