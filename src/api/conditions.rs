@@ -57,6 +57,56 @@ pub fn condition(
     }
 }
 
+/// Where an object stands, as kstatus reads it from Ready, Reconciling and Stalled.
+pub enum Progress<'a> {
+    /// Converged.
+    Ready(&'a str),
+    /// Not there yet, and retrying will get there (waiting for Azure, throttled, a transient failure).
+    Retrying { reason: &'a str, message: &'a str },
+    /// Stuck until something changes (the spec, a grant, a conflicting object).
+    Stalled { reason: &'a str, message: &'a str },
+}
+
+/// Sets Ready, Reconciling and Stalled together, so that they never contradict each other.
+pub fn summarize(
+    conditions: &mut Vec<Condition>,
+    progress: Progress,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let (ready, reconciling, stalled, reason, message) = match progress {
+        Progress::Ready(message) => (true, false, false, "Ready", message),
+        Progress::Retrying { reason, message } => (false, true, false, reason, message),
+        Progress::Stalled { reason, message } => (false, false, true, reason, message),
+    };
+    set_condition(
+        conditions,
+        condition(READY, ready, reason, message, generation, now.clone()),
+    );
+    set_condition(
+        conditions,
+        condition(
+            RECONCILING,
+            reconciling,
+            reason,
+            if reconciling { message } else { "" },
+            generation,
+            now.clone(),
+        ),
+    );
+    set_condition(
+        conditions,
+        condition(
+            STALLED,
+            stalled,
+            reason,
+            if stalled { message } else { "" },
+            generation,
+            now,
+        ),
+    );
+}
+
 /// The condition of the given type, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -129,6 +179,41 @@ mod tests {
             condition(READY, true, "Ready", "ready", Some(3), at(99))
         ));
         assert_eq!(conds[0].observed_generation, Some(3));
+    }
+
+    #[test]
+    fn summaries_never_contradict() {
+        let mut conds = vec![];
+        summarize(
+            &mut conds,
+            Progress::Retrying {
+                reason: "Throttled",
+                message: "429",
+            },
+            Some(1),
+            at(1),
+        );
+        assert!(
+            !is_true(&conds, READY) && is_true(&conds, RECONCILING) && !is_true(&conds, STALLED)
+        );
+        summarize(
+            &mut conds,
+            Progress::Stalled {
+                reason: "SecretConflict",
+                message: "taken",
+            },
+            Some(1),
+            at(2),
+        );
+        assert!(
+            !is_true(&conds, READY) && !is_true(&conds, RECONCILING) && is_true(&conds, STALLED)
+        );
+        assert_eq!(find(&conds, READY).unwrap().reason, "SecretConflict");
+        summarize(&mut conds, Progress::Ready("ok"), Some(2), at(3));
+        assert!(
+            is_true(&conds, READY) && !is_true(&conds, RECONCILING) && !is_true(&conds, STALLED)
+        );
+        assert_eq!(conds.len(), 3);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::{Context, naming, secret_format};
 use crate::{
     api::{
         DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
-        conditions::{self, READY},
+        conditions::{self, Progress},
         service_principal::CredentialStatus,
     },
     azure::{
@@ -83,6 +83,15 @@ impl Error {
             Error::SecretConflict(_) => "SecretConflict",
             Error::Adoption(_) => "AdoptionDenied",
             Error::NotYetVisible(_) => "WaitingForReplication",
+        }
+    }
+
+    /// Whether only a change from outside (spec, grant, conflicting object) can help.
+    fn stalled(&self) -> bool {
+        match self {
+            Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
+            Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
+            Error::Kube(_) | Error::NotYetVisible(_) => false,
         }
     }
 
@@ -172,15 +181,24 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
         }
         Err(err) => {
             let mut status = sp.status.clone().unwrap_or_default();
-            let ready = conditions::condition(
-                READY,
-                false,
-                err.reason(),
-                err.to_string(),
+            let message = err.to_string();
+            let progress = if err.stalled() {
+                Progress::Stalled {
+                    reason: err.reason(),
+                    message: &message,
+                }
+            } else {
+                Progress::Retrying {
+                    reason: err.reason(),
+                    message: &message,
+                }
+            };
+            conditions::summarize(
+                &mut status.conditions,
+                progress,
                 sp.metadata.generation,
                 now(),
             );
-            conditions::set_condition(&mut status.conditions, ready);
             let event = err.reason();
             write_status(sp, ctx, status).await?;
             publish(ctx, sp, EventType::Warning, event, &err.to_string()).await;
@@ -263,15 +281,13 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
             status.credential = None;
         }
     }
-    let ready = conditions::condition(
-        READY,
-        true,
-        "Ready",
-        format!("application {} is ready", app.app_id),
+    let message = format!("application {} is ready", app.app_id);
+    conditions::summarize(
+        &mut status.conditions,
+        Progress::Ready(&message),
         sp.metadata.generation,
         now(),
     );
-    conditions::set_condition(&mut status.conditions, ready);
     Ok(status)
 }
 

@@ -389,6 +389,55 @@ async fn run_signs_in_with_a_managed_identity() {
     }
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
+
+    // A user-assigned identity without any Graph permission: Graph refuses, and the object says so (Stalled,
+    // naming Graph's code) instead of retrying quietly.
+    let mut weak = env("host-identity-header");
+    weak.push((
+        "AZURE_CLIENT_ID".into(),
+        "5a5a5a5a-0000-4000-8000-000000005a5a".into(),
+    ));
+    let mut operator = Operator::start_with(&admin_kubeconfig(), &weak);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let sp = serde_json::from_value(serde_json::json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "no-grant"}, "spec": {"displayName": "no-grant", "deletionPolicy": "Orphan"},
+    }))
+    .unwrap();
+    sps.create(&kube::api::PostParams::default(), &sp)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stalled = loop {
+        let sp = sps.get("no-grant").await.unwrap();
+        let conds = sp.status.map(|s| s.conditions).unwrap_or_default();
+        if entra_operator::api::conditions::is_true(&conds, "Stalled") {
+            break conds;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not Stalled: {conds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ready = entra_operator::api::conditions::find(&stalled, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AzurePermissionDenied")
+    );
+    assert!(
+        ready.message.contains("Authorization_RequestDenied"),
+        "{}",
+        ready.message
+    );
+    sps.delete("no-grant", &DeleteParams::default())
+        .await
+        .unwrap();
+    while sps.get_opt("no-grant").await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    operator.signal(Signal::SIGTERM);
+    assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
     emulator.shutdown().await.unwrap();
     ns.cleanup().await;
 }

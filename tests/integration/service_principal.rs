@@ -339,6 +339,11 @@ async fn service_principals_converge_heal_and_clean_up() {
         }
     })
     .await;
+    let clash_conditions = sps.get("clash").await.unwrap().status.unwrap().conditions;
+    assert!(
+        entra_operator::api::conditions::is_true(&clash_conditions, "Stalled"),
+        "kstatus: stuck until the Secret changes"
+    );
     let untouched = secrets.get("taken").await.unwrap();
     assert_eq!(untouched.data.unwrap().keys().collect::<Vec<_>>(), ["mine"]);
 
