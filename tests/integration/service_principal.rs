@@ -39,6 +39,24 @@ where
     panic!("{what} not reached within {secs}s; last: {last}");
 }
 
+/// Waits until every ServicePrincipal in the namespace is gone (the operator's finalizer done).
+async fn all_gone(sps: &Api<ServicePrincipal>, secs: u64) {
+    eventually(secs, "all ServicePrincipals deleted", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await
+}
+
 fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
     let c = sp
         .status
@@ -352,20 +370,7 @@ async fn service_principals_converge_heal_and_clean_up() {
         .await
         .unwrap();
     sps.delete("clash", &DeleteParams::default()).await.unwrap();
-    eventually(30, "objects gone", || async {
-        let left = sps
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} left"))
-        }
-    })
-    .await;
+    all_gone(&sps, 30).await;
     let world = state(&azure).await;
     assert!(
         !world["directory"]["applications"]
@@ -784,20 +789,7 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
     {
         sps.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    eventually(60, "all deleted", || async {
-        let left = sps
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} left"))
-        }
-    })
-    .await;
+    all_gone(&sps, 60).await;
     let world = state(&azure).await;
     let live: Vec<&Value> = world["directory"]["applications"]
         .as_object()
@@ -902,20 +894,7 @@ async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
     for name in ["legacy", "finance", "purged"] {
         sps.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    eventually(30, "all deleted", || async {
-        let left = sps
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} left"))
-        }
-    })
-    .await;
+    all_gone(&sps, 30).await;
     let world = state(&azure).await;
     let apps = world["directory"]["applications"].as_object().unwrap();
     let legacy_app = apps
@@ -1092,20 +1071,7 @@ async fn every_format_signs_in_and_spec_changes_apply_in_place() {
     for name in ["f-env", "f-az", "f-sdk", "f-aks", "f-template"] {
         sps.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    eventually(30, "all deleted", || async {
-        let left = sps
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} left"))
-        }
-    })
-    .await;
+    all_gone(&sps, 30).await;
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
     teardown(rbac, azure, ns).await;
