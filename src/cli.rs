@@ -118,7 +118,24 @@ pub struct AzureArgs {
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub azure_client_secret: Option<String>,
+    pub azure_client_secret: Option<Redacted>,
+}
+
+/// A value that must never be printed: Debug shows a placeholder, so logging the parsed flags cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redacted(***)")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Redacted(s.to_string()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -166,6 +183,22 @@ pub struct CrdgenArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_client_secret_never_shows_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "entra-operator",
+            "run",
+            "--azure-client-secret",
+            "hunter2-value",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2-value"));
+        let Command::Run(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.azure.azure_client_secret.unwrap().0, "hunter2-value");
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -69,7 +69,7 @@ pub fn build(
             let tenant = args.azure_tenant_id.clone().context("--azure-credential client-secret needs AZURE_TENANT_ID")?;
             let client = args.azure_client_id.clone().context("--azure-credential client-secret needs AZURE_CLIENT_ID")?;
             let secret = args.azure_client_secret.clone().context("--azure-credential client-secret needs AZURE_CLIENT_SECRET")?;
-            ClientSecretCredential::new(&tenant, client, secret.into(), Some(ClientSecretCredentialOptions { client_options: options }))?
+            ClientSecretCredential::new(&tenant, client, secret.0.into(), Some(ClientSecretCredentialOptions { client_options: options }))?
         }
         CredentialKind::ManagedIdentity => ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
             user_assigned_id: args.azure_client_id.clone().map(UserAssignedId::ClientId),

@@ -523,7 +523,7 @@ mod tests {
                     .tenant_id,
             ),
             azure_federated_token_file: None,
-            azure_client_secret: Some(OPERATOR_SECRET.into()),
+            azure_client_secret: Some(crate::cli::Redacted(OPERATOR_SECRET.into())),
         };
         let cloud = Cloud::from_args(&args).unwrap();
         let http = credential::http_client(&args).unwrap();
