@@ -12,16 +12,13 @@ use serde_json::{Value, json};
 
 use super::{
     Cloud,
-    error::{AzureError, retry_after},
+    error::AzureError,
+    http::{Service, parse},
 };
 
 #[derive(Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
-    credential: Arc<dyn TokenCredential>,
-    endpoint: String,
-    scope: String,
-    metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
+    service: Service,
 }
 
 /// An application as the operator reads it.
@@ -111,24 +108,21 @@ fn percent_encode(s: &str) -> String {
 impl GraphClient {
     pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, cloud: &Cloud) -> Self {
         GraphClient {
-            http,
-            credential,
-            endpoint: cloud.graph_endpoint.clone(),
-            scope: cloud.graph_scope.clone(),
-            metrics: None,
+            service: Service::new(
+                http,
+                credential,
+                &cloud.graph_endpoint,
+                &cloud.graph_scope,
+                "graph",
+                "request-id",
+            ),
         }
     }
 
     /// Counts every request in `entra_operator_azure_requests_total`.
     pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.service = self.service.with_metrics(metrics);
         self
-    }
-
-    fn count(&self, operation: &str, status: u16) {
-        if let Some(m) = &self.metrics {
-            m.azure_call("graph", operation.trim_start_matches("graph "), status);
-        }
     }
 
     async fn send(
@@ -139,85 +133,29 @@ impl GraphClient {
         body: Option<&Value>,
         upsert: bool,
     ) -> Result<(StatusCode, Option<Value>), AzureError> {
-        let token = self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
+        let headers: &[(&str, &str)] = if upsert {
+            &[("Prefer", "create-if-missing")]
+        } else {
+            &[]
+        };
+        self.service
+            .send(operation, method, path, body, headers)
             .await
-            .map_err(|e| AzureError::Credential(e.to_string()))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.endpoint))
-            .bearer_auth(token.token.secret());
-        if upsert {
-            req = req.header("Prefer", "create-if-missing");
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|source| {
-            self.count(operation, 0);
-            AzureError::Transport { operation, source }
-        })?;
-        let status = resp.status();
-        self.count(operation, status.as_u16());
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| AzureError::Transport { operation, source })?;
-        if status.is_success() {
-            let value = if bytes.is_empty() {
-                None
-            } else {
-                serde_json::from_slice(&bytes).ok()
-            };
-            return Ok((status, value));
-        }
-        let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Err(AzureError::Api {
-            operation,
-            status: status.as_u16(),
-            code: error["error"]["code"]
-                .as_str()
-                .unwrap_or("Unknown")
-                .to_string(),
-            message: error["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            request_id: headers
-                .get("request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            retry_after: retry_after(&headers),
-        })
     }
 
-    /// GET of one object that may not exist: 404 is None, not an error.
     async fn get_opt<T: DeserializeOwned>(
         &self,
         operation: &'static str,
         path: &str,
     ) -> Result<Option<T>, AzureError> {
-        match self.send(operation, Method::GET, path, None, false).await {
-            Ok((_, body)) => Self::parse(operation, body).map(Some),
-            Err(AzureError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.service.get_opt(operation, path).await
     }
 
     fn parse<T: DeserializeOwned>(
         operation: &'static str,
         value: Option<Value>,
     ) -> Result<T, AzureError> {
-        let value = value.ok_or_else(|| AzureError::Unexpected {
-            operation,
-            detail: "empty body".into(),
-        })?;
-        serde_json::from_value(value).map_err(|e| AzureError::Unexpected {
-            operation,
-            detail: e.to_string(),
-        })
+        parse(operation, value)
     }
 
     /// PATCH /applications(uniqueName='…') with `Prefer: create-if-missing`: creates the application with

@@ -5,5 +5,6 @@ pub mod cloud;
 pub mod credential;
 pub mod error;
 pub mod graph;
+pub mod http;
 
 pub use cloud::Cloud;

@@ -1,0 +1,152 @@
+//! The request pipeline Graph and ARM share: a token for the service's scope from the operator's credential,
+//! the request, a count in the metrics, and failures turned into `AzureError`s. Both services answer errors
+//! as `{"error":{"code","message"}}`; only the request-id header differs.
+
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{AzureError, retry_after};
+use crate::telemetry::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct Service {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    endpoint: String,
+    scope: String,
+    /// "graph" or "arm": the metrics' service label, and the prefix of operation names.
+    name: &'static str,
+    request_id_header: &'static str,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Service {
+    pub fn new(
+        http: reqwest::Client,
+        credential: Arc<dyn TokenCredential>,
+        endpoint: &str,
+        scope: &str,
+        name: &'static str,
+        request_id_header: &'static str,
+    ) -> Self {
+        Service {
+            http,
+            credential,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            scope: scope.to_string(),
+            name,
+            request_id_header,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, operation: &str, status: u16) {
+        if let Some(m) = &self.metrics {
+            let op = operation
+                .strip_prefix(self.name)
+                .map(str::trim_start)
+                .unwrap_or(operation);
+            m.azure_call(self.name, op, status);
+        }
+    }
+
+    /// Sends one request to `{endpoint}{path}`; a success's JSON body (None when empty), or the error.
+    pub async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Option<Value>), AzureError> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| AzureError::Credential(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.endpoint))
+            .bearer_auth(token.token.secret());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|source| {
+            self.count(operation, 0);
+            AzureError::Transport { operation, source }
+        })?;
+        let status = resp.status();
+        self.count(operation, status.as_u16());
+        let response_headers = resp.headers().clone();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| AzureError::Transport { operation, source })?;
+        if status.is_success() {
+            let value = if bytes.is_empty() {
+                None
+            } else {
+                serde_json::from_slice(&bytes).ok()
+            };
+            return Ok((status, value));
+        }
+        let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(AzureError::Api {
+            operation,
+            status: status.as_u16(),
+            code: error["error"]["code"]
+                .as_str()
+                .unwrap_or("Unknown")
+                .to_string(),
+            message: error["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            request_id: response_headers
+                .get(self.request_id_header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            retry_after: retry_after(&response_headers),
+        })
+    }
+
+    /// GET of one object that may not exist: 404 is None, not an error.
+    pub async fn get_opt<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+    ) -> Result<Option<T>, AzureError> {
+        match self.send(operation, Method::GET, path, None, &[]).await {
+            Ok((_, body)) => parse(operation, body).map(Some),
+            Err(AzureError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A success's body as `T`, or the error saying the answer did not have the documented shape.
+pub fn parse<T: DeserializeOwned>(
+    operation: &'static str,
+    value: Option<Value>,
+) -> Result<T, AzureError> {
+    let value = value.ok_or_else(|| AzureError::Unexpected {
+        operation,
+        detail: "empty body".into(),
+    })?;
+    serde_json::from_value(value).map_err(|e| AzureError::Unexpected {
+        operation,
+        detail: e.to_string(),
+    })
+}
