@@ -1,6 +1,7 @@
 //! Talking to Azure: which cloud (endpoints and token scopes), as whom (the operator's own credential), the
 //! typed Graph client, and what each failure means for the caller.
 
+pub mod arm;
 pub mod cloud;
 pub mod credential;
 pub mod error;

@@ -1,0 +1,371 @@
+//! The Azure Resource Manager calls the RoleDelegation controller makes (Microsoft.Authorization 2022-04-01):
+//! role definitions by name or id, custom roles, and role assignments PUT on a deterministic name.
+
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Cloud,
+    error::AzureError,
+    http::{Service, parse},
+};
+
+const API_VERSION: &str = "2022-04-01";
+
+#[derive(Clone)]
+pub struct ArmClient {
+    service: Service,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RoleDefinition {
+    /// The definition's ARM id.
+    pub id: String,
+    /// Its GUID.
+    pub name: String,
+    pub properties: RoleDefinitionProperties,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleDefinitionProperties {
+    pub role_name: String,
+    #[serde(rename = "type", default)]
+    pub role_type: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RoleAssignment {
+    pub id: String,
+    pub name: String,
+    pub properties: RoleAssignmentProperties,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignmentProperties {
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub scope: String,
+    #[serde(default)]
+    pub condition: Option<String>,
+}
+
+/// What a role assignment grants.
+pub struct Grant<'a> {
+    pub role_definition_id: &'a str,
+    pub principal_id: &'a str,
+    pub condition: Option<&'a str>,
+    pub condition_version: Option<&'a str>,
+    pub description: Option<&'a str>,
+}
+
+/// The scope part of a path: ARM ids start with '/', the tenant root is "/" and adds nothing.
+fn under(scope: &str) -> &str {
+    scope.trim_end_matches('/')
+}
+
+impl ArmClient {
+    pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, cloud: &Cloud) -> Self {
+        ArmClient {
+            service: Service::new(
+                http,
+                credential,
+                &cloud.resource_manager_endpoint,
+                &cloud.resource_manager_scope,
+                "arm",
+                "x-ms-request-id",
+            ),
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
+        self.service = self.service.with_metrics(metrics);
+        self
+    }
+
+    /// The role named `role_name` as the scope sees it (built-in or a custom role assignable there).
+    pub async fn role_definition_by_name(
+        &self,
+        scope: &str,
+        role_name: &str,
+    ) -> Result<Option<RoleDefinition>, AzureError> {
+        const OP: &str = "arm list roleDefinitions";
+        let filter = format!("roleName eq '{}'", role_name.replace('\'', "''"));
+        let query = serde_urlencoded::to_string([
+            ("$filter", filter.as_str()),
+            ("api-version", API_VERSION),
+        ])
+        .expect("encodable");
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions?{query}",
+            under(scope)
+        );
+        let (_, body) = self.service.send(OP, Method::GET, &path, None, &[]).await?;
+        let list: Vec<RoleDefinition> = parse(OP, body.map(|b| b["value"].clone()))?;
+        Ok(list
+            .into_iter()
+            .find(|d| d.properties.role_name.eq_ignore_ascii_case(role_name)))
+    }
+
+    /// PUT a role assignment under `name` (a GUID the caller derives, so that a retry finds the same one).
+    /// `principalType: ServicePrincipal` is always sent: it is what lets Azure accept a principal that has not
+    /// replicated everywhere yet.
+    pub async fn put_role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+        grant: &Grant<'_>,
+    ) -> Result<RoleAssignment, AzureError> {
+        const OP: &str = "arm put roleAssignment";
+        let mut properties = json!({
+            "roleDefinitionId": grant.role_definition_id,
+            "principalId": grant.principal_id,
+            "principalType": "ServicePrincipal",
+        });
+        if let Some(c) = grant.condition {
+            properties["condition"] = json!(c);
+            properties["conditionVersion"] = json!(grant.condition_version.unwrap_or("2.0"));
+        }
+        if let Some(d) = grant.description {
+            properties["description"] = json!(d);
+        }
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
+            under(scope)
+        );
+        let (_, body) = self
+            .service
+            .send(
+                OP,
+                Method::PUT,
+                &path,
+                Some(&json!({"properties": properties})),
+                &[],
+            )
+            .await?;
+        parse(OP, body)
+    }
+
+    pub async fn role_assignment(
+        &self,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<RoleAssignment>, AzureError> {
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
+            under(scope)
+        );
+        self.service.get_opt("arm get roleAssignment", &path).await
+    }
+
+    /// DELETE; an assignment already gone is success.
+    pub async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<(), AzureError> {
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
+            under(scope)
+        );
+        match self
+            .service
+            .send(
+                "arm delete roleAssignment",
+                Method::DELETE,
+                &path,
+                None,
+                &[],
+            )
+            .await
+        {
+            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The name of the assignment for (scope, role, principal): a UUIDv5, so that the same grant always PUTs to the
+/// same name and a crash between PUT and status cannot create a second one. Scope and role compare
+/// case-insensitively, as ARM does.
+pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2d6c_0b1e_8f3a_4e57_a1c9_7b4d_e6f0_1a23);
+    let key = format!(
+        "{}|{}|{}",
+        scope.trim_end_matches('/').to_ascii_lowercase(),
+        role_definition_guid.to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase()
+    );
+    uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// The GUID at the end of a role definition id (or the id itself when it is a bare GUID).
+pub fn definition_guid(definition_id: &str) -> &str {
+    definition_id.rsplit('/').next().unwrap_or(definition_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        azure::{credential, error::ErrorClass, graph::GraphClient},
+        cli::{AzureArgs, CloudName, CredentialKind, Redacted},
+    };
+
+    const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
+    const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
+
+    #[test]
+    fn assignment_names_are_stable_and_case_blind() {
+        let a = assignment_name(&format!("{SUB}/resourceGroups/RG"), ACR_PULL, "P1");
+        assert_eq!(
+            a,
+            assignment_name(
+                &format!("{SUB}/resourcegroups/rg/"),
+                &ACR_PULL.to_uppercase(),
+                "p1"
+            )
+        );
+        assert_ne!(
+            a,
+            assignment_name(&format!("{SUB}/resourceGroups/rg2"), ACR_PULL, "p1")
+        );
+        assert!(
+            uuid::Uuid::parse_str(&a).is_ok(),
+            "ARM requires a GUID name"
+        );
+        assert_eq!(
+            definition_guid(&format!(
+                "/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
+            )),
+            ACR_PULL
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn role_assignments_are_idempotent_and_errors_carry_arms_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = azure_emulator::config::Config::default_seed();
+        config.seed.applications[0].client_secrets = vec!["arm-client-test-secret".into()];
+        let emulator = azure_emulator::start(azure_emulator::Options {
+            config,
+            state_dir: dir.path().to_path_buf(),
+            persist: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hostnames: vec![],
+        })
+        .await
+        .unwrap();
+        let base = emulator.base_url.clone();
+        let args = AzureArgs {
+            azure_cloud: CloudName::Custom,
+            azure_authority_host: Some(base.clone()),
+            azure_graph_endpoint: Some(format!("{base}/v1.0")),
+            azure_resource_manager_endpoint: Some(base),
+            azure_ca_file: Some(emulator.ca_file.clone()),
+            azure_credential: CredentialKind::ClientSecret,
+            azure_client_id: Some("0e0e0e0e-0000-4000-8000-00000000e0e0".into()),
+            azure_tenant_id: Some(
+                azure_emulator::config::Config::default_seed()
+                    .seed
+                    .tenant_id,
+            ),
+            azure_federated_token_file: None,
+            azure_client_secret: Some(Redacted("arm-client-test-secret".into())),
+        };
+        let cloud = Cloud::from_args(&args).unwrap();
+        let http = credential::http_client(&args).unwrap();
+        let cred = credential::build(&args, &cloud, &http).unwrap();
+        let graph = GraphClient::new(http.clone(), cred.clone(), &cloud);
+        let arm = ArmClient::new(http, cred, &cloud);
+
+        graph
+            .upsert_application("grantee", &json!({"displayName": "grantee"}))
+            .await
+            .unwrap();
+        let app = graph
+            .application_by_unique_name("grantee")
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, principal) = graph.upsert_service_principal(&app.app_id).await.unwrap();
+
+        let scope = format!(
+            "{SUB}/resourceGroups/rg-shared/providers/Microsoft.ContainerRegistry/registries/contosoacr"
+        );
+        let role = arm
+            .role_definition_by_name(&scope, "AcrPull")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(definition_guid(&role.id), ACR_PULL);
+        assert!(
+            arm.role_definition_by_name(&scope, "No Such Role")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let name = assignment_name(&scope, definition_guid(&role.id), &principal.id);
+        let grant = Grant {
+            role_definition_id: &role.id,
+            principal_id: &principal.id,
+            condition: None,
+            condition_version: None,
+            description: Some("test"),
+        };
+        let created = arm
+            .put_role_assignment(&scope, &name, &grant)
+            .await
+            .unwrap();
+        assert_eq!(created.name, name);
+        assert_eq!(
+            definition_guid(&created.properties.role_definition_id),
+            ACR_PULL
+        );
+        let again = arm
+            .put_role_assignment(&scope, &name, &grant)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.id, created.id,
+            "the same PUT finds the same assignment"
+        );
+        assert_eq!(
+            arm.role_assignment(&scope, &name)
+                .await
+                .unwrap()
+                .unwrap()
+                .properties
+                .principal_id,
+            principal.id
+        );
+
+        let other = uuid::Uuid::new_v4().to_string();
+        let err = arm
+            .put_role_assignment(&scope, &other, &grant)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.class()),
+            ("RoleAssignmentExists", ErrorClass::Conflict),
+            "{err}"
+        );
+        let missing = format!("{SUB}/resourceGroups/nope");
+        let err = arm
+            .put_role_assignment(&missing, &other, &grant)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.class()),
+            ("ResourceGroupNotFound", ErrorClass::NotFound),
+            "{err}"
+        );
+
+        arm.delete_role_assignment(&scope, &name).await.unwrap();
+        arm.delete_role_assignment(&scope, &name).await.unwrap();
+        assert!(arm.role_assignment(&scope, &name).await.unwrap().is_none());
+        emulator.shutdown().await.unwrap();
+    }
+}
