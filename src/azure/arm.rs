@@ -6,7 +6,7 @@ use std::sync::Arc;
 use azure_core::credentials::TokenCredential;
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     Cloud,
