@@ -208,10 +208,7 @@ pub fn definition_guid(definition_id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        azure::{credential, error::ErrorClass, graph::GraphClient},
-        cli::{AzureArgs, CloudName, CredentialKind, Redacted},
-    };
+    use crate::azure::{error::ErrorClass, graph::GraphClient, testing::TestAzure};
 
     const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
     const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
@@ -245,40 +242,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn role_assignments_are_idempotent_and_errors_carry_arms_codes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = azure_emulator::config::Config::default_seed();
-        config.seed.applications[0].client_secrets = vec!["arm-client-test-secret".into()];
-        let emulator = azure_emulator::start(azure_emulator::Options {
-            config,
-            state_dir: dir.path().to_path_buf(),
-            persist: false,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            hostnames: vec![],
-        })
-        .await
-        .unwrap();
-        let base = emulator.base_url.clone();
-        let args = AzureArgs {
-            azure_cloud: CloudName::Custom,
-            azure_authority_host: Some(base.clone()),
-            azure_graph_endpoint: Some(format!("{base}/v1.0")),
-            azure_resource_manager_endpoint: Some(base),
-            azure_ca_file: Some(emulator.ca_file.clone()),
-            azure_credential: CredentialKind::ClientSecret,
-            azure_client_id: Some("0e0e0e0e-0000-4000-8000-00000000e0e0".into()),
-            azure_tenant_id: Some(
-                azure_emulator::config::Config::default_seed()
-                    .seed
-                    .tenant_id,
-            ),
-            azure_federated_token_file: None,
-            azure_client_secret: Some(Redacted("arm-client-test-secret".into())),
-        };
-        let cloud = Cloud::from_args(&args).unwrap();
-        let http = credential::http_client(&args).unwrap();
-        let cred = credential::build(&args, &cloud, &http).unwrap();
-        let graph = GraphClient::new(http.clone(), cred.clone(), &cloud);
-        let arm = ArmClient::new(http, cred, &cloud);
+        let azure = TestAzure::start().await;
+        let (http, cred, cloud) = (azure.http.clone(), azure.credential.clone(), &azure.cloud);
+        let graph = GraphClient::new(http.clone(), cred.clone(), cloud);
+        let arm = ArmClient::new(http, cred, cloud);
 
         graph
             .upsert_application("grantee", &json!({"displayName": "grantee"}))
@@ -366,6 +333,6 @@ mod tests {
         arm.delete_role_assignment(&scope, &name).await.unwrap();
         arm.delete_role_assignment(&scope, &name).await.unwrap();
         assert!(arm.role_assignment(&scope, &name).await.unwrap().is_none());
-        emulator.shutdown().await.unwrap();
+        azure.emulator.shutdown().await.unwrap();
     }
 }

@@ -88,6 +88,17 @@ pub enum Upserted {
     Existed,
 }
 
+impl From<StatusCode> for Upserted {
+    /// An upsert with `Prefer: create-if-missing` answers 201 when it created, 204 when it updated.
+    fn from(status: StatusCode) -> Self {
+        if status == StatusCode::CREATED {
+            Upserted::Created
+        } else {
+            Upserted::Existed
+        }
+    }
+}
+
 fn odata_quote(key: &str) -> String {
     // OData string literals double their single quotes; the whole key is then percent-encoded as a path part.
     let quoted = key.replace('\'', "''");
@@ -175,11 +186,7 @@ impl GraphClient {
                 true,
             )
             .await?;
-        Ok(if status == StatusCode::CREATED {
-            Upserted::Created
-        } else {
-            Upserted::Existed
-        })
+        Ok(Upserted::from(status))
     }
 
     /// PATCH /applications/{id}: updates an application the operator found rather than named (an adopted one).
@@ -292,7 +299,7 @@ impl GraphClient {
             .send(OP, Method::PATCH, &path, Some(&json!({})), true)
             .await?;
         if status == StatusCode::CREATED {
-            return Ok((Upserted::Created, Self::parse(OP, body)?));
+            return Ok((Upserted::from(status), Self::parse(OP, body)?));
         }
         let (_, body) = self
             .send(
@@ -390,11 +397,7 @@ impl GraphClient {
                 true,
             )
             .await?;
-        Ok(if status == StatusCode::CREATED {
-            Upserted::Created
-        } else {
-            Upserted::Existed
-        })
+        Ok(Upserted::from(status))
     }
 
     pub async fn delete_federated_credential(
@@ -425,53 +428,20 @@ impl GraphClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        azure::{credential, error::ErrorClass},
-        cli::{AzureArgs, CloudName, CredentialKind},
-    };
+    use crate::azure::{error::ErrorClass, testing::TestAzure};
 
-    const OPERATOR_SECRET: &str = "graph-client-test-secret";
-
-    /// The operator's client against an in-process emulator, authenticated with a client secret.
-    async fn client() -> (GraphClient, azure_emulator::Running, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = azure_emulator::config::Config::default_seed();
-        config.seed.applications[0].client_secrets = vec![OPERATOR_SECRET.into()];
-        let emulator = azure_emulator::start(azure_emulator::Options {
-            config,
-            state_dir: dir.path().to_path_buf(),
-            persist: false,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            hostnames: vec![],
-        })
-        .await
-        .unwrap();
-        let base = emulator.base_url.clone();
-        let args = AzureArgs {
-            azure_cloud: CloudName::Custom,
-            azure_authority_host: Some(base.clone()),
-            azure_graph_endpoint: Some(format!("{base}/v1.0")),
-            azure_resource_manager_endpoint: Some(base),
-            azure_ca_file: Some(emulator.ca_file.clone()),
-            azure_credential: CredentialKind::ClientSecret,
-            azure_client_id: Some("0e0e0e0e-0000-4000-8000-00000000e0e0".into()),
-            azure_tenant_id: Some(
-                azure_emulator::config::Config::default_seed()
-                    .seed
-                    .tenant_id,
-            ),
-            azure_federated_token_file: None,
-            azure_client_secret: Some(crate::cli::Redacted(OPERATOR_SECRET.into())),
-        };
-        let cloud = Cloud::from_args(&args).unwrap();
-        let http = credential::http_client(&args).unwrap();
-        let cred = credential::build(&args, &cloud, &http).unwrap();
-        (GraphClient::new(http, cred, &cloud), emulator, dir)
+    /// The operator's Graph client against an in-process emulator.
+    async fn client() -> (GraphClient, TestAzure) {
+        let azure = TestAzure::start().await;
+        (
+            GraphClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud),
+            azure,
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn application_lifecycle_is_idempotent_and_secrets_stay_hidden() {
-        let (graph, _emulator, _dir) = client().await;
+        let (graph, _azure) = client().await;
         let name = "eo-cluster-ns-it's-name";
         let fields = json!({"displayName": "app", "tags": ["entra-operator"]});
         assert_eq!(
@@ -588,7 +558,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failures_carry_graphs_code_and_what_to_do() {
-        let (graph, _emulator, _dir) = client().await;
+        let (graph, _azure) = client().await;
         // No such application.
         let err = graph
             .add_password(

@@ -7,5 +7,7 @@ pub mod credential;
 pub mod error;
 pub mod graph;
 pub mod http;
+#[cfg(test)]
+pub mod testing;
 
 pub use cloud::Cloud;
