@@ -7,6 +7,8 @@ pub mod credential;
 pub mod error;
 pub mod graph;
 pub mod http;
+pub mod role_cache;
+pub mod scope;
 #[cfg(test)]
 pub mod testing;
 
