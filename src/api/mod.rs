@@ -7,6 +7,7 @@
 pub mod common;
 pub mod conditions;
 pub mod credential_rotation;
+pub mod delegation_policy;
 pub mod role_delegation;
 pub mod service_principal;
 
@@ -17,6 +18,7 @@ pub use common::{DeletionPolicy, Duration, LocalObjectReference, SecretFormat, S
 pub use credential_rotation::{
     CredentialRotation, CredentialRotationSpec, CredentialRotationStatus,
 };
+pub use delegation_policy::{DelegationPolicy, DelegationPolicySpec};
 pub use role_delegation::{RoleDelegation, RoleDelegationSpec, RoleDelegationStatus};
 pub use service_principal::{ServicePrincipal, ServicePrincipalSpec, ServicePrincipalStatus};
 
@@ -26,6 +28,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ServicePrincipal::crd(),
         RoleDelegation::crd(),
         CredentialRotation::crd(),
+        DelegationPolicy::crd(),
     ]
     .into_iter()
     .map(unwrap_descriptions)

@@ -2,12 +2,15 @@
 //! message that names the offending field.
 
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{ApiResource, DynamicObject, PostParams},
 };
 use serde_json::{Value, json};
 
-use entra_operator::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
+use entra_operator::api::{
+    CredentialRotation, DelegationPolicy, RoleDelegation, ServicePrincipal,
+    delegation_policy::ViolationAction,
+};
 
 use crate::support::{TestNamespace, admin_client, install_crds};
 
@@ -19,6 +22,7 @@ fn resource(kind: &str) -> ApiResource {
         "ServicePrincipal" => ApiResource::erase::<ServicePrincipal>(&()),
         "RoleDelegation" => ApiResource::erase::<RoleDelegation>(&()),
         "CredentialRotation" => ApiResource::erase::<CredentialRotation>(&()),
+        "DelegationPolicy" => ApiResource::erase::<DelegationPolicy>(&()),
         _ => unreachable!("{kind}"),
     }
 }
@@ -34,7 +38,10 @@ fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
 }
 
 fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &resource(kind))
+    match kind {
+        "DelegationPolicy" => Api::all_with(client.clone(), &resource(kind)),
+        _ => Api::namespaced_with(client.clone(), ns, &resource(kind)),
+    }
 }
 
 /// The message of a 422, or a description of what came instead.
@@ -331,6 +338,30 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             "spec.targets",
             "name at least one target",
         ),
+        (
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "scopes": ["/subscriptions/x"], "roles": ["Reader"]}),
+            "spec.scopes",
+            "must be an ARM scope",
+        ),
+        (
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "scopes": [], "roles": ["Reader"]}),
+            "spec.scopes",
+            "at least 1 item",
+        ),
+        (
+            "DelegationPolicy",
+            json!({"scopes": [SUB], "roles": ["Reader"]}),
+            "spec.namespaceSelector",
+            "Required value",
+        ),
+        (
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "scopes": [SUB], "violations": "Delete"}),
+            "spec.violations",
+            "Unsupported value",
+        ),
     ];
     assert!(cases.len() >= 12);
 
@@ -437,6 +468,7 @@ async fn examples_are_accepted_and_defaulted() {
     let ns = TestNamespace::new(&client, "examples").await;
 
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    let mut policy_name = String::new();
     let mut dir: Vec<_> =
         std::fs::read_dir(std::path::Path::new(crate::support::MANIFEST_DIR).join("examples"))
             .unwrap()
@@ -447,6 +479,12 @@ async fn examples_are_accepted_and_defaulted() {
         let text = std::fs::read_to_string(&path).unwrap();
         for doc in serde_saphyr::from_multiple::<DynamicObject>(&text).unwrap() {
             let kind = doc.types.as_ref().unwrap().kind.clone();
+            let mut doc = doc.clone();
+            if kind == "DelegationPolicy" {
+                // Cluster-scoped: created under a name of this test's own, and removed below.
+                policy_name = format!("{}-{}", ns.name, doc.name_any());
+                doc.metadata.name = Some(policy_name.clone());
+            }
             api(&client, &ns.name, &kind)
                 .create(&PostParams::default(), &doc)
                 .await
@@ -454,7 +492,14 @@ async fn examples_are_accepted_and_defaulted() {
             *kinds.entry(kind).or_default() += 1;
         }
     }
-    assert_eq!(kinds.len(), 3, "examples cover every kind: {kinds:?}");
+    assert_eq!(kinds.len(), 4, "examples cover every kind: {kinds:?}");
+    let policies = Api::<DelegationPolicy>::all(client.clone());
+    let policy = policies.get(&policy_name).await.unwrap();
+    assert_eq!(policy.spec.violations, ViolationAction::Revoke);
+    policies
+        .delete(&policy_name, &Default::default())
+        .await
+        .unwrap();
 
     // What admission fills in is what the controllers will read.
     let sp = Api::<ServicePrincipal>::namespaced(client.clone(), &ns.name)

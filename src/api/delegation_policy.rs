@@ -1,0 +1,80 @@
+//! `DelegationPolicy`: what the cluster's administrators allow namespaces to grant in Azure. Cluster-scoped,
+//! so that a namespace cannot write its own.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN};
+
+/// Which namespaces may grant which roles at which scopes. A RoleDelegation is allowed when one policy that
+/// selects its namespace allows both its scope and its role; without such a policy nothing is granted.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "entra-operator.io",
+    version = "v1alpha1",
+    kind = "DelegationPolicy",
+    shortname = "dpol",
+    category = "entra",
+    derive = "PartialEq",
+    doc = "What namespaces may grant in Azure: for the namespaces it selects, the ARM scopes and the roles \
+           RoleDelegations may use. Nothing is granted without a policy that allows it.",
+    printcolumn(name = "Violations", type_ = "string", json_path = ".spec.violations"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegationPolicySpec {
+    /// The namespaces this policy applies to. An empty selector ({}) selects every namespace.
+    pub namespace_selector: LabelSelector,
+
+    /// ARM scopes under which delegations may be made: a delegation's scope must be one of these or below one
+    /// (segment by segment, case-insensitively), e.g. a resource group allows every resource in it.
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 1024)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(format!("self.all(s, s.matches('{ARM_SCOPE_PATTERN}'))")).message(ARM_SCOPE_MESSAGE))]
+    pub scopes: Vec<String>,
+
+    /// Roles that may be granted, by name ("AcrPull") or definition GUID, compared case-insensitively. "*"
+    /// allows every role except the privileged ones (Owner, User Access Administrator, Role Based Access
+    /// Control Administrator), which are allowed only when named here. A delegation by role id matches an
+    /// entry by GUID (or the privileged roles' names).
+    #[serde(default)]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub roles: Vec<String>,
+
+    /// Whether, and with which actions, namespaces may define custom roles. Without it, custom roles are denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_roles: Option<CustomRolePolicy>,
+
+    /// What happens to a delegation whose assignment exists but that this policy (or its change) no longer
+    /// allows: Report keeps the assignment and reports DeniedByPolicy; Revoke also removes it from Azure.
+    #[serde(default)]
+    pub violations: ViolationAction,
+}
+
+/// The custom roles a namespace may define.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomRolePolicy {
+    /// Patterns every action and data action of the custom role must match ("*" matches any text, e.g.
+    /// "Microsoft.Compute/disks/*"). A role's own wildcard is matched as text, so "Microsoft.Compute/*" in a
+    /// role needs a pattern at least that broad.
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 512)))]
+    pub allowed_actions: Vec<String>,
+}
+
+/// What to do with an assignment the policy no longer allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ViolationAction {
+    /// Keep the assignment and report DeniedByPolicy.
+    #[default]
+    Report,
+    /// Remove the assignment from Azure and report DeniedByPolicy.
+    Revoke,
+}

@@ -1,0 +1,472 @@
+//! The guardrail: whether a namespace may grant a role at a scope, decided from the DelegationPolicies and the
+//! namespace's labels alone, before anything is sent to Azure. Pure: no I/O.
+
+use std::{borrow::Borrow, collections::BTreeMap};
+
+use kube::{
+    ResourceExt,
+    core::{Selector, SelectorExt},
+};
+
+use crate::{
+    api::delegation_policy::{DelegationPolicy, ViolationAction},
+    azure::scope::Scope,
+};
+
+/// Roles that let their holder grant roles or take over what they are granted on; allowed only by name.
+pub const PRIVILEGED: [(&str, &str); 3] = [
+    ("Owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
+    (
+        "User Access Administrator",
+        "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+    ),
+    (
+        "Role Based Access Control Administrator",
+        "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
+    ),
+];
+
+/// The role a delegation asks for, as the spec says it (nothing looked up in Azure yet).
+#[derive(Clone, Copy, Debug)]
+pub enum RoleAsked<'a> {
+    Name(&'a str),
+    /// A definition GUID.
+    Id(&'a str),
+    /// A custom role's actions and data actions, and the scopes it is made assignable at.
+    Custom {
+        actions: &'a [String],
+        data_actions: &'a [String],
+        assignable_scopes: &'a [Scope],
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the named policy.
+    Allowed { policy: String },
+    /// Denied; the message says why and names the field.
+    Denied { message: String, revoke: bool },
+}
+
+/// Decides for a delegation in a namespace with `labels`. `allowed_before` is the policy that allowed it last
+/// time (from its status): its `violations` setting counts even when it no longer selects the namespace.
+pub fn decide(
+    policies: &[impl Borrow<DelegationPolicy>],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    scope: &Scope,
+    role: RoleAsked,
+    allowed_before: Option<&str>,
+) -> Decision {
+    let selecting: Vec<&DelegationPolicy> = policies
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|p| selects(p, labels))
+        .collect();
+    let mut reasons = vec![];
+    for policy in &selecting {
+        match allows(policy, scope, role) {
+            Ok(()) => {
+                return Decision::Allowed {
+                    policy: policy.name_any(),
+                };
+            }
+            Err(why) => reasons.push(format!("{}: {why}", policy.name_any())),
+        }
+    }
+    let message = if selecting.is_empty() {
+        format!(
+            "no DelegationPolicy selects namespace {namespace}, so nothing may be granted from it"
+        )
+    } else {
+        format!(
+            "not allowed by any DelegationPolicy ({})",
+            reasons.join("; ")
+        )
+    };
+    let revoke = selecting
+        .iter()
+        .copied()
+        .chain(
+            policies
+                .iter()
+                .map(Borrow::borrow)
+                .filter(|p| Some(p.name_any().as_str()) == allowed_before),
+        )
+        .any(|p| p.spec.violations == ViolationAction::Revoke);
+    Decision::Denied { message, revoke }
+}
+
+fn selects(policy: &DelegationPolicy, labels: &BTreeMap<String, String>) -> bool {
+    // A selector that does not parse selects nothing: an administrator's typo must not open access.
+    Selector::try_from(policy.spec.namespace_selector.clone()).is_ok_and(|s| s.matches(labels))
+}
+
+/// Why one policy does not allow the delegation, naming the spec field.
+fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(), String> {
+    let within = |s: &Scope| {
+        policy
+            .spec
+            .scopes
+            .iter()
+            .filter_map(|allowed| Scope::parse(allowed).ok())
+            .any(|allowed| allowed.contains(s))
+    };
+    if !within(scope) {
+        return Err(format!("spec.scope {scope} is outside its scopes"));
+    }
+    let names = |want: &str| {
+        policy
+            .spec
+            .roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(want))
+    };
+    match role {
+        RoleAsked::Name(name) => {
+            let privileged = PRIVILEGED
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name));
+            let listed = match privileged {
+                Some((n, guid)) => names(n) || names(guid),
+                None => names(name) || names("*"),
+            };
+            if !listed {
+                return Err(match privileged {
+                    Some(_) => format!(
+                        "spec.role.name '{name}' is privileged and must be named in its roles"
+                    ),
+                    None => format!("spec.role.name '{name}' is not in its roles"),
+                });
+            }
+        }
+        RoleAsked::Id(guid) => {
+            let privileged = PRIVILEGED
+                .iter()
+                .find(|(_, g)| g.eq_ignore_ascii_case(guid));
+            let listed = match privileged {
+                Some((n, g)) => names(n) || names(g),
+                None => names(guid) || names("*"),
+            };
+            if !listed {
+                return Err(match privileged {
+                    Some((n, _)) => {
+                        format!(
+                            "spec.role.id {guid} ({n}) is privileged and must be named in its roles"
+                        )
+                    }
+                    None => format!("spec.role.id {guid} is not in its roles"),
+                });
+            }
+        }
+        RoleAsked::Custom {
+            actions,
+            data_actions,
+            assignable_scopes,
+        } => {
+            let Some(custom) = &policy.spec.custom_roles else {
+                return Err("spec.role.custom: it allows no custom roles".into());
+            };
+            let allowed = |action: &str| custom.allowed_actions.iter().any(|p| glob(p, action));
+            if let Some(a) = actions.iter().chain(data_actions).find(|a| !allowed(a)) {
+                return Err(format!(
+                    "spec.role.custom action '{a}' matches none of its customRoles.allowedActions"
+                ));
+            }
+            if let Some(s) = assignable_scopes.iter().find(|s| !within(s)) {
+                return Err(format!(
+                    "spec.role.custom.assignableScopes {s} is outside its scopes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Case-insensitive match of `text` against `pattern`, where '*' in the pattern matches any run of characters.
+/// A '*' in the text is an ordinary character, so a wildcard action is allowed only by a pattern as broad.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
+    let (p, t) = (p.as_bytes(), t.as_bytes());
+    // Iterative wildcard matching with one backtrack point: linear enough for action strings.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::delegation_policy::{CustomRolePolicy, DelegationPolicySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
+
+    fn policy(name: &str, team: &str, scopes: &[&str], roles: &[&str]) -> DelegationPolicy {
+        let mut p = DelegationPolicy::new(
+            name,
+            DelegationPolicySpec {
+                namespace_selector: LabelSelector {
+                    match_labels: Some(BTreeMap::from([("team".into(), team.into())])),
+                    ..Default::default()
+                },
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                custom_roles: None,
+                violations: ViolationAction::Report,
+            },
+        );
+        p.metadata.name = Some(name.into());
+        p
+    }
+
+    fn labels(team: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("team".into(), team.into())])
+    }
+
+    fn scope(s: &str) -> Scope {
+        Scope::parse(&format!("{SUB}{s}")).unwrap()
+    }
+
+    #[test]
+    fn nothing_is_granted_without_a_selecting_policy() {
+        let p = [policy("a", "a", &[SUB], &["*"])];
+        let d = decide(
+            &p,
+            "ns-b",
+            &labels("b"),
+            &scope(""),
+            RoleAsked::Name("Reader"),
+            None,
+        );
+        assert!(
+            matches!(&d, Decision::Denied { message, revoke: false } if message.contains("no DelegationPolicy selects namespace ns-b")),
+            "{d:?}"
+        );
+        let none: [DelegationPolicy; 0] = [];
+        assert!(matches!(
+            decide(
+                &none,
+                "ns",
+                &labels("a"),
+                &scope(""),
+                RoleAsked::Name("Reader"),
+                None
+            ),
+            Decision::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn scope_and_role_must_both_be_allowed_by_the_same_policy() {
+        let p = [
+            policy(
+                "acr",
+                "a",
+                &[&format!("{SUB}/resourceGroups/rg-shared")],
+                &["AcrPull"],
+            ),
+            policy(
+                "net",
+                "a",
+                &[&format!("{SUB}/resourceGroups/rg-network")],
+                &["Network Contributor"],
+            ),
+        ];
+        let acr =
+            scope("/resourceGroups/RG-SHARED/providers/Microsoft.ContainerRegistry/registries/r");
+        assert_eq!(
+            decide(
+                &p,
+                "ns",
+                &labels("a"),
+                &acr,
+                RoleAsked::Name("acrpull"),
+                None
+            ),
+            Decision::Allowed {
+                policy: "acr".into()
+            }
+        );
+        let d = decide(
+            &p,
+            "ns",
+            &labels("a"),
+            &acr,
+            RoleAsked::Name("Network Contributor"),
+            None,
+        );
+        let Decision::Denied { message, .. } = d else {
+            panic!("{d:?}")
+        };
+        assert!(
+            message.contains("acr: spec.role.name 'Network Contributor' is not in its roles"),
+            "{message}"
+        );
+        assert!(message.contains("net: spec.scope"), "{message}");
+        assert!(matches!(
+            decide(
+                &p,
+                "ns",
+                &labels("a"),
+                &scope("/resourceGroups/rg-shared2"),
+                RoleAsked::Name("AcrPull"),
+                None
+            ),
+            Decision::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn privileged_roles_need_to_be_named_even_with_a_wildcard() {
+        let wildcard = [policy("any", "a", &[SUB], &["*"])];
+        for (name, guid) in PRIVILEGED {
+            for asked in [RoleAsked::Name(name), RoleAsked::Id(guid)] {
+                let d = decide(&wildcard, "ns", &labels("a"), &scope(""), asked, None);
+                assert!(
+                    matches!(&d, Decision::Denied { message, .. } if message.contains("privileged")),
+                    "{name}: {d:?}"
+                );
+            }
+            let named = [policy("named", "a", &[SUB], &[name])];
+            assert!(matches!(
+                decide(
+                    &named,
+                    "ns",
+                    &labels("a"),
+                    &scope(""),
+                    RoleAsked::Id(guid),
+                    None
+                ),
+                Decision::Allowed { .. }
+            ));
+        }
+        assert!(matches!(
+            decide(
+                &wildcard,
+                "ns",
+                &labels("a"),
+                &scope(""),
+                RoleAsked::Name("Contributor"),
+                None
+            ),
+            Decision::Allowed { .. }
+        ));
+    }
+
+    #[test]
+    fn custom_roles_need_every_action_allowed_and_scopes_inside() {
+        let mut p = policy(
+            "disks",
+            "a",
+            &[&format!("{SUB}/resourceGroups/rg-disks")],
+            &[],
+        );
+        let actions = [
+            "Microsoft.Compute/disks/read".to_string(),
+            "Microsoft.Compute/disks/write".into(),
+        ];
+        let inside = [scope("/resourceGroups/rg-disks")];
+        let outside = [scope("")];
+        let custom = |actions, assignable_scopes| RoleAsked::Custom {
+            actions,
+            data_actions: &[],
+            assignable_scopes,
+        };
+        let decide_one = |p: &DelegationPolicy, role| {
+            decide(
+                std::slice::from_ref(p),
+                "ns",
+                &labels("a"),
+                &inside[0],
+                role,
+                None,
+            )
+        };
+        let denied = |d: Decision, why: &str| {
+            assert!(
+                matches!(&d, Decision::Denied { message, .. } if message.contains(why)),
+                "{why}: {d:?}"
+            )
+        };
+
+        denied(
+            decide_one(&p, custom(&actions, &inside)),
+            "allows no custom roles",
+        );
+        p.spec.custom_roles = Some(CustomRolePolicy {
+            allowed_actions: vec!["microsoft.compute/disks/*".into()],
+        });
+        assert!(matches!(
+            decide_one(&p, custom(&actions, &inside)),
+            Decision::Allowed { .. }
+        ));
+        denied(
+            decide_one(&p, custom(&actions, &outside)),
+            "assignableScopes",
+        );
+        let broad = ["Microsoft.Compute/*".to_string()];
+        denied(
+            decide_one(&p, custom(&broad, &inside)),
+            "'Microsoft.Compute/*'",
+        );
+    }
+
+    #[test]
+    fn revocation_follows_the_selecting_or_the_previously_allowing_policy() {
+        let mut strict = policy(
+            "strict",
+            "a",
+            &[&format!("{SUB}/resourceGroups/x")],
+            &["Reader"],
+        );
+        strict.spec.violations = ViolationAction::Revoke;
+        let lenient = policy("lenient", "b", &[SUB], &["Reader"]);
+        let ps = [strict, lenient];
+        let asked = RoleAsked::Name("Contributor");
+        assert!(matches!(
+            decide(&ps, "ns", &labels("a"), &scope(""), asked, None),
+            Decision::Denied { revoke: true, .. }
+        ));
+        assert!(matches!(
+            decide(&ps, "ns", &labels("b"), &scope(""), asked, None),
+            Decision::Denied { revoke: false, .. }
+        ));
+        // Moved out of the strict policy's namespaces: the policy that allowed it still decides.
+        assert!(matches!(
+            decide(&ps, "ns", &labels("c"), &scope(""), asked, Some("strict")),
+            Decision::Denied { revoke: true, .. }
+        ));
+    }
+
+    #[test]
+    fn globs_match_like_arm_action_patterns() {
+        assert!(glob("*", "Microsoft.Compute/disks/read"));
+        assert!(glob(
+            "Microsoft.Compute/*/read",
+            "microsoft.compute/disks/read"
+        ));
+        assert!(!glob("Microsoft.Compute/disks/*", "Microsoft.Compute/*"));
+        assert!(!glob(
+            "Microsoft.Compute/disks/read",
+            "Microsoft.Compute/disks/readx"
+        ));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+    }
+}
