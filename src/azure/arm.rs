@@ -36,6 +36,30 @@ pub struct RoleDefinitionProperties {
     pub role_name: String,
     #[serde(rename = "type", default)]
     pub role_type: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub assignable_scopes: Vec<String>,
+}
+
+/// One permission block of a role definition.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Permission {
+    pub actions: Vec<String>,
+    pub not_actions: Vec<String>,
+    pub data_actions: Vec<String>,
+    pub not_data_actions: Vec<String>,
+}
+
+/// A custom role to define.
+pub struct CustomRoleDefinition<'a> {
+    pub role_name: &'a str,
+    pub description: &'a str,
+    pub permission: Permission,
+    pub assignable_scopes: &'a [String],
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -53,6 +77,8 @@ pub struct RoleAssignmentProperties {
     pub scope: String,
     #[serde(default)]
     pub condition: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// What a role assignment grants.
@@ -151,6 +177,99 @@ impl ArmClient {
         parse(OP, body)
     }
 
+    /// The role definition with this GUID as `scope` sees it; None if there is none.
+    pub async fn role_definition(
+        &self,
+        scope: &str,
+        guid: &str,
+    ) -> Result<Option<RoleDefinition>, AzureError> {
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
+            under(scope)
+        );
+        match self.service.get_opt("arm get roleDefinition", &path).await {
+            // ARM answers a missing definition with 404 RoleDefinitionDoesNotExist.
+            Err(AzureError::Api { code, .. }) if code == "RoleDefinitionDoesNotExist" => Ok(None),
+            other => other,
+        }
+    }
+
+    /// PUT a custom role under `guid` at `scope` (one of its assignable scopes); creates or updates it.
+    pub async fn put_role_definition(
+        &self,
+        scope: &str,
+        guid: &str,
+        role: &CustomRoleDefinition<'_>,
+    ) -> Result<RoleDefinition, AzureError> {
+        const OP: &str = "arm put roleDefinition";
+        let p = &role.permission;
+        let body = json!({"properties": {
+            "roleName": role.role_name,
+            "description": role.description,
+            "type": "CustomRole",
+            "permissions": [{
+                "actions": p.actions,
+                "notActions": p.not_actions,
+                "dataActions": p.data_actions,
+                "notDataActions": p.not_data_actions,
+            }],
+            "assignableScopes": role.assignable_scopes,
+        }});
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
+            under(scope)
+        );
+        let (_, body) = self
+            .service
+            .send(OP, Method::PUT, &path, Some(&body), &[])
+            .await?;
+        parse(OP, body)
+    }
+
+    /// DELETE a custom role; one already gone is success. ARM refuses (409 RoleDefinitionHasAssignments) while
+    /// any assignment uses it.
+    pub async fn delete_role_definition(&self, scope: &str, guid: &str) -> Result<(), AzureError> {
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
+            under(scope)
+        );
+        match self
+            .service
+            .send(
+                "arm delete roleDefinition",
+                Method::DELETE,
+                &path,
+                None,
+                &[],
+            )
+            .await
+        {
+            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The assignments of `principal_id` at, above or below `scope`.
+    pub async fn role_assignments_of(
+        &self,
+        scope: &str,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>, AzureError> {
+        const OP: &str = "arm list roleAssignments";
+        let filter = format!("principalId eq '{principal_id}'");
+        let query = serde_urlencoded::to_string([
+            ("$filter", filter.as_str()),
+            ("api-version", API_VERSION),
+        ])
+        .expect("encodable");
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments?{query}",
+            under(scope)
+        );
+        let (_, body) = self.service.send(OP, Method::GET, &path, None, &[]).await?;
+        parse(OP, body.map(|b| b["value"].clone()))
+    }
+
     pub async fn role_assignment(
         &self,
         scope: &str,
@@ -200,6 +319,23 @@ pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &s
     uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
 }
 
+/// The scope and name of a role assignment's ARM id ({scope}/providers/Microsoft.Authorization/roleAssignments/
+/// {name}).
+pub fn split_assignment_id(id: &str) -> Option<(&str, &str)> {
+    const MARK: &str = "/providers/microsoft.authorization/roleassignments/";
+    let at = id.to_ascii_lowercase().rfind(MARK)?;
+    let name = &id[at + MARK.len()..];
+    (!name.is_empty() && !name.contains('/')).then(|| (&id[..at], name))
+}
+
+/// The ARM id of the assignment `name` at `scope`.
+pub fn assignment_id(scope: &str, name: &str) -> String {
+    format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+        under(scope)
+    )
+}
+
 /// The GUID at the end of a role definition id (or the id itself when it is a bare GUID).
 pub fn definition_guid(definition_id: &str) -> &str {
     definition_id.rsplit('/').next().unwrap_or(definition_id)
@@ -232,6 +368,11 @@ mod tests {
             uuid::Uuid::parse_str(&a).is_ok(),
             "ARM requires a GUID name"
         );
+        assert_eq!(
+            split_assignment_id(&assignment_id(&format!("{SUB}/resourceGroups/rg"), &a)),
+            Some((format!("{SUB}/resourceGroups/rg").as_str(), a.as_str()))
+        );
+        assert_eq!(split_assignment_id(SUB), None);
         assert_eq!(
             definition_guid(&format!(
                 "/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
