@@ -54,8 +54,12 @@ grep -E 'azure credential|operator ready' "$DEMO_DIR/operator.log" | sed 's/\x1b
 
 echo "--- examples"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# The example DelegationPolicy lets namespaces labelled team=platform grant the seed's roles.
+kubectl label namespace demo team=platform --overwrite >/dev/null
 kubectl apply -n demo -f examples/
 kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/aks-cluster-sp
+kubectl -n demo wait --for=condition=Ready --timeout=90s roledelegation --all
+kubectl get delegationpolicies
 kubectl -n demo get serviceprincipals,roledelegations,credentialrotations -o wide
 echo
 kubectl -n demo describe secret aks-cluster-sp-credentials | sed -n '/^Data/,$p'
@@ -67,3 +71,14 @@ curl_emulator -o /dev/null -X POST "$AZURE_AUTHORITY_HOST/$AZURE_TENANT_ID/oauth
     --data-urlencode "client_secret=$(secret_value AZURE_CLIENT_SECRET)" \
     --data-urlencode scope=https://management.azure.com/.default
 echo "token issued for $(secret_value AZURE_CLIENT_ID)"
+
+echo "--- the role assignments in (emulated) Azure"
+principal=$(kubectl -n demo get serviceprincipal aks-cluster-sp -o jsonpath='{.status.servicePrincipalId}')
+if command -v jq >/dev/null; then
+    curl_emulator "$AZURE_EMULATOR_URL/_emulator/state" | jq -r --arg p "$principal" '
+        .arm as $arm | $arm.roleAssignments[] | select(.principalId == $p)
+        | (.roleDefinitionId | split("/") | last) as $g
+        | "\($g)  \(($arm.customRoles[$g].roleName) // "built-in")  \(.scope)"'
+else
+    kubectl -n demo get roledelegations -o custom-columns='NAME:.metadata.name,ASSIGNMENT:.status.roleAssignmentId'
+fi

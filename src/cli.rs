@@ -44,6 +44,17 @@ pub struct RunArgs {
     )]
     pub resync_interval: crate::api::Duration,
 
+    /// How long a role assignment keeps being retried while Azure says its principal does not exist yet
+    /// (replication of a new service principal; Azure warns it "can take up to 60 minutes"). After it, the
+    /// RoleDelegation is reported Stalled, and retried rarely.
+    #[arg(
+        long,
+        env = "PRINCIPAL_REPLICATION_WINDOW",
+        default_value = "60m",
+        value_name = "DURATION"
+    )]
+    pub principal_replication_window: crate::api::Duration,
+
     /// Address for /metrics, /healthz and /readyz.
     #[arg(
         long,

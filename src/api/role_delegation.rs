@@ -1,6 +1,6 @@
 //! `RoleDelegation`: one Azure role assignment for a principal at an ARM scope.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -202,6 +202,13 @@ pub struct RoleDelegationStatus {
     /// Object id of the principal holding the role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
+    /// The DelegationPolicy that allowed the delegation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Since when Azure has answered that the principal does not exist (replication of a new principal); the
+    /// delegation is reported Stalled once this is older than the operator's replication window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_principal_since: Option<Time>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -2,6 +2,8 @@
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
 pub mod naming;
+pub mod policy;
+pub mod role_delegation;
 pub mod secret_format;
 pub mod service_principal;
 
@@ -15,8 +17,9 @@ use kube::{
     api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
-        Controller,
-        events::{Recorder, Reporter},
+        Controller, WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
     },
 };
@@ -26,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::{
     api,
-    azure::{Cloud, credential, graph::GraphClient},
+    azure::{Cloud, arm::ArmClient, credential, graph::GraphClient, role_cache::RoleCache},
     cli::{AzureArgs, RunArgs},
     telemetry::{
         metrics::Metrics,
@@ -38,6 +41,13 @@ use crate::{
 pub struct Context {
     pub client: Client,
     pub graph: GraphClient,
+    pub arm: ArmClient,
+    /// Role definitions by name, so that delegations of the same role do not list definitions each time.
+    pub roles: RoleCache,
+    /// Every DelegationPolicy, kept current by a watch.
+    pub policies: Store<api::DelegationPolicy>,
+    /// How long a role assignment waits for its principal to replicate before it is reported Stalled.
+    pub principal_replication_window: std::time::Duration,
     pub cloud: Cloud,
     pub tenant_id: String,
     pub cluster_id: String,
@@ -52,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Registered before anything else, so that a SIGTERM during start-up is handled, not fatal.
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
-    let ctx = tokio::select! {
+    let (ctx, policy_writer) = tokio::select! {
         started = start(&args) => started?,
         signal = &mut shutdown => {
             info!(signal, "shutting down before ready");
@@ -78,15 +88,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect()
     };
     let ctx = Arc::new(ctx);
-    let controllers = scopes.into_iter().map(|ns| {
-        let (sps, secrets): (Api<api::ServicePrincipal>, Api<Secret>) = match ns {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-        };
-        Controller::new(sps, watcher::Config::default())
+    let policy_changes = watch_policies(ctx.client.clone(), policy_writer);
+    ctx.policies
+        .wait_until_ready()
+        .await
+        .context("the DelegationPolicy watch ended before its first list")?;
+    let controllers = scopes.into_iter().flat_map(|ns| {
+        let (sps, secrets, rds) = (
+            namespaced::<api::ServicePrincipal>(&ctx.client, ns),
+            namespaced::<Secret>(&ctx.client, ns),
+            namespaced::<api::RoleDelegation>(&ctx.client, ns),
+        );
+        let service_principals = Controller::new(sps.clone(), watcher::Config::default())
             .owns(
                 secrets,
                 watcher::Config::default().labels(service_principal::OWNER_LABEL),
@@ -96,7 +109,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 service_principal::error_policy,
                 ctx.clone(),
             )
-            .boxed()
+            .map(|_| ())
+            .boxed();
+        let delegations = Controller::new(rds, watcher::Config::default());
+        let store = delegations.store();
+        let delegations = delegations
+            // A delegation waiting for its ServicePrincipal goes on as soon as that one changes (becomes Ready).
+            .watches(sps, watcher::Config::default(), move |sp| {
+                waiting_on(&store, &sp)
+            })
+            // Any policy change re-evaluates every delegation.
+            .reconcile_all_on(changes(policy_changes.clone()))
+            .run(
+                role_delegation::reconcile,
+                role_delegation::error_policy,
+                ctx.clone(),
+            )
+            .map(|_| ())
+            .boxed();
+        [service_principals, delegations]
     });
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
@@ -110,8 +141,76 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An Api for one namespace, or for all.
+fn namespaced<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The delegations that name `sp` as their principal.
+fn waiting_on(
+    store: &Store<api::RoleDelegation>,
+    sp: &api::ServicePrincipal,
+) -> Vec<ObjectRef<api::RoleDelegation>> {
+    store
+        .state()
+        .iter()
+        .filter(|rd| {
+            rd.namespace() == sp.namespace()
+                && rd
+                    .spec
+                    .principal_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == sp.name_any())
+        })
+        .map(|rd| ObjectRef::from_obj(rd.as_ref()))
+        .collect()
+}
+
+/// Keeps the DelegationPolicy store current, and counts the changes so that controllers can react to them.
+fn watch_policies(
+    client: Client,
+    writer: Writer<api::DelegationPolicy>,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<api::DelegationPolicy>::all(client),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => tx.send_modify(|n| *n += 1),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "DelegationPolicy watch failed; retrying"),
+            }
+        }
+    });
+    rx
+}
+
+/// One item per change seen on `rx` (changes in quick succession coalesce).
+fn changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
 /// Connects and checks that every kind is served and readable; then the operator is ready.
-async fn start(args: &RunArgs) -> anyhow::Result<Context> {
+async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::DelegationPolicy>)> {
     let client = connect(args).await?;
     let version = client
         .apiserver_version()
@@ -120,6 +219,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
     check_served::<api::ServicePrincipal>(&client).await?;
     check_served::<api::RoleDelegation>(&client).await?;
     check_served::<api::CredentialRotation>(&client).await?;
+    check_served::<api::DelegationPolicy>(&client).await?;
     let cluster_id = match &args.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())
@@ -140,12 +240,11 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
     let http = credential::http_client(&args.azure)?;
     check_azure(&args.azure, &cloud, &http).await;
     let metrics = Arc::new(Metrics::default());
-    let graph = GraphClient::new(
-        http.clone(),
-        credential::build(&args.azure, &cloud, &http)?,
-        &cloud,
-    )
-    .with_metrics(metrics.clone());
+    let credential = credential::build(&args.azure, &cloud, &http)?;
+    let graph =
+        GraphClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
+    let arm = ArmClient::new(http.clone(), credential, &cloud).with_metrics(metrics.clone());
+    let (policies, policy_writer) = reflector::store();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -154,16 +253,23 @@ async fn start(args: &RunArgs) -> anyhow::Result<Context> {
         },
     );
     info!(apiserver = %version.git_version, cluster_id = %cluster_id, "operator ready");
-    Ok(Context {
-        client,
-        graph,
-        cloud,
-        tenant_id,
-        cluster_id,
-        recorder,
-        resync: args.resync_interval.as_std(),
-        metrics,
-    })
+    Ok((
+        Context {
+            client,
+            graph,
+            arm,
+            roles: RoleCache::default(),
+            policies,
+            principal_replication_window: args.principal_replication_window.as_std(),
+            cloud,
+            tenant_id,
+            cluster_id,
+            recorder,
+            resync: args.resync_interval.as_std(),
+            metrics,
+        },
+        policy_writer,
+    ))
 }
 
 /// Obtains a Graph token once, so that a misconfigured identity shows in the log at start-up rather than on
@@ -235,4 +341,24 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+/// Records an Event on `object`. Never fails the reconcile: Events are for people, the state is in status.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish an event");
+    }
 }

@@ -40,6 +40,17 @@ pub fn password_serial(display_name: &str, namespace: &str, name: &str) -> Optio
     rest.parse().ok()
 }
 
+/// The GUID of a custom role a namespace defines: deterministic from the cluster, the namespace and the role's
+/// name (case-insensitive, as Azure compares role names), so that delegations of one namespace share it, a
+/// retry after a crash finds it, and two namespaces never write each other's definition.
+pub fn custom_role_guid(cluster_id: &str, namespace: &str, role_name: &str) -> String {
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("role:{cluster_id}/{namespace}/{}", role_name.to_lowercase()).as_bytes(),
+    )
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +94,14 @@ mod tests {
             password_serial("rotated by hand", "team-a", "payroll"),
             None
         );
+    }
+
+    #[test]
+    fn custom_role_guids_are_per_namespace_and_blind_to_case() {
+        let a = custom_role_guid("c", "ns", "AKS disk access");
+        assert_eq!(a, custom_role_guid("c", "ns", "aks DISK access"));
+        assert_ne!(a, custom_role_guid("c", "other", "AKS disk access"));
+        assert_ne!(a, custom_role_guid("c2", "ns", "AKS disk access"));
+        assert!(Uuid::parse_str(&a).is_ok());
     }
 }

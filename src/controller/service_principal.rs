@@ -18,14 +18,14 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType},
+        events::EventType,
         finalizer::{Event as Finalized, finalizer},
     },
 };
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, naming, secret_format};
+use super::{Context, naming, publish, secret_format};
 use crate::{
     api::{
         DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
@@ -731,17 +731,4 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.metrics.set_expiry("ServicePrincipal", &ns, &name, None);
     Ok(Action::await_change())
-}
-
-async fn publish(ctx: &Context, sp: &ServicePrincipal, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &sp.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish an event");
-    }
 }

@@ -4,7 +4,9 @@
 mod admission;
 mod crdgen;
 mod explain;
+mod harness;
 mod operator_run;
+mod role_delegation;
 mod service_principal;
 mod support;
 mod workload_identity;

@@ -290,9 +290,10 @@ pub fn operator_azure_env(
     .collect()
 }
 
-/// The rules the operator needs, and no more: its three kinds (and their status and finalizers), the Secrets
-/// it writes, Events, and the kube-system namespace's uid as the default cluster id. The chart's RBAC must
-/// match; tests run the operator with exactly these.
+/// The rules the operator needs, and no more: its three kinds (and their status and finalizers), the
+/// DelegationPolicies it enforces (read only), the Secrets it writes, Events, and namespaces (read: their labels
+/// for the policies' selectors, kube-system's uid as the default cluster id). The chart's RBAC must match;
+/// tests run the operator with exactly these.
 pub fn operator_rules() -> serde_json::Value {
     serde_json::json!([
         {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals", "roledelegations", "credentialrotations"],
@@ -303,7 +304,8 @@ pub fn operator_rules() -> serde_json::Value {
          "verbs": ["update"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]},
+        {"apiGroups": ["entra-operator.io"], "resources": ["delegationpolicies"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
     ])
 }
 

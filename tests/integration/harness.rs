@@ -1,0 +1,268 @@
+//! What the end-to-end tests share: a namespace with the operator's ServiceAccount and exactly its RBAC, an
+//! emulator that trusts it, and ways to wait for and inspect what the operator did.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::DeleteParams};
+use serde_json::{Value, json};
+
+use entra_operator::api::ServicePrincipal;
+
+use crate::{
+    operator_run::Azure,
+    support::{
+        TestNamespace, admin_client, grant_operator_rbac, install_crds, service_account_kubeconfig,
+    },
+};
+
+/// Polls until `check` returns Some, or fails after `secs` with what was last seen.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} not reached within {secs}s; last: {last}");
+}
+
+/// Waits until every ServicePrincipal in the namespace is gone (the operator's finalizer done).
+pub async fn all_gone(sps: &Api<ServicePrincipal>, secs: u64) {
+    eventually(secs, "all ServicePrincipals deleted", || async {
+        let left = sps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await
+}
+
+pub fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
+    let c = sp
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+pub async fn state(azure: &Azure) -> Value {
+    let http = emulator_http(azure);
+    http.get(format!("{}/_emulator/state", azure.emulator.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn token_status(azure: &Azure, client_id: &str, secret: &str) -> u16 {
+    let http = emulator_http(azure);
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    http.post(format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        azure.emulator.base_url
+    ))
+    .form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("scope", "https://management.azure.com/.default"),
+    ])
+    .send()
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
+pub fn text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+/// What every test here starts from: a namespace, the operator's ServiceAccount with exactly its RBAC, and an
+/// emulator that trusts that account through workload identity.
+pub struct Setup {
+    pub admin: kube::Client,
+    pub ns: TestNamespace,
+    pub kubeconfig: std::path::PathBuf,
+    pub azure: Azure,
+    pub rbac: (
+        Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+        Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+        String,
+    ),
+    pub _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub async fn new(prefix: &str) -> Setup {
+        let admin = admin_client().await;
+        install_crds(&admin).await;
+        let ns = TestNamespace::new(&admin, prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig =
+            service_account_kubeconfig(&admin, &ns.name, "entra-operator", dir.path()).await;
+        let rbac = grant_operator_rbac(&admin, &ns.name, "entra-operator").await;
+        let azure = Azure::new(&admin, &ns.name).await;
+        Setup {
+            admin,
+            ns,
+            kubeconfig,
+            azure,
+            rbac,
+            _dir: dir,
+        }
+    }
+}
+
+pub async fn teardown(
+    rbac: (
+        Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+        Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+        String,
+    ),
+    azure: Azure,
+    ns: TestNamespace,
+) {
+    let (roles, bindings, name) = rbac;
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = roles.delete(&name, &DeleteParams::default()).await;
+    azure.emulator.shutdown().await.unwrap();
+    ns.cleanup().await;
+}
+
+/// The emulator's CA-trusting HTTP client.
+pub fn emulator_http(azure: &Azure) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&azure.emulator.ca_file).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Changes the emulator's knobs (merge patch).
+pub async fn knobs(azure: &Azure, patch: Value) {
+    let resp = emulator_http(azure)
+        .patch(format!("{}/_emulator/knobs", azure.emulator.base_url))
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+/// Adds to the emulator's world (resources, role assignments, applications).
+pub async fn seed(azure: &Azure, seed: Value) {
+    let resp = emulator_http(azure)
+        .post(format!("{}/_emulator/seed", azure.emulator.base_url))
+        .json(&seed)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+}
+
+/// Calls Graph as the operator's identity (given a client secret for the test), to change things behind
+/// the operator's back.
+pub async fn graph_as_operator(
+    azure: &Azure,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> u16 {
+    as_operator(
+        azure,
+        "https://graph.microsoft.com",
+        "/v1.0",
+        method,
+        path,
+        body,
+    )
+    .await
+    .0
+}
+
+/// Calls ARM as the operator's identity; returns the status and the body.
+pub async fn arm_as_operator(
+    azure: &Azure,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    as_operator(
+        azure,
+        "https://management.azure.com",
+        "",
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+async fn as_operator(
+    azure: &Azure,
+    audience: &str,
+    prefix: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let http = emulator_http(azure);
+    let base = &azure.emulator.base_url;
+    seed(
+        azure,
+        json!({"applications": [{"displayName": "entra-operator", "appId": "0e0e0e0e-0000-4000-8000-00000000e0e0",
+            "objectId": "0e0e0e0e-0000-4000-8000-00000000a0a0", "servicePrincipalId": "0e0e0e0e-0000-4000-8000-00000000b0b0",
+            "clientSecrets": ["drift-test-secret"]}]}),
+    )
+    .await;
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    let token: Value = http
+        .post(format!("{base}/{tenant}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "0e0e0e0e-0000-4000-8000-00000000e0e0"),
+            ("client_secret", "drift-test-secret"),
+            ("scope", &format!("{audience}/.default")),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut req = http
+        .request(method, format!("{base}{prefix}{path}"))
+        .bearer_auth(token["access_token"].as_str().unwrap());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
