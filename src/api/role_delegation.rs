@@ -79,6 +79,8 @@ pub struct RoleDelegationSpec {
     /// /subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new(format!("self.matches('{ARM_SCOPE_PATTERN}')")).message(ARM_SCOPE_MESSAGE))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.]?(/|$)') && !self.contains('%')")
+        .message("must not contain '.' or '..' segments or percent escapes"))]
     pub scope: String,
 
     /// Optional ABAC condition that further limits the assignment (Azure attribute-based access control).
@@ -202,6 +204,10 @@ pub struct RoleDelegationStatus {
     /// Object id of the principal holding the role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
+    /// Assignments this delegation made before a change of role, scope or principal, not removed yet: they go
+    /// once the new one stands, and on delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_removal: Vec<String>,
     /// The DelegationPolicy that allowed the delegation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,

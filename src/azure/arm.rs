@@ -187,10 +187,12 @@ impl ArmClient {
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
             under(scope)
         );
-        match self.service.get_opt("arm get roleDefinition", &path).await {
-            // ARM answers a missing definition with 404 RoleDefinitionDoesNotExist.
+        const OP: &str = "arm get roleDefinition";
+        match self.service.send(OP, Method::GET, &path, None, &[]).await {
+            Ok((_, body)) => parse(OP, body).map(Some),
+            // Only a missing definition is None: a missing scope (ResourceGroupNotFound ...) is an error.
             Err(AzureError::Api { code, .. }) if code == "RoleDefinitionDoesNotExist" => Ok(None),
-            other => other,
+            Err(e) => Err(e),
         }
     }
 

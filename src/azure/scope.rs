@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// A parsed ARM scope.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Scope {
     /// The canonical text: keywords in ARM's casing, the subscription GUID in lower case, names as given.
     canonical: String,
@@ -39,6 +39,14 @@ impl Scope {
         let parts: Vec<&str> = rest.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(err("it has an empty segment"));
+        }
+        // The HTTP client resolves dot segments and percent escapes: `rg-ok/providers/X/../../../rg-other` would
+        // pass the policy as inside rg-ok and be sent to rg-other. Such a scope never names a real resource.
+        if let Some(p) = parts.iter().find(|p| {
+            matches!(**p, "." | "..")
+                || p.contains(|c: char| matches!(c, '%' | '\\' | '?' | '#') || c.is_whitespace())
+        }) {
+            return Err(err(&format!("the segment '{p}' is not allowed")));
         }
         let is = |i: usize, word: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(word));
         let mut out: Vec<String> = Vec::with_capacity(parts.len());
@@ -145,6 +153,15 @@ impl Scope {
     }
 }
 
+/// ARM compares ids case-insensitively: two spellings of one scope are equal.
+impl PartialEq for Scope {
+    fn eq(&self, other: &Self) -> bool {
+        self.segments == other.segments
+    }
+}
+
+impl Eq for Scope {}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.canonical)
@@ -222,6 +239,15 @@ mod tests {
                 "/providers/Microsoft.Management/managementGroups/a/b",
                 "nothing may follow",
             ),
+            (
+                &format!("{SUB}/resourceGroups/rg-ok/providers/Microsoft.Foo/../../../rg-other"),
+                "'..' is not allowed",
+            ),
+            (
+                &format!("{SUB}/resourceGroups/%2e%2e"),
+                "'%2e%2e' is not allowed",
+            ),
+            (&format!("{SUB}/resourceGroups/./x"), "'.' is not allowed"),
         ] {
             let e = Scope::parse(text).unwrap_err().to_string();
             assert!(e.contains(why), "{text}: {e}");
@@ -239,6 +265,11 @@ mod tests {
         ))));
         assert!(!rg.contains(&p(&format!("{SUB}/resourceGroups/rg-shared2"))));
         assert!(!rg.contains(&p(SUB)));
+        assert_eq!(
+            rg,
+            p(&format!("{SUB}/resourcegroups/RG-SHARED")),
+            "equality ignores case"
+        );
         let vnet = p(&format!(
             "{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v"
         ));

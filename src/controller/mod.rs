@@ -112,12 +112,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|_| ())
             .boxed();
         let delegations = Controller::new(rds, watcher::Config::default());
-        let store = delegations.store();
+        let (store, in_namespace) = (delegations.store(), delegations.store());
+        let namespaces = match ns {
+            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            None => watcher::Config::default(),
+        };
         let delegations = delegations
             // A delegation waiting for its ServicePrincipal goes on as soon as that one changes (becomes Ready).
             .watches(sps, watcher::Config::default(), move |sp| {
                 waiting_on(&store, &sp)
             })
+            // Policies select namespaces by label: a relabelled namespace is re-evaluated at once.
+            .watches(
+                Api::<Namespace>::all(ctx.client.clone()),
+                namespaces,
+                move |namespace| {
+                    in_namespace
+                        .state()
+                        .iter()
+                        .filter(|rd| rd.namespace() == namespace.metadata.name)
+                        .map(|rd| ObjectRef::from_obj(rd.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
             // Any policy change re-evaluates every delegation.
             .reconcile_all_on(changes(policy_changes.clone()))
             .run(

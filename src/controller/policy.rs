@@ -10,7 +10,7 @@ use kube::{
 
 use crate::{
     api::delegation_policy::{DelegationPolicy, ViolationAction},
-    azure::scope::Scope,
+    azure::{arm::Permission, scope::Scope},
 };
 
 /// Roles that let their holder grant roles or take over what they are granted on; allowed only by name.
@@ -32,6 +32,13 @@ pub enum RoleAsked<'a> {
     Name(&'a str),
     /// A definition GUID.
     Id(&'a str),
+    /// The role as Azure defines it, once looked up: `must_be_named` when "*" does not cover it (it can assign
+    /// roles, or it is a custom role this namespace did not define).
+    Resolved {
+        name: &'a str,
+        guid: &'a str,
+        must_be_named: bool,
+    },
     /// A custom role's actions and data actions, and the scopes it is made assignable at.
     Custom {
         actions: &'a [String],
@@ -58,11 +65,13 @@ pub fn decide(
     role: RoleAsked,
     allowed_before: Option<&str>,
 ) -> Decision {
-    let selecting: Vec<&DelegationPolicy> = policies
+    let mut selecting: Vec<&DelegationPolicy> = policies
         .iter()
         .map(Borrow::borrow)
         .filter(|p| selects(p, labels))
         .collect();
+    // By name, so that the policy recorded as allowing a delegation does not depend on the store's order.
+    selecting.sort_by_key(|p| p.name_any());
     let mut reasons = vec![];
     for policy in &selecting {
         match allows(policy, scope, role) {
@@ -159,6 +168,22 @@ fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(
                 });
             }
         }
+        RoleAsked::Resolved {
+            name,
+            guid,
+            must_be_named,
+        } => {
+            if !(names(name) || names(guid) || (!must_be_named && names("*"))) {
+                return Err(if must_be_named {
+                    format!(
+                        "spec.role '{name}' can assign roles or is a custom role of someone else, so it must be \
+                         named in its roles"
+                    )
+                } else {
+                    format!("spec.role '{name}' is not in its roles")
+                });
+            }
+        }
         RoleAsked::Custom {
             actions,
             data_actions,
@@ -181,6 +206,16 @@ fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether a role with these permissions can write role assignments (and so grant itself anything): an action
+/// pattern covers `Microsoft.Authorization/roleAssignments/write` and no notActions entry of its block takes it
+/// away. Owner, User Access Administrator and RBAC Administrator can; Contributor cannot.
+pub fn can_assign_roles(permissions: &[Permission]) -> bool {
+    const WRITE: &str = "Microsoft.Authorization/roleAssignments/write";
+    permissions.iter().any(|p| {
+        p.actions.iter().any(|a| glob(a, WRITE)) && !p.not_actions.iter().any(|n| glob(n, WRITE))
+    })
 }
 
 /// Case-insensitive match of `text` against `pattern`, where '*' in the pattern matches any run of characters.
@@ -451,6 +486,59 @@ mod tests {
         assert!(matches!(
             decide(&ps, "ns", &labels("c"), &scope(""), asked, Some("strict")),
             Decision::Denied { revoke: true, .. }
+        ));
+    }
+
+    #[test]
+    fn roles_that_can_assign_roles_must_be_named() {
+        let perm = |actions: &[&str], not: &[&str]| Permission {
+            actions: actions.iter().map(|s| s.to_string()).collect(),
+            not_actions: not.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(can_assign_roles(&[perm(&["*"], &[])]), "Owner");
+        assert!(
+            can_assign_roles(&[perm(&["Microsoft.Authorization/*"], &[])]),
+            "UAA"
+        );
+        assert!(
+            !can_assign_roles(&[perm(
+                &["*"],
+                &[
+                    "Microsoft.Authorization/*/Delete",
+                    "Microsoft.Authorization/*/Write"
+                ]
+            )]),
+            "Contributor"
+        );
+        assert!(!can_assign_roles(&[perm(&["*/read"], &[])]), "Reader");
+
+        let wildcard = [policy("any", "a", &[SUB], &["*"])];
+        let asked = |must_be_named| RoleAsked::Resolved {
+            name: "Team Admin",
+            guid: "0f",
+            must_be_named,
+        };
+        assert!(matches!(
+            decide(
+                &wildcard,
+                "ns",
+                &labels("a"),
+                &scope(""),
+                asked(false),
+                None
+            ),
+            Decision::Allowed { .. }
+        ));
+        let d = decide(&wildcard, "ns", &labels("a"), &scope(""), asked(true), None);
+        assert!(
+            matches!(&d, Decision::Denied { message, .. } if message.contains("must be named")),
+            "{d:?}"
+        );
+        let named = [policy("named", "a", &[SUB], &["team admin"])];
+        assert!(matches!(
+            decide(&named, "ns", &labels("a"), &scope(""), asked(true), None),
+            Decision::Allowed { .. }
         ));
     }
 

@@ -205,6 +205,15 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             "RoleDelegation",
+            with(
+                valid_rd(),
+                json!({"scope": format!("{SUB}/resourceGroups/rg/providers/Microsoft.Foo/../../../rg-other")}),
+            ),
+            "spec.scope",
+            "must not contain '.' or '..' segments",
+        ),
+        (
+            "RoleDelegation",
             with(valid_rd(), json!({"principalRef": {"name": "app"}})),
             "spec.principalRef",
             "exactly one of principalRef and principalId",

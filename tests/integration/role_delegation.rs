@@ -105,12 +105,14 @@ fn rd(name: &str, spec: Value) -> RoleDelegation {
     .unwrap()
 }
 
-/// A policy selecting only `ns` (by the name label every namespace has), so that tests running side by side
-/// never allow each other anything.
+/// A policy selecting only `ns` (by the name label every namespace has, unless the spec has a selector), so
+/// that tests running side by side never allow each other anything.
 async fn put_policy(admin: &kube::Client, ns: &str, suffix: &str, spec: Value) -> String {
     let name = format!("{ns}-{suffix}");
     let mut spec = spec;
-    spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    if spec.get("namespaceSelector").is_none() {
+        spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    }
     let policy: DelegationPolicy = serde_json::from_value(json!({
         "apiVersion": "entra-operator.io/v1alpha1", "kind": "DelegationPolicy",
         "metadata": {"name": name}, "spec": spec,
@@ -143,7 +145,10 @@ async fn apply_example(admin: &kube::Client, ns: &str, file: &str) {
         let kind = doc.types.as_ref().unwrap().kind.clone();
         match kind.as_str() {
             "DelegationPolicy" => {
-                put_policy(admin, ns, &doc.name_any(), doc.data["spec"].clone()).await;
+                let mut spec = doc.data["spec"].clone();
+                // This test's namespace alone, rather than every namespace labelled team=platform.
+                spec.as_object_mut().unwrap().remove("namespaceSelector");
+                put_policy(admin, ns, &doc.name_any(), spec).await;
             }
             _ => {
                 let ar = match kind.as_str() {
@@ -488,6 +493,31 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         2,
         "owner kept, reader granted again"
     );
+
+    // Policies select namespaces by label: labelling the namespace brings in a policy at once.
+    let label = format!("grant-owner-{}", ns.name);
+    put_policy(
+        &admin,
+        &ns.name,
+        "labelled",
+        json!({"namespaceSelector": {"matchLabels": {label.clone(): "yes"}}, "scopes": [rg], "roles": ["Owner"]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ready(&rds.get("owner").await.unwrap()).unwrap().1,
+        "DeniedByPolicy",
+        "not before the label"
+    );
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: "yes"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&rds, "owner", "True", "Ready", 20).await;
 
     rds.delete_collection(&DeleteParams::default(), &Default::default())
         .await

@@ -220,6 +220,13 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(ctx.resync))
         }
         Err(err) => {
+            if !matches!(
+                err,
+                Error::PrincipalReplicating { .. } | Error::PrincipalNotFound(_)
+            ) {
+                // The wait is for one run of PrincipalNotFound answers: anything else starts it afresh.
+                status.waiting_for_principal_since = None;
+            }
             let message = err.to_string();
             let progress = if err.stalled() {
                 Progress::Stalled {
@@ -308,6 +315,31 @@ async fn converge(
     let principal_id = principal(rd, ctx).await?;
     let definition = resolve_role(rd, ctx, &scope, &custom_scopes).await?;
     let role_guid = arm::definition_guid(&definition.id).to_ascii_lowercase();
+    // Now that Azure has said what the role is: a "*" in a policy covers neither a role that can assign roles
+    // nor someone else's custom role (built-in names alone cannot tell).
+    if role.custom.is_none() {
+        let props = &definition.properties;
+        let ours = naming::custom_role_guid(&ctx.cluster_id, &ns, &props.role_name) == role_guid;
+        let must_be_named = policy::can_assign_roles(&props.permissions)
+            || !(props.role_type.eq_ignore_ascii_case("BuiltInRole") || ours);
+        let resolved = RoleAsked::Resolved {
+            name: &props.role_name,
+            guid: &role_guid,
+            must_be_named,
+        };
+        if let Decision::Denied { message, revoke } = policy::decide(
+            &policies,
+            &ns,
+            &labels,
+            &scope,
+            resolved,
+            status.policy.as_deref(),
+        ) {
+            return Err(Error::DeniedByPolicy(
+                deny(rd, ctx, status, message, revoke).await?,
+            ));
+        }
+    }
     if !plan::assignable_at(&definition.properties.assignable_scopes, &scope) {
         return Err(Error::RoleNotAssignable(format!(
             "spec.role: {} can be assigned only at {}, not at spec.scope {scope}",
@@ -376,12 +408,30 @@ async fn converge(
         }
     };
 
-    // Replaced (role, scope or principal changed): the new assignment stands, so the old one can go.
+    // Replaced (role, scope or principal changed): the new assignment stands, so the old one can go. It is
+    // recorded first, so that a failure (or a delete) before it is removed does not forget it.
     if let Some(old) = before.role_assignment_id.as_deref()
         && !old.eq_ignore_ascii_case(&assignment_id)
         && before.pre_existing != Some(true)
+        && !status
+            .pending_removal
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(old))
     {
-        remove_assignment(ctx, old).await?;
+        status.pending_removal.push(old.to_string());
+    }
+    status
+        .pending_removal
+        .retain(|p| !p.eq_ignore_ascii_case(&assignment_id));
+    status.role_assignment_id = Some(assignment_id);
+    status.pre_existing = pre_existing.then_some(true);
+    status.role_definition_id = Some(definition.id.clone());
+    status.role_name = Some(definition.properties.role_name.clone());
+    status.principal_id = Some(principal_id);
+    status.waiting_for_principal_since = None;
+    while let Some(old) = status.pending_removal.first().cloned() {
+        remove_assignment(ctx, &old).await?;
+        status.pending_removal.remove(0);
         publish(
             ctx,
             rd,
@@ -397,13 +447,6 @@ async fn converge(
         remove_custom_role_if_unused(rd, ctx, &old_guid, before.role_definition_id.as_deref())
             .await?;
     }
-
-    status.role_assignment_id = Some(assignment_id);
-    status.pre_existing = pre_existing.then_some(true);
-    status.role_definition_id = Some(definition.id.clone());
-    status.role_name = Some(definition.properties.role_name.clone());
-    status.principal_id = Some(principal_id);
-    status.waiting_for_principal_since = None;
     Ok(())
 }
 
@@ -442,6 +485,9 @@ async fn deny(
     status.role_assignment_id = None;
     status.pre_existing = None;
     status.policy = None;
+    status.role_definition_id = None;
+    status.role_name = None;
+    status.principal_id = None;
     Ok(format!("{message}; the assignment {id} was revoked"))
 }
 
@@ -519,7 +565,7 @@ async fn resolve_role(
         .role_definition(home, &guid)
         .await
         .map_err(at_scope)?
-        && plan::custom_role_matches(&existing, custom, custom_scopes)
+        && plan::custom_role_matches(&existing, custom, &ns, custom_scopes)
     {
         return Ok(existing);
     }
@@ -547,10 +593,7 @@ async fn resolve_role(
         )));
     }
     let scopes: Vec<String> = custom_scopes.iter().map(Scope::to_string).collect();
-    let description = custom
-        .description
-        .clone()
-        .unwrap_or_else(|| format!("Defined by entra-operator for namespace {ns}"));
+    let description = plan::custom_description(custom, &ns);
     let definition = CustomRoleDefinition {
         role_name: &custom.role_name,
         description: &description,
@@ -770,7 +813,23 @@ async fn remove_custom_role_if_unused(
             }
         },
     };
-    ctx.arm.delete_role_definition(&home, guid).await?;
+    match ctx.arm.delete_role_definition(&home, guid).await {
+        Ok(()) => {}
+        // Still assigned somewhere (an orphaned delegation's assignment, or one made outside the cluster):
+        // the role stays, and this delegation's clean-up is not held up by it.
+        Err(e) if e.code() == "RoleDefinitionHasAssignments" => {
+            publish(
+                ctx,
+                rd,
+                EventType::Normal,
+                "CustomRoleKept",
+                &format!("Custom role {guid} is still assigned elsewhere and is left in place"),
+            )
+            .await;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     publish(
         ctx,
         rd,
@@ -795,8 +854,13 @@ async fn cleanup(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let status = rd.status.clone().unwrap_or_default();
-    if let Some(id) = status.role_assignment_id.as_deref()
-        && status.pre_existing != Some(true)
+    let current = status
+        .role_assignment_id
+        .as_deref()
+        .filter(|_| status.pre_existing != Some(true));
+    for id in current
+        .into_iter()
+        .chain(status.pending_removal.iter().map(String::as_str))
     {
         remove_assignment(ctx, id).await?;
         info!(object = %format!("{}/{}", rd.namespace().unwrap_or_default(), rd.name_any()), assignment = %id, "removed role assignment");
@@ -835,8 +899,12 @@ async fn write_status(
     for key in [
         "roleAssignmentId",
         "preExisting",
+        "pendingRemoval",
         "policy",
         "waitingForPrincipalSince",
+        "roleDefinitionId",
+        "roleName",
+        "principalId",
     ] {
         if body.get(key).is_none() {
             body[key] = serde_json::Value::Null;

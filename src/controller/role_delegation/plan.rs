@@ -56,14 +56,9 @@ pub fn custom_permission(custom: &CustomRole) -> Permission {
 pub fn custom_role_matches(
     existing: &RoleDefinition,
     custom: &CustomRole,
+    namespace: &str,
     scopes: &[Scope],
 ) -> bool {
-    fn set(items: &[String]) -> Vec<String> {
-        let mut v: Vec<String> = items.iter().map(|s| s.to_ascii_lowercase()).collect();
-        v.sort();
-        v.dedup();
-        v
-    }
     let p = &existing.properties;
     let have = match p.permissions.as_slice() {
         [one] => one.clone(),
@@ -82,8 +77,7 @@ pub fn custom_role_matches(
         .collect();
     let want_scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
     p.role_name == custom.role_name
-        && p.description.as_deref().unwrap_or_default()
-            == custom.description.as_deref().unwrap_or_default()
+        && p.description.as_deref().unwrap_or_default() == custom_description(custom, namespace)
         && set(&have.actions) == set(&want.actions)
         && set(&have.not_actions) == set(&want.not_actions)
         && set(&have.data_actions) == set(&want.data_actions)
@@ -91,10 +85,29 @@ pub fn custom_role_matches(
         && set(&have_scopes) == set(&want_scopes)
 }
 
-/// Whether two delegations define a custom role the same way (apart from where it is assignable).
+/// Whether two delegations define a custom role the same way (apart from where it is assignable): lists as
+/// sets, actions case-insensitively, as Azure compares them.
 pub fn same_custom_role(a: &CustomRole, b: &CustomRole) -> bool {
-    let p = (custom_permission(a), custom_permission(b));
-    p.0 == p.1 && a.description == b.description
+    set(&a.actions) == set(&b.actions)
+        && set(&a.not_actions) == set(&b.not_actions)
+        && set(&a.data_actions) == set(&b.data_actions)
+        && set(&a.not_data_actions) == set(&b.not_data_actions)
+        && a.description == b.description
+}
+
+/// The description a custom role is defined with: the spec's, or one that says who defined it.
+pub fn custom_description(custom: &CustomRole, namespace: &str) -> String {
+    custom
+        .description
+        .clone()
+        .unwrap_or_else(|| format!("Defined by entra-operator for namespace {namespace}"))
+}
+
+fn set(items: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = items.iter().map(|s| s.to_ascii_lowercase()).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// What the assignment should hold, beyond its name (which already fixes scope, role and principal).
@@ -205,9 +218,9 @@ mod tests {
             ],
             &[&format!("{SUB}/resourcegroups/rg-disks")],
         );
-        assert!(custom_role_matches(&same, &custom(), &scopes));
+        assert!(custom_role_matches(&same, &custom(), "ns", &scopes));
         let fewer = definition(&["Microsoft.Compute/disks/read"], &[rg.as_str()]);
-        assert!(!custom_role_matches(&fewer, &custom(), &scopes));
+        assert!(!custom_role_matches(&fewer, &custom(), "ns", &scopes));
         let elsewhere = definition(
             &[
                 "Microsoft.Compute/disks/read",
@@ -215,7 +228,18 @@ mod tests {
             ],
             &[SUB],
         );
-        assert!(!custom_role_matches(&elsewhere, &custom(), &scopes));
+        assert!(!custom_role_matches(&elsewhere, &custom(), "ns", &scopes));
+        let mut undescribed = custom();
+        undescribed.description = None;
+        let mut described = same.clone();
+        described.properties.description = Some(custom_description(&undescribed, "ns"));
+        assert!(
+            custom_role_matches(&described, &undescribed, "ns", &scopes),
+            "the default description is what is compared"
+        );
+        let mut reordered = custom();
+        reordered.actions.reverse();
+        assert!(same_custom_role(&custom(), &reordered));
         let mut bad = custom();
         bad.assignable_scopes = vec!["/nope".into()];
         assert!(
