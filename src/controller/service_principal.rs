@@ -8,13 +8,9 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::Action,
@@ -25,7 +21,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, naming, publish, secret_format};
+use super::{Context, naming, publish, secret_format, secrets};
 use crate::{
     api::{
         DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
@@ -39,12 +35,12 @@ use crate::{
 };
 
 pub const FINALIZER: &str = "entra-operator.io/cleanup";
-/// Annotations on the Secret: which object wrote it, which password it holds, in which format.
-pub const KEY_ID_ANNOTATION: &str = "entra-operator.io/key-id";
-pub const FORMAT_ANNOTATION: &str = "entra-operator.io/format";
-/// For the template format: which templates the Secret was rendered from.
-pub const TEMPLATES_ANNOTATION: &str = "entra-operator.io/templates-digest";
+pub use super::secrets::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTATION};
 pub const OWNER_LABEL: &str = "entra-operator.io/service-principal";
+/// On a ServicePrincipal whose password a CredentialRotation manages (the value names it): this controller
+/// then removes none of the object's passwords, since the previous one stays valid for the rotation's overlap
+/// and a new one may be on its way into the Secret.
+pub const ROTATED_BY_ANNOTATION: &str = "entra-operator.io/rotated-by";
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -212,11 +208,7 @@ fn now() -> Time {
 }
 
 fn owned_by(secret: &Secret, sp: &ServicePrincipal) -> bool {
-    let uid = sp.uid().unwrap_or_default();
-    secret
-        .owner_references()
-        .iter()
-        .any(|r| r.uid == uid && r.kind == "ServicePrincipal")
+    secrets::owned_by(secret, sp)
 }
 
 async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincipalStatus, Error> {
@@ -373,7 +365,7 @@ fn app_matches(
 }
 
 /// The passwords this object issued, oldest first.
-fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a PasswordCredential> {
+pub(crate) fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a PasswordCredential> {
     let mut found: Vec<(u64, &PasswordCredential)> = app
         .password_credentials
         .iter()
@@ -490,7 +482,8 @@ async fn converge_password(
             // long as it was rendered from the templates the spec still has.
             None if format == SecretFormat::Template
                 && target.format == SecretFormat::Template
-                && annotation(s, TEMPLATES_ANNOTATION) == Some(templates_digest(target)) =>
+                && annotation(s, TEMPLATES_ANNOTATION)
+                    == Some(secrets::templates_digest(target)) =>
             {
                 Some(((*password).clone(), None, format, data))
             }
@@ -557,7 +550,11 @@ async fn converge_password(
             new.credential
         }
     };
-    for stale in ours.iter().filter(|p| p.key_id != password.key_id) {
+    let rotated = sp.annotations().contains_key(ROTATED_BY_ANNOTATION);
+    for stale in ours
+        .iter()
+        .filter(|p| p.key_id != password.key_id && !rotated)
+    {
         ctx.graph.remove_password(&app.id, &stale.key_id).await?;
         publish(
             ctx,
@@ -589,12 +586,6 @@ fn render(
         .map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// A stable digest of the spec's templates (a UUIDv5 of their JSON: no secret is in them).
-fn templates_digest(target: &crate::api::SecretTarget) -> String {
-    let text = serde_json::to_string(&target.templates).unwrap_or_default();
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, text.as_bytes()).to_string()
-}
-
 async fn write_secret(
     sp: &ServicePrincipal,
     ctx: &Context,
@@ -602,45 +593,11 @@ async fn write_secret(
     key_id: &str,
     data: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let ns = sp.namespace().unwrap_or_default();
-    let format = serde_json::to_value(target.format)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(target.name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(BTreeMap::from([(OWNER_LABEL.to_string(), sp.name_any())])),
-            annotations: Some(BTreeMap::from([
-                (KEY_ID_ANNOTATION.to_string(), key_id.to_string()),
-                (FORMAT_ANNOTATION.to_string(), format),
-                (TEMPLATES_ANNOTATION.to_string(), templates_digest(target)),
-            ])),
-            owner_references: Some(vec![OwnerReference {
-                controller: Some(true),
-                ..sp.controller_owner_ref(&())
-                    .expect("a stored object has a uid")
-            }]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
+    let owner = secrets::Owner {
+        object: sp,
+        label: OWNER_LABEL,
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // Server-side apply with force: the operator is the only writer of a Secret it owns.
-    secrets
-        .patch(
-            &target.name,
-            &PatchParams::apply("entra-operator").force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
+    secrets::write(&ctx.client, &owner, target, key_id, data).await?;
     Ok(())
 }
 
