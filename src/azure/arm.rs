@@ -15,6 +15,15 @@ use super::{
 };
 
 const API_VERSION: &str = "2022-04-01";
+const AKS_API_VERSION: &str = "2025-01-01";
+
+/// Where a long-running operation stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    InProgress,
+    Succeeded,
+    Failed(String),
+}
 
 #[derive(Clone)]
 pub struct ArmClient {
@@ -319,6 +328,76 @@ pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &s
         principal_id.to_ascii_lowercase()
     );
     uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
+}
+
+impl ArmClient {
+    /// Starts `resetServicePrincipalProfile` on an AKS cluster (`az aks update-credentials
+    /// --reset-service-principal`). Returns the URL to poll, or None when ARM finished it at once (200).
+    pub async fn reset_service_principal_profile(
+        &self,
+        cluster_id: &str,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Option<String>, AzureError> {
+        const OP: &str = "arm post resetServicePrincipalProfile";
+        let path = format!(
+            "{}/resetServicePrincipalProfile?api-version={AKS_API_VERSION}",
+            cluster_id.trim_end_matches('/')
+        );
+        let body = json!({"clientId": client_id, "secret": secret});
+        let (status, headers, _) = self
+            .service
+            .send_full(OP, Method::POST, &path, Some(&body), &[])
+            .await?;
+        if status == reqwest::StatusCode::OK {
+            return Ok(None);
+        }
+        // The spec declares Location; other AKS operations send Azure-AsyncOperation too: either will do.
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        header("azure-asyncoperation")
+            .or_else(|| header("location"))
+            .map(Some)
+            .ok_or(AzureError::Unexpected {
+                operation: OP,
+                detail: "202 without Location or Azure-AsyncOperation".into(),
+            })
+    }
+
+    /// Polls a long-running operation by the URL ARM gave.
+    pub async fn operation(&self, url: &str) -> Result<Operation, AzureError> {
+        const OP: &str = "arm get operation";
+        let path = self.service.path_of(url).ok_or(AzureError::Unexpected {
+            operation: OP,
+            detail: format!("operation URL {url} is not on the Resource Manager endpoint"),
+        })?;
+        match self.service.send(OP, Method::GET, path, None, &[]).await {
+            // An Azure-AsyncOperation answer carries the status in its body.
+            Ok((_, Some(body))) if body.get("status").is_some() => {
+                Ok(match body["status"].as_str().unwrap_or_default() {
+                    "Succeeded" => Operation::Succeeded,
+                    "Failed" | "Canceled" => Operation::Failed(
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap_or("the operation failed")
+                            .to_string(),
+                    ),
+                    _ => Operation::InProgress,
+                })
+            }
+            // A Location answer: 202 while running, 200 or 204 when done.
+            Ok((reqwest::StatusCode::ACCEPTED, _)) => Ok(Operation::InProgress),
+            Ok(_) => Ok(Operation::Succeeded),
+            Err(AzureError::Api {
+                status, message, ..
+            }) if status >= 500 && !message.is_empty() => Ok(Operation::Failed(message)),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The scope and name of a role assignment's ARM id ({scope}/providers/Microsoft.Authorization/roleAssignments/

@@ -77,3 +77,30 @@ pub fn build(
         }))?,
     })
 }
+
+/// Whether Entra issues a token for an application's client secret: how a rotation proves the new secret works
+/// before the previous one goes. A failure means "not yet" (a new password takes a moment to be accepted)
+/// as much as "never"; the caller retries.
+pub async fn client_secret_signs_in(
+    cloud: &Cloud,
+    http: &reqwest::Client,
+    tenant_id: &str,
+    client_id: &str,
+    secret: &str,
+) -> Result<(), String> {
+    let credential = ClientSecretCredential::new(
+        tenant_id,
+        client_id.to_string(),
+        secret.to_string().into(),
+        Some(ClientSecretCredentialOptions {
+            client_options: client_options(cloud, http),
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    credential
+        .get_token(&[cloud.resource_manager_scope.as_str()], None)
+        .await
+        .map(|_| ())
+        // Only the kind of failure: azure_identity's message may quote the request.
+        .map_err(|e| format!("Entra refused the new secret ({:?})", e.kind()))
+}

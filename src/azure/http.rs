@@ -68,6 +68,20 @@ impl Service {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Option<Value>), AzureError> {
+        self.send_full(operation, method, path, body, headers)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// As `send`, with the response's headers (a long-running operation's Location, for one).
+    pub async fn send_full(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Option<Value>), AzureError> {
         let token = self
             .credential
             .get_token(&[self.scope.as_str()], None)
@@ -100,7 +114,7 @@ impl Service {
             } else {
                 serde_json::from_slice(&bytes).ok()
             };
-            return Ok((status, value));
+            return Ok((status, response_headers, value));
         }
         let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Err(AzureError::Api {
@@ -120,6 +134,13 @@ impl Service {
                 .map(str::to_string),
             retry_after: retry_after(&response_headers),
         })
+    }
+
+    /// The path and query of an absolute URL on this service's endpoint (where a long-running operation is
+    /// polled); None for any other host, which is never sent the operator's token.
+    pub fn path_of<'a>(&self, url: &'a str) -> Option<&'a str> {
+        url.strip_prefix(self.endpoint.trim_end_matches('/'))
+            .filter(|rest| rest.starts_with('/'))
     }
 
     /// GET of one object that may not exist: 404 is None, not an error.

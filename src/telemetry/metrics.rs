@@ -14,6 +14,11 @@ pub struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -38,6 +43,7 @@ pub struct Metrics {
     pub reconcile_duration: Family<KindLabels, Histogram>,
     pub azure_requests: Family<AzureLabels, Counter>,
     pub credential_expiry: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub rotations: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,7 +76,14 @@ impl Default for Metrics {
             "When the client secret an object delivered expires, as a Unix timestamp",
             credential_expiry.clone(),
         );
+        let rotations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "credential_rotations",
+            "Client-secret rotations by result: completed (published everywhere), or the step that failed",
+            rotations.clone(),
+        );
         Metrics {
+            rotations,
             registry,
             reconciliations,
             reconcile_duration,
@@ -109,6 +122,14 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&KindLabels { kind: kind.into() })
             .observe(seconds);
+    }
+
+    pub fn rotated(&self, result: &str) {
+        self.rotations
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn set_expiry(&self, kind: &str, namespace: &str, name: &str, unix_seconds: Option<f64>) {
