@@ -59,6 +59,7 @@ kubectl label namespace demo team=platform --overwrite >/dev/null
 kubectl apply -n demo -f examples/
 kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/aks-cluster-sp
 kubectl -n demo wait --for=condition=Ready --timeout=90s roledelegation --all
+kubectl -n demo wait --for=condition=Ready --timeout=90s credentialrotation --all
 kubectl get delegationpolicies
 kubectl -n demo get serviceprincipals,roledelegations,credentialrotations -o wide
 echo
@@ -71,6 +72,11 @@ curl_emulator -o /dev/null -X POST "$AZURE_AUTHORITY_HOST/$AZURE_TENANT_ID/oauth
     --data-urlencode "client_secret=$(secret_value AZURE_CLIENT_SECRET)" \
     --data-urlencode scope=https://management.azure.com/.default
 echo "token issued for $(secret_value AZURE_CLIENT_ID)"
+
+echo "--- the AKS cluster holds the delivered secret (the CredentialRotation reset its service principal profile)"
+curl_emulator -X POST "$AZURE_EMULATOR_URL/_emulator/aks/check" -H 'Content-Type: application/json' \
+    -d "{\"clusterId\": \"/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/prod\", \"secret\": \"$(secret_value AZURE_CLIENT_SECRET)\"}"
+echo
 
 echo "--- the role assignments in (emulated) Azure"
 principal=$(kubectl -n demo get serviceprincipal aks-cluster-sp -o jsonpath='{.status.servicePrincipalId}')

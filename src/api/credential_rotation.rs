@@ -71,6 +71,9 @@ use super::common::{
 #[x_kube(validation = Rule::new("!has(self.rotateEvery) || !has(self.credentialLifetime) || duration(self.rotateEvery) < duration(self.credentialLifetime)")
     .message("rotateEvery must be shorter than credentialLifetime, or the secret would expire before it is renewed")
     .field_path(".rotateEvery"))]
+#[x_kube(validation = Rule::new("!has(self.credentialLifetime) || duration(self.overlap) < duration(self.credentialLifetime)")
+    .message("overlap must be shorter than credentialLifetime, or the previous secret would expire during it")
+    .field_path(".overlap"))]
 #[x_kube(validation = Rule::new("!has(self.renewBefore) || !has(self.credentialLifetime) || duration(self.renewBefore) < duration(self.credentialLifetime)")
     .message("renewBefore must be shorter than credentialLifetime")
     .field_path(".renewBefore"))]
@@ -231,4 +234,7 @@ pub struct TargetStatus {
     /// When state last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// For an AKS cluster: the long-running operation resetting its profile, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }

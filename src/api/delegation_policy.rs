@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN};
+use super::common::{ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN, GUID_PATTERN};
 
 /// Which namespaces may grant which roles at which scopes. A RoleDelegation is allowed when one policy that
 /// selects its namespace allows both its scope and its role; without such a policy nothing is granted.
@@ -34,7 +34,8 @@ pub struct DelegationPolicySpec {
 
     /// ARM scopes under which delegations may be made: a delegation's scope must be one of these or below one
     /// (segment by segment, case-insensitively), e.g. a resource group allows every resource in it.
-    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 1024)))]
+    #[serde(default)]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 1024)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[x_kube(validation = Rule::new(format!("self.all(s, s.matches('{ARM_SCOPE_PATTERN}'))")).message(ARM_SCOPE_MESSAGE))]
     pub scopes: Vec<String>,
@@ -51,6 +52,14 @@ pub struct DelegationPolicySpec {
     /// Whether, and with which actions, namespaces may define custom roles. Without it, custom roles are denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_roles: Option<CustomRolePolicy>,
+
+    /// Application (client) ids of existing applications, not managed by a ServicePrincipal, whose client
+    /// secrets CredentialRotations in the selected namespaces may rotate (with spec.applicationId), e.g. the
+    /// service principal of an existing AKS cluster. The operator's identity must also own them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(regex(pattern = GUID_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub applications: Vec<String>,
 
     /// What happens to a delegation whose assignment exists but that this policy (or its change) no longer
     /// allows: Report keeps the assignment and reports DeniedByPolicy; Revoke also removes it from Azure.

@@ -1,10 +1,12 @@
 //! The operator's main loop: connect to the API server, check that the CRDs are served and readable, then run
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
+pub mod credential_rotation;
 pub mod naming;
 pub mod policy;
 pub mod role_delegation;
 pub mod secret_format;
+pub mod secrets;
 pub mod service_principal;
 
 use anyhow::Context as _;
@@ -42,6 +44,8 @@ pub struct Context {
     pub client: Client,
     pub graph: GraphClient,
     pub arm: ArmClient,
+    /// The HTTP client behind both (for signing in with a new secret to check it).
+    pub http: reqwest::Client,
     /// Role definitions by name, so that delegations of the same role do not list definitions each time.
     pub roles: RoleCache,
     /// Every DelegationPolicy, kept current by a watch.
@@ -144,7 +148,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .map(|_| ())
             .boxed();
-        [service_principals, delegations]
+        let rotations = Controller::new(
+            namespaced::<api::CredentialRotation>(&ctx.client, ns),
+            watcher::Config::default(),
+        );
+        let rotation_store = rotations.store();
+        let rotations = rotations
+            // A rotation waiting for its ServicePrincipal, or whose Secret it re-issued, goes on at once.
+            .watches(
+                namespaced::<api::ServicePrincipal>(&ctx.client, ns),
+                watcher::Config::default(),
+                move |sp| {
+                    rotation_store
+                        .state()
+                        .iter()
+                        .filter(|c| {
+                            c.namespace() == sp.namespace()
+                                && c.spec
+                                    .service_principal_ref
+                                    .as_ref()
+                                    .is_some_and(|r| r.name == sp.name_any())
+                        })
+                        .map(|c| ObjectRef::from_obj(c.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .run(
+                credential_rotation::reconcile,
+                credential_rotation::error_policy,
+                ctx.clone(),
+            )
+            .map(|_| ())
+            .boxed();
+        [service_principals, delegations, rotations]
     });
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
@@ -275,6 +311,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             client,
             graph,
             arm,
+            http,
             roles: RoleCache::default(),
             policies,
             principal_replication_window: args.principal_replication_window.as_std(),

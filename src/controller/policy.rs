@@ -106,6 +106,32 @@ pub fn decide(
     Decision::Denied { message, revoke }
 }
 
+/// Whether a CredentialRotation in the namespace may rotate the secrets of application `app_id`: Ok names the
+/// policy that lists it.
+pub fn may_rotate(
+    policies: &[impl Borrow<DelegationPolicy>],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    app_id: &str,
+) -> Result<String, String> {
+    let mut selecting: Vec<&DelegationPolicy> = policies
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|p| selects(p, labels))
+        .collect();
+    selecting.sort_by_key(|p| p.name_any());
+    selecting
+        .iter()
+        .find(|p| p.spec.applications.iter().any(|a| a.eq_ignore_ascii_case(app_id)))
+        .map(|p| p.name_any())
+        .ok_or_else(|| {
+            format!(
+                "spec.applicationId: no DelegationPolicy that selects namespace {namespace} lists application {app_id} \
+                 in its applications"
+            )
+        })
+}
+
 fn selects(policy: &DelegationPolicy, labels: &BTreeMap<String, String>) -> bool {
     // A selector that does not parse selects nothing: an administrator's typo must not open access.
     Selector::try_from(policy.spec.namespace_selector.clone()).is_ok_and(|s| s.matches(labels))
@@ -263,6 +289,7 @@ mod tests {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 roles: roles.iter().map(|s| s.to_string()).collect(),
                 custom_roles: None,
+                applications: vec![],
                 violations: ViolationAction::Report,
             },
         );
@@ -540,6 +567,19 @@ mod tests {
             decide(&named, "ns", &labels("a"), &scope(""), asked(true), None),
             Decision::Allowed { .. }
         ));
+    }
+
+    #[test]
+    fn applications_are_rotated_only_where_a_policy_lists_them() {
+        let mut p = policy("aks", "a", &[], &[]);
+        p.spec.applications = vec!["5A5A5A5A-0000-4000-8000-000000005A5A".into()];
+        let app = "5a5a5a5a-0000-4000-8000-000000005a5a";
+        assert_eq!(
+            may_rotate(std::slice::from_ref(&p), "ns", &labels("a"), app),
+            Ok("aks".into())
+        );
+        let e = may_rotate(&[p], "ns", &labels("b"), app).unwrap_err();
+        assert!(e.starts_with("spec.applicationId"), "{e}");
     }
 
     #[test]

@@ -310,6 +310,15 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             "CredentialRotation",
+            with(
+                valid_crot(),
+                json!({"rotateEvery": null, "renewBefore": "1h", "overlap": "48h", "credentialLifetime": "24h"}),
+            ),
+            "spec.overlap",
+            "overlap must be shorter than credentialLifetime",
+        ),
+        (
+            "CredentialRotation",
             with(valid_crot(), json!({"credentialLifetime": "240h"})),
             "spec.rotateEvery",
             "rotateEvery must be shorter than credentialLifetime",
@@ -355,9 +364,9 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             "DelegationPolicy",
-            json!({"namespaceSelector": {}, "scopes": [], "roles": ["Reader"]}),
-            "spec.scopes",
-            "at least 1 item",
+            json!({"namespaceSelector": {}, "applications": ["not-a-guid"]}),
+            "spec.applications[0]",
+            "should match",
         ),
         (
             "DelegationPolicy",

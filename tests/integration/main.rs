@@ -2,7 +2,9 @@
 //! the large dependency graph is linked once.
 
 mod admission;
+mod alerts;
 mod crdgen;
+mod credential_rotation;
 mod explain;
 mod harness;
 mod operator_run;

@@ -80,6 +80,13 @@ impl Operator {
         );
     }
 
+    /// Takes every log line written so far, so that the next `wait_for` sees only what comes after.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     pub fn signal(&self, signal: Signal) {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }

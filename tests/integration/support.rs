@@ -291,7 +291,8 @@ pub fn operator_azure_env(
 }
 
 /// The rules the operator needs, and no more: its three kinds (and their status and finalizers), the
-/// DelegationPolicies it enforces (read only), the Secrets it writes, Events, and namespaces (read: their labels
+/// DelegationPolicies it enforces (read only), the Secrets it writes, the workloads a rotation restarts (get
+/// and patch their pod template), Events, and namespaces (read: their labels
 /// for the policies' selectors, kube-system's uid as the default cluster id). The chart's RBAC must match;
 /// tests run the operator with exactly these.
 pub fn operator_rules() -> serde_json::Value {
@@ -305,6 +306,7 @@ pub fn operator_rules() -> serde_json::Value {
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["entra-operator.io"], "resources": ["delegationpolicies"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ])
 }

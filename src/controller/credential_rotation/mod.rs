@@ -1,0 +1,781 @@
+//! The CredentialRotation controller: on schedule (or when spec.rotationToken changes) add a new password,
+//! write it to the Secret at once, prove it signs in, publish it to the AKS clusters and restart the workloads,
+//! and only then, an overlap later, remove the previous one.
+//!
+//! State lives in Azure, the Secret and status, never only in memory: the passwords carry the owner's name and
+//! a serial in their displayName, the Secret names the key it holds, status names the previous key, when it
+//! goes, and what each target holds. So a kill -9 at any step is resumed by the next reconcile: a password
+//! whose text never reached the Secret is removed, and the previous one is never removed before every target
+//! holds its successor. At most two of the operator's passwords exist on the application at any time.
+
+mod plan;
+mod targets;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as Finalized, finalizer},
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    Context, naming, policy, publish, secret_format, secrets,
+    service_principal::{self, ROTATED_BY_ANNOTATION},
+};
+use crate::{
+    api::{
+        CredentialRotation, CredentialRotationStatus, SecretFormat, SecretTarget, ServicePrincipal,
+        conditions::{self, Progress},
+        credential_rotation::TargetStatus,
+    },
+    azure::{
+        credential,
+        error::{AzureError, ErrorClass},
+        graph::{Application, PasswordCredential},
+    },
+};
+
+pub use super::service_principal::FINALIZER;
+/// Label on a Secret a CredentialRotation writes itself (with applicationId).
+pub const OWNER_LABEL: &str = "entra-operator.io/credential-rotation";
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a password may exist unpublished before it counts as left behind by a crash: far longer than
+/// adding it and writing the Secret take, short enough that the next rotation is not held up for long.
+const DELIVERY_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    DeniedByPolicy(String),
+    #[error("{0}")]
+    ApplicationNotOwned(String),
+    #[error("{0}")]
+    ApplicationNotFound(String),
+    #[error("{0}")]
+    ServicePrincipalNotFound(String),
+    #[error("{0}")]
+    WaitingForServicePrincipal(String),
+    #[error("{0}")]
+    SecretConflict(String),
+    /// The new secret does not sign in yet.
+    #[error("{0}")]
+    Verifying(String),
+    /// A target has not taken the new secret yet (an AKS reset running or failed, a workload not patched).
+    #[error("{message}")]
+    Publishing {
+        reason: &'static str,
+        message: String,
+    },
+    /// The current secret is close to expiring, or expired, and the rotation is not getting anywhere.
+    #[error("{message}")]
+    Expiry {
+        reason: &'static str,
+        message: String,
+        cause: Box<Error>,
+    },
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Azure(e) => match e.class() {
+                ErrorClass::Throttled(_) => "Throttled",
+                ErrorClass::Forbidden => "AzurePermissionDenied",
+                ErrorClass::Invalid => "AzureRejected",
+                ErrorClass::NotFound => "WaitingForReplication",
+                _ => "AzureUnavailable",
+            },
+            Error::Kube(_) => "KubernetesError",
+            Error::Invalid(_) => "InvalidSpec",
+            Error::DeniedByPolicy(_) => "DeniedByPolicy",
+            Error::ApplicationNotOwned(_) => "ApplicationNotOwned",
+            Error::ApplicationNotFound(_) => "ApplicationNotFound",
+            Error::ServicePrincipalNotFound(_) => "ServicePrincipalNotFound",
+            Error::WaitingForServicePrincipal(_) => "WaitingForServicePrincipal",
+            Error::SecretConflict(_) => "SecretConflict",
+            Error::Verifying(_) => "VerifyingCredential",
+            Error::Publishing { reason, .. } => reason,
+            Error::Expiry { reason, .. } => reason,
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        match self {
+            Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
+            Error::Invalid(_)
+            | Error::DeniedByPolicy(_)
+            | Error::ApplicationNotOwned(_)
+            | Error::ApplicationNotFound(_)
+            | Error::SecretConflict(_) => true,
+            Error::Expiry { cause, .. } => cause.stalled(),
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Duration {
+        match self {
+            Error::Azure(e) => match e.class() {
+                ErrorClass::Throttled(d) => d,
+                ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
+                _ => Duration::from_secs(5),
+            },
+            Error::Verifying(_) => Duration::from_secs(2),
+            Error::Publishing { .. } => Duration::from_secs(5),
+            Error::Expiry { cause, .. } => cause.retry_after(),
+            Error::ServicePrincipalNotFound(_) | Error::WaitingForServicePrincipal(_) => {
+                Duration::from_secs(30)
+            }
+            Error::Kube(_) => Duration::from_secs(5),
+            _ => Duration::from_secs(300),
+        }
+    }
+}
+
+pub async fn reconcile(
+    crot: Arc<CredentialRotation>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let started = std::time::Instant::now();
+    let api: Api<CredentialRotation> =
+        Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, crot, |event| async {
+        match event {
+            Finalized::Apply(crot) => apply(&crot, &ctx).await,
+            Finalized::Cleanup(crot) => cleanup(&crot, &ctx).await,
+        }
+    })
+    .await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e),
+        ) => e.reason(),
+        Err(_) => "FinalizerError",
+    };
+    ctx.metrics.reconciled(
+        "CredentialRotation",
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+pub fn error_policy(
+    crot: Arc<CredentialRotation>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    _ctx: Arc<Context>,
+) -> Action {
+    let delay = match error {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
+        _ => Duration::from_secs(5),
+    };
+    warn!(object = %format!("{}/{}", crot.namespace().unwrap_or_default(), crot.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The application whose password is rotated, and everything needed to name, render and publish it.
+struct Subject {
+    app: Application,
+    /// Whose passwords these are (the displayName's `{ns}/{owner}`): the ServicePrincipal's, or the rotation's.
+    owner: String,
+    secret: SecretTarget,
+    display_name: String,
+    lifetime: Duration,
+    sp: Option<ServicePrincipal>,
+}
+
+async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error> {
+    let mut status = crot.status.clone().unwrap_or_default();
+    let result = converge(crot, ctx, &mut status).await;
+    status.observed_generation = crot.metadata.generation;
+    let ns = crot.namespace().unwrap_or_default();
+    let expiry = status.expires_at.as_ref().map(|t| t.0.as_second() as f64);
+    ctx.metrics
+        .set_expiry("CredentialRotation", &ns, &crot.name_any(), expiry);
+    match result {
+        Ok(wake) => {
+            let message = format!(
+                "secret {} is published to every target",
+                status.current_key_id.as_deref().unwrap_or_default()
+            );
+            conditions::summarize(
+                &mut status.conditions,
+                Progress::Ready(&message),
+                crot.metadata.generation,
+                now(),
+            );
+            write_status(crot, ctx, status).await?;
+            Ok(Action::requeue(wake))
+        }
+        Err(err) => {
+            // A failing rotation is an emergency only as the current secret runs out.
+            let err = with_expiry(err, crot, &status);
+            let message = err.to_string();
+            let progress = if err.stalled() {
+                Progress::Stalled {
+                    reason: err.reason(),
+                    message: &message,
+                }
+            } else {
+                Progress::Retrying {
+                    reason: err.reason(),
+                    message: &message,
+                }
+            };
+            conditions::summarize(
+                &mut status.conditions,
+                progress,
+                crot.metadata.generation,
+                now(),
+            );
+            let changed = crot
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                .is_none_or(|c| c.reason != err.reason());
+            write_status(crot, ctx, status).await?;
+            if changed && matches!(err, Error::Publishing { .. }) {
+                ctx.metrics.rotated("failed");
+            }
+            if changed && !matches!(err, Error::Verifying(_)) {
+                publish(ctx, crot, EventType::Warning, err.reason(), &message).await;
+            }
+            Err(err)
+        }
+    }
+}
+
+fn with_expiry(err: Error, crot: &CredentialRotation, status: &CredentialRotationStatus) -> Error {
+    let (Some(expires), Some(issued)) = (&status.expires_at, &status.last_rotation_time) else {
+        return err;
+    };
+    let current = plan::Current {
+        issued: issued.0,
+        expires: Some(expires.0),
+    };
+    let renew_before = crot.spec.renew_before.as_ref().map(|d| d.as_std());
+    let reason = match plan::expiry(Timestamp::now(), current, renew_before) {
+        plan::Expiry::Fine => return err,
+        plan::Expiry::Soon => "CredentialExpiringSoon",
+        plan::Expiry::Expired => "CredentialExpired",
+    };
+    Error::Expiry {
+        reason,
+        message: format!(
+            "the current secret expires at {} and the rotation is failing: {err}",
+            expires.0
+        ),
+        cause: Box::new(err),
+    }
+}
+
+async fn converge(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    status: &mut CredentialRotationStatus,
+) -> Result<Duration, Error> {
+    let ns = crot.namespace().unwrap_or_default();
+    let subject = subject(crot, ctx).await?;
+    let app = &subject.app;
+    let ours = service_principal::ours(app, &ns, &subject.owner);
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // What the Secret holds now: the published (current) password, and its text.
+    let existing = secrets_api.get_opt(&subject.secret.name).await?;
+    if let Some(secret) = &existing {
+        let owned = match &subject.sp {
+            Some(sp) => secrets::owned_by(secret, sp),
+            None => secrets::owned_by(secret, crot),
+        };
+        if !owned {
+            return Err(Error::SecretConflict(format!(
+                "spec.targets.secret: Secret {ns}/{} exists and is not owned by this rotation (or its \
+                 ServicePrincipal); it is left untouched",
+                subject.secret.name
+            )));
+        }
+    }
+    let published: Option<(PasswordCredential, String)> = existing.as_ref().and_then(|s| {
+        let key_id = s.annotations().get(secrets::KEY_ID_ANNOTATION)?;
+        let password = ours.iter().find(|p| &p.key_id == key_id)?;
+        let format: SecretFormat =
+            serde_json::from_value(json!(s.annotations().get(secrets::FORMAT_ANNOTATION)?)).ok()?;
+        let data: BTreeMap<String, Vec<u8>> = s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let text = secret_format::extract_secret(format, &data)?;
+        Some(((*password).clone(), text))
+    });
+    let previous = status
+        .previous_key_id
+        .clone()
+        .filter(|k| ours.iter().any(|p| &p.key_id == k))
+        .filter(|k| published.as_ref().is_none_or(|(p, _)| &p.key_id != k));
+    if previous.is_none() {
+        status.previous_key_id = None;
+        status.previous_key_removal_time = None;
+    }
+
+    // Passwords that are neither published nor the previous one: left by a crash between adding one and
+    // writing the Secret. Their text is gone; they go (once old enough not to be on their way right now).
+    let now_ts = Timestamp::now();
+    let mut in_flight = false;
+    for p in ours.iter().filter(|p| {
+        published.as_ref().is_none_or(|(c, _)| c.key_id != p.key_id)
+            && previous.as_deref() != Some(p.key_id.as_str())
+    }) {
+        let age = p
+            .start_date_time
+            .map(|t| now_ts.duration_since(t))
+            .unwrap_or(SignedDuration::MAX);
+        if age < SignedDuration::try_from(DELIVERY_GRACE).unwrap_or_default() {
+            in_flight = true;
+            continue;
+        }
+        ctx.graph.remove_password(&app.id, &p.key_id).await?;
+        publish(
+            ctx,
+            crot,
+            EventType::Normal,
+            "CredentialRemoved",
+            &format!(
+                "Removed password {} that never reached the Secret",
+                p.key_id
+            ),
+        )
+        .await;
+    }
+
+    // The previous password goes once its overlap has passed and every target holds its successor.
+    if let Some(old) = &previous
+        && status
+            .previous_key_removal_time
+            .as_ref()
+            .is_some_and(|t| t.0 <= now_ts)
+        && all_published(status, published.as_ref().map(|(p, _)| p.key_id.as_str()))
+    {
+        ctx.graph.remove_password(&app.id, old).await?;
+        info!(object = %format!("{ns}/{}", crot.name_any()), key_id = %old, "removed the previous password");
+        publish(
+            ctx,
+            crot,
+            EventType::Normal,
+            "PreviousCredentialRemoved",
+            &format!("Removed the previous password {old} after the overlap"),
+        )
+        .await;
+        status.previous_key_id = None;
+        status.previous_key_removal_time = None;
+    }
+
+    // Rotate when due, with at most two of the operator's passwords at any time.
+    let schedule = plan::Schedule {
+        rotate_every: crot.spec.rotate_every.as_ref().map(|d| d.as_std()),
+        renew_before: crot.spec.renew_before.as_ref().map(|d| d.as_std()),
+    };
+    let current = published.as_ref().map(|(p, _)| plan::Current {
+        issued: status
+            .last_rotation_time
+            .as_ref()
+            .filter(|_| status.current_key_id.as_deref() == Some(p.key_id.as_str()))
+            .map(|t| t.0)
+            .or(p.start_date_time)
+            .unwrap_or(now_ts),
+        expires: p.end_date_time,
+    });
+    let token_changed = crot.spec.rotation_token.is_some()
+        && crot.spec.rotation_token != status.observed_rotation_token;
+    let trigger = plan::due(now_ts, schedule, current, token_changed);
+    let (published, rotated) = match trigger {
+        Some(trigger) if status.previous_key_id.is_none() && !in_flight => {
+            let (new, text) = rotate(crot, ctx, &subject, &ours).await?;
+            ctx.metrics.rotated("issued");
+            status.previous_key_id = published.as_ref().map(|(p, _)| p.key_id.clone());
+            status.previous_key_removal_time = None;
+            status.last_rotation_time = Some(Time(now_ts));
+            status.observed_rotation_token = crot.spec.rotation_token.clone();
+            status.current_key_id = Some(new.key_id.clone());
+            status.targets.clear();
+            publish(
+                ctx,
+                crot,
+                EventType::Normal,
+                "CredentialRotated",
+                &format!(
+                    "Issued password {} ({} rotation) into Secret {}",
+                    new.key_id,
+                    trigger.as_str(),
+                    subject.secret.name
+                ),
+            )
+            .await;
+            (Some((new, text)), true)
+        }
+        _ => (published, false),
+    };
+    let Some((current, text)) = published else {
+        // Due, but a password is on its way or the previous one is still in its overlap.
+        return Ok(Duration::from_secs(5));
+    };
+    if status.current_key_id.as_deref() != Some(current.key_id.as_str()) {
+        // The Secret holds a password the rotation did not issue (the ServicePrincipal's first, or a
+        // replacement for a lost Secret): it is the current one from now on, and the workloads, which read
+        // that Secret already, need no restart for it.
+        status.current_key_id = Some(current.key_id.clone());
+        status.last_rotation_time = current.start_date_time.map(Time);
+        status.targets.clear();
+        targets::workloads_hold(crot, status, &current.key_id);
+    }
+    status.expires_at = current.end_date_time.map(Time);
+    status.next_rotation_time = plan::next_rotation(
+        schedule,
+        plan::Current {
+            issued: status
+                .last_rotation_time
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(now_ts),
+            expires: current.end_date_time,
+        },
+    )
+    .map(Time);
+
+    // Publish: prove it signs in, then each target; the previous one's overlap starts when all hold it.
+    let was_published = all_published(status, Some(&current.key_id));
+    targets::publish_all(
+        crot,
+        ctx,
+        &subject.secret.name,
+        &subject.app.app_id,
+        &current.key_id,
+        &text,
+        status,
+    )
+    .await?;
+    if !was_published {
+        ctx.metrics
+            .rotated(if rotated { "completed" } else { "published" });
+    }
+    if status.previous_key_id.is_some() && status.previous_key_removal_time.is_none() {
+        let until = now_ts
+            .checked_add(SignedDuration::try_from(crot.spec.overlap.as_std()).unwrap_or_default())
+            .unwrap_or(Timestamp::MAX);
+        status.previous_key_removal_time = Some(Time(until));
+    }
+    Ok(plan::wake_in(
+        Timestamp::now(),
+        &[
+            status.next_rotation_time.as_ref().map(|t| t.0),
+            status.previous_key_removal_time.as_ref().map(|t| t.0),
+        ],
+        ctx.resync,
+    ))
+}
+
+/// Whether every target holds `key_id` (the sign-in check included).
+fn all_published(status: &CredentialRotationStatus, key_id: Option<&str>) -> bool {
+    key_id.is_some_and(|k| {
+        !status.targets.is_empty()
+            && status
+                .targets
+                .iter()
+                .all(|t| t.key_id.as_deref() == Some(k) && t.state == targets::PUBLISHED)
+    })
+}
+
+/// Adds the next password and writes it to the Secret at once: its text exists nowhere else.
+async fn rotate(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    subject: &Subject,
+    ours: &[&PasswordCredential],
+) -> Result<(PasswordCredential, String), Error> {
+    let ns = crot.namespace().unwrap_or_default();
+    let serial = ours
+        .iter()
+        .filter_map(|p| p.display_name.as_deref())
+        .filter_map(|d| naming::password_serial(d, &ns, &subject.owner))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let end = Timestamp::now()
+        .checked_add(
+            SignedDuration::try_from(subject.lifetime).unwrap_or(SignedDuration::from_hours(8760)),
+        )
+        .unwrap_or(Timestamp::MAX);
+    let new = ctx
+        .graph
+        .add_password(
+            &subject.app.id,
+            &naming::password_name(&ns, &subject.owner, serial),
+            end,
+        )
+        .await?;
+    let text = new.secret_text.secret().to_string();
+    let data = secret_format::render(
+        subject.secret.format,
+        subject.secret.templates.as_ref(),
+        &secret_format::Credential {
+            client_id: &subject.app.app_id,
+            client_secret: &text,
+            tenant_id: &ctx.tenant_id,
+            display_name: &subject.display_name,
+            cloud: &ctx.cloud,
+        },
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    match &subject.sp {
+        Some(sp) => {
+            let owner = secrets::Owner {
+                object: sp,
+                label: service_principal::OWNER_LABEL,
+            };
+            secrets::write(
+                &ctx.client,
+                &owner,
+                &subject.secret,
+                &new.credential.key_id,
+                data,
+            )
+            .await?
+        }
+        None => {
+            let owner = secrets::Owner {
+                object: crot,
+                label: OWNER_LABEL,
+            };
+            secrets::write(
+                &ctx.client,
+                &owner,
+                &subject.secret,
+                &new.credential.key_id,
+                data,
+            )
+            .await?
+        }
+    }
+    info!(object = %format!("{ns}/{}", crot.name_any()), key_id = %new.credential.key_id, "rotated the client secret");
+    Ok((new.credential, text))
+}
+
+/// Finds the application and where its secret goes; checks what the spec may do.
+async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Error> {
+    let ns = crot.namespace().unwrap_or_default();
+    let spec_lifetime = crot.spec.credential_lifetime.as_ref().map(|d| d.as_std());
+    if let Some(reference) = &crot.spec.service_principal_ref {
+        let sps: Api<ServicePrincipal> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(sp) = sps.get_opt(&reference.name).await? else {
+            return Err(Error::ServicePrincipalNotFound(format!(
+                "spec.servicePrincipalRef.name: ServicePrincipal {} does not exist in namespace {ns}",
+                reference.name
+            )));
+        };
+        let Some(secret) = sp.spec.secret.clone() else {
+            return Err(Error::Invalid(format!(
+                "spec.servicePrincipalRef.name: ServicePrincipal {} has no spec.secret to rotate",
+                reference.name
+            )));
+        };
+        if let Some(target) = &crot.spec.targets.secret
+            && target.name != secret.name
+        {
+            return Err(Error::Invalid(format!(
+                "spec.targets.secret: with servicePrincipalRef the ServicePrincipal's Secret ({}) is the one \
+                 rotated; leave targets.secret unset",
+                secret.name
+            )));
+        }
+        // From now on the ServicePrincipal leaves its passwords' removal to this rotation.
+        if sp.annotations().get(ROTATED_BY_ANNOTATION) != Some(&crot.name_any()) {
+            sps.patch_metadata(
+                &reference.name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {ROTATED_BY_ANNOTATION: crot.name_any()}}}),
+                ),
+            )
+            .await?;
+        }
+        let ready = sp
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
+        let Some(app_id) = sp
+            .status
+            .as_ref()
+            .and_then(|s| s.app_id.clone())
+            .filter(|_| ready)
+        else {
+            return Err(Error::WaitingForServicePrincipal(format!(
+                "spec.servicePrincipalRef.name: waiting for ServicePrincipal {} to be Ready",
+                reference.name
+            )));
+        };
+        let app = ctx
+            .graph
+            .application_by_app_id(&app_id)
+            .await?
+            .ok_or_else(|| {
+                Error::WaitingForServicePrincipal(format!(
+                    "application {app_id} is not visible yet"
+                ))
+            })?;
+        return Ok(Subject {
+            app,
+            owner: reference.name.clone(),
+            secret,
+            display_name: sp.spec.display_name.clone(),
+            lifetime: spec_lifetime
+                .or(sp.spec.credential_lifetime.as_ref().map(|d| d.as_std()))
+                .unwrap_or(DEFAULT_LIFETIME),
+            sp: Some(sp),
+        });
+    }
+    let app_id = crot.spec.application_id.as_deref().ok_or_else(|| {
+        Error::Invalid("spec: one of servicePrincipalRef and applicationId must be set".into())
+    })?;
+    let labels = Api::<Namespace>::all(ctx.client.clone())
+        .get(&ns)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    policy::may_rotate(&ctx.policies.state(), &ns, &labels, app_id)
+        .map_err(Error::DeniedByPolicy)?;
+    let app = match ctx.graph.application_by_app_id(app_id).await {
+        Ok(Some(app)) => app,
+        Ok(None) => {
+            return Err(Error::ApplicationNotFound(format!(
+                "spec.applicationId: no application {app_id} exists in the tenant"
+            )));
+        }
+        Err(e) if e.class() == ErrorClass::Forbidden => {
+            return Err(Error::ApplicationNotOwned(format!(
+                "spec.applicationId: the operator's identity does not own application {app_id} ({}); add it as \
+                 an owner to let the operator rotate its secret",
+                e.code()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let secret = crot.spec.targets.secret.clone().unwrap_or(SecretTarget {
+        name: format!("{}-credential", crot.name_any()),
+        format: SecretFormat::Env,
+        templates: None,
+    });
+    Ok(Subject {
+        display_name: app.display_name.clone(),
+        app,
+        owner: crot.name_any(),
+        secret,
+        lifetime: spec_lifetime.unwrap_or(DEFAULT_LIFETIME),
+        sp: None,
+    })
+}
+
+/// On delete: the credentials stay (consumers use them); the ServicePrincipal takes its passwords back.
+async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error> {
+    if let Some(reference) = &crot.spec.service_principal_ref {
+        let sps: Api<ServicePrincipal> =
+            Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
+        if let Some(sp) = sps.get_opt(&reference.name).await?
+            && sp.annotations().get(ROTATED_BY_ANNOTATION) == Some(&crot.name_any())
+        {
+            sps.patch_metadata(
+                &reference.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {ROTATED_BY_ANNOTATION: null}}})),
+            )
+            .await?;
+        }
+    }
+    ctx.metrics.set_expiry(
+        "CredentialRotation",
+        &crot.namespace().unwrap_or_default(),
+        &crot.name_any(),
+        None,
+    );
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    status: CredentialRotationStatus,
+) -> Result<(), Error> {
+    if crot.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<CredentialRotation> =
+        Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
+    let mut body = serde_json::to_value(&status).unwrap_or_default();
+    for key in ["previousKeyId", "previousKeyRemovalTime", "targets"] {
+        if body.get(key).is_none() {
+            body[key] = serde_json::Value::Null;
+        }
+    }
+    api.patch_status(
+        &crot.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": body })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// A target's entry, updated in place (or added).
+fn set_target(status: &mut CredentialRotationStatus, entry: TargetStatus) {
+    match status
+        .targets
+        .iter_mut()
+        .find(|t| t.kind == entry.kind && t.name == entry.name)
+    {
+        Some(t) => {
+            let moved = t.state != entry.state || t.key_id != entry.key_id;
+            let since = if moved {
+                entry.last_transition_time.clone()
+            } else {
+                t.last_transition_time.clone()
+            };
+            *t = TargetStatus {
+                last_transition_time: since,
+                ..entry
+            };
+        }
+        None => status.targets.push(entry),
+    }
+}
+
+/// Verifies a new secret, with the operator's HTTP client and cloud.
+async fn signs_in(ctx: &Context, client_id: &str, secret: &str) -> Result<(), String> {
+    credential::client_secret_signs_in(&ctx.cloud, &ctx.http, &ctx.tenant_id, client_id, secret)
+        .await
+}

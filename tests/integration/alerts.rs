@@ -1,0 +1,32 @@
+//! The sample PrometheusRule alerts on metrics the operator really exports, under their exported names.
+
+use entra_operator::telemetry::metrics::Metrics;
+
+#[test]
+fn the_sample_alerts_use_metrics_the_operator_exports() {
+    let path = format!(
+        "{}/docs/alerts/prometheusrule.yaml",
+        crate::support::MANIFEST_DIR
+    );
+    let rule: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let metrics = Metrics::default();
+    metrics.set_expiry("CredentialRotation", "ns", "name", Some(1.0));
+    metrics.rotated("failed");
+    let exported = metrics.render();
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 3);
+    let name = regex::Regex::new(r"entra_operator_[a-z_]+").unwrap();
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        let used: Vec<&str> = name.find_iter(expr).map(|m| m.as_str()).collect();
+        assert!(!used.is_empty(), "{expr}");
+        for metric in used {
+            assert!(
+                exported.contains(&format!("\n{metric}{{")),
+                "{} uses {metric}, which /metrics does not export:\n{exported}",
+                r["alert"]
+            );
+        }
+    }
+}
