@@ -154,6 +154,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         let rotation_store = rotations.store();
         let rotations = rotations
+            // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
+            .owns(
+                namespaced::<Secret>(&ctx.client, ns),
+                watcher::Config::default().labels(credential_rotation::OWNER_LABEL),
+            )
             // A rotation waiting for its ServicePrincipal, or whose Secret it re-issued, goes on at once.
             .watches(
                 namespaced::<api::ServicePrincipal>(&ctx.client, ns),

@@ -61,6 +61,22 @@ pub enum Error {
     /// Azure has not shown the object yet (replication right after a create).
     #[error("{0} is not visible yet (replication delay)")]
     NotYetVisible(&'static str),
+    /// A CredentialRotation delivers this object's password.
+    #[error("{0}")]
+    ManagedByRotation(String),
+}
+
+/// The CredentialRotation that manages this object's password, read from the API server (not the cache).
+async fn rotated_by(sp: &ServicePrincipal, ctx: &Context) -> Result<Option<String>, Error> {
+    if sp.spec.secret.is_none() {
+        return Ok(None);
+    }
+    let api: Api<ServicePrincipal> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    Ok(api
+        .get_metadata_opt(&sp.name_any())
+        .await?
+        .and_then(|m| m.annotations().get(ROTATED_BY_ANNOTATION).cloned()))
 }
 
 impl Error {
@@ -79,6 +95,7 @@ impl Error {
             Error::SecretConflict(_) => "SecretConflict",
             Error::Adoption(_) => "AdoptionDenied",
             Error::NotYetVisible(_) => "WaitingForReplication",
+            Error::ManagedByRotation(_) => "WaitingForRotation",
         }
     }
 
@@ -87,7 +104,7 @@ impl Error {
         match self {
             Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
             Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
-            Error::Kube(_) | Error::NotYetVisible(_) => false,
+            Error::Kube(_) | Error::NotYetVisible(_) | Error::ManagedByRotation(_) => false,
         }
     }
 
@@ -104,6 +121,8 @@ impl Error {
             }
             Error::NotYetVisible(_) => Duration::from_secs(2),
             Error::Kube(_) => Duration::from_secs(5),
+            // The rotation's Secret write brings this object back through the Secret watch.
+            Error::ManagedByRotation(_) => Duration::from_secs(60),
         }
     }
 }
@@ -513,6 +532,17 @@ async fn converge_password(
             password
         }
         None => {
+            // Under a rotation, a lost or edited Secret is the rotation's to repair: issuing here could make a
+            // third password, or replace one an AKS cluster still uses. The first password is still issued
+            // here. Read afresh: the watch cache may not show the annotation the rotation set a moment ago.
+            if !ours.is_empty()
+                && let Some(rotation) = rotated_by(sp, ctx).await?
+            {
+                return Err(Error::ManagedByRotation(format!(
+                    "CredentialRotation {rotation} manages this object's password; it re-issues Secret {}",
+                    target.name
+                )));
+            }
             let serial = ours
                 .iter()
                 .filter_map(|p| p.display_name.as_deref())
@@ -550,11 +580,13 @@ async fn converge_password(
             new.credential
         }
     };
-    let rotated = sp.annotations().contains_key(ROTATED_BY_ANNOTATION);
-    for stale in ours
+    let stale: Vec<_> = ours
         .iter()
-        .filter(|p| p.key_id != password.key_id && !rotated)
-    {
+        .filter(|p| p.key_id != password.key_id)
+        .collect();
+    // A rotation keeps its previous password through the overlap, and may be adding the next one.
+    let rotated = !stale.is_empty() && rotated_by(sp, ctx).await?.is_some();
+    for stale in stale.into_iter().filter(|_| !rotated) {
         ctx.graph.remove_password(&app.id, &stale.key_id).await?;
         publish(
             ctx,

@@ -84,8 +84,17 @@ async fn operator_passwords(azure: &Azure, app_id: &str) -> Vec<String> {
 
 /// Whether the emulator's cluster holds `secret` as its service principal's secret.
 async fn cluster_holds(azure: &Azure, secret: &str) -> bool {
-    let answer: Value = emulator_http(azure)
-        .post(format!("{}/_emulator/aks/check", azure.emulator.base_url))
+    cluster_holds_with(
+        &(emulator_http(azure), azure.emulator.base_url.clone()),
+        secret,
+    )
+    .await
+}
+
+async fn cluster_holds_with(http: &(reqwest::Client, String), secret: &str) -> bool {
+    let answer: Value = http
+        .0
+        .post(format!("{}/_emulator/aks/check", http.1))
         .json(&json!({"clusterId": CLUSTER, "secret": secret}))
         .send()
         .await
@@ -124,7 +133,7 @@ fn stop(operator: Operator) -> Vec<String> {
 
 // Four workers: the test blocks one reading the operator's log while the probe and the emulator run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_consumer_never_fails_through_rotations_and_a_kill() {
+async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
     let Setup {
         admin,
         ns,
@@ -135,6 +144,8 @@ async fn a_consumer_never_fails_through_rotations_and_a_kill() {
     } = Setup::new("crot-probe").await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
+    // Each reset takes a moment, as on a real cluster.
+    knobs(&azure, json!({"aks": {"resetDurationMs": 300}})).await;
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
     let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
@@ -154,7 +165,8 @@ async fn a_consumer_never_fails_through_rotations_and_a_kill() {
             &object(
                 "CredentialRotation",
                 "probe",
-                json!({"servicePrincipalRef": {"name": "probe"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "1h"}),
+                json!({"servicePrincipalRef": {"name": "probe"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "1h",
+                    "targets": {"aksClusters": [CLUSTER]}}),
             ),
         )
         .await
@@ -181,17 +193,36 @@ async fn a_consumer_never_fails_through_rotations_and_a_kill() {
         let keys = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         let seen = keys.clone();
         let handle = tokio::spawn(async move {
+            // Every secret text seen, newest last: the AKS cluster must hold one of them that still signs in.
+            let mut texts: Vec<String> = vec![];
             while !stop_probe.load(Ordering::Relaxed) {
                 let secret = secrets.get("probe-credentials").await.unwrap();
                 seen.lock().unwrap().insert(
                     secret.metadata.annotations.as_ref().unwrap()["entra-operator.io/key-id"]
                         .clone(),
                 );
-                let status =
-                    sign_in(&azure_http, &app_id, &text(&secret, "AZURE_CLIENT_SECRET")).await;
+                let current = text(&secret, "AZURE_CLIENT_SECRET");
+                if texts.last() != Some(&current) {
+                    texts.push(current.clone());
+                }
+                let status = sign_in(&azure_http, &app_id, &current).await;
                 attempts.fetch_add(1, Ordering::Relaxed);
                 if status != 200 {
                     failures.fetch_add(1, Ordering::Relaxed);
+                }
+                // The cluster's credential (the newest one it holds) signs in too.
+                let mut held = None;
+                for t in texts.iter().rev() {
+                    if cluster_holds_with(&azure_http, t).await {
+                        held = Some(t.clone());
+                        break;
+                    }
+                }
+                match held {
+                    Some(t) if sign_in(&azure_http, &app_id, &t).await == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -427,6 +458,48 @@ async fn an_aks_cluster_gets_each_secret_and_a_failing_reset_keeps_the_old_one()
     .await;
     assert_eq!(token_status(&azure, LEGACY_APP, &first_secret).await, 401);
     assert!(!cluster_holds(&azure, &first_secret).await);
+
+    // A lost Secret: its text is gone, so a new secret is issued, and the one the cluster holds stays until
+    // the cluster holds the new one.
+    let second_key = done
+        .status
+        .as_ref()
+        .unwrap()
+        .current_key_id
+        .clone()
+        .unwrap();
+    secrets
+        .delete("aks-credential", &DeleteParams::default())
+        .await
+        .unwrap();
+    let third_secret = eventually(60, "Secret re-issued and published", || async {
+        let secret = secrets
+            .get_opt("aks-credential")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no Secret yet")?;
+        let text = text(&secret, "AZURE_CLIENT_SECRET");
+        if text != second_secret && cluster_holds(&azure, &text).await {
+            Ok(text)
+        } else {
+            Err("not published yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(token_status(&azure, LEGACY_APP, &third_secret).await, 200);
+    eventually(
+        30,
+        "the lost Secret's password removed after the overlap",
+        || async {
+            let left = operator_passwords(&azure, LEGACY_APP).await;
+            if left.contains(&second_key) || left.len() != 1 {
+                Err(format!("{left:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 
     // The metrics say so.
     let metrics = operator_metrics(&mut operator).await;

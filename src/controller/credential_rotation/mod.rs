@@ -75,6 +75,16 @@ pub enum Error {
     WaitingForServicePrincipal(String),
     #[error("{0}")]
     SecretConflict(String),
+    /// Nothing to do until a moment: an overlap's end, a password on its way.
+    #[error("{message}")]
+    Waiting {
+        reason: &'static str,
+        message: String,
+        until: Timestamp,
+    },
+    /// Another CredentialRotation already manages the ServicePrincipal's password.
+    #[error("{0}")]
+    Conflict(String),
     /// The new secret does not sign in yet.
     #[error("{0}")]
     Verifying(String),
@@ -112,6 +122,8 @@ impl Error {
             Error::WaitingForServicePrincipal(_) => "WaitingForServicePrincipal",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Verifying(_) => "VerifyingCredential",
+            Error::Waiting { reason, .. } => reason,
+            Error::Conflict(_) => "RotationConflict",
             Error::Publishing { reason, .. } => reason,
             Error::Expiry { reason, .. } => reason,
         }
@@ -124,6 +136,7 @@ impl Error {
             | Error::DeniedByPolicy(_)
             | Error::ApplicationNotOwned(_)
             | Error::ApplicationNotFound(_)
+            | Error::Conflict(_)
             | Error::SecretConflict(_) => true,
             Error::Expiry { cause, .. } => cause.stalled(),
             _ => false,
@@ -138,6 +151,9 @@ impl Error {
                 _ => Duration::from_secs(5),
             },
             Error::Verifying(_) => Duration::from_secs(2),
+            Error::Waiting { until, .. } => {
+                plan::wake_in(Timestamp::now(), &[Some(*until)], Duration::from_secs(3600))
+            }
             Error::Publishing { .. } => Duration::from_secs(5),
             Error::Expiry { cause, .. } => cause.retry_after(),
             Error::ServicePrincipalNotFound(_) | Error::WaitingForServicePrincipal(_) => {
@@ -206,7 +222,7 @@ struct Subject {
 
 async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error> {
     let mut status = crot.status.clone().unwrap_or_default();
-    let result = converge(crot, ctx, &mut status).await;
+    let result = converge(crot, ctx, &mut status, false).await;
     status.observed_generation = crot.metadata.generation;
     let ns = crot.namespace().unwrap_or_default();
     let expiry = status.expires_at.as_ref().map(|t| t.0.as_second() as f64);
@@ -257,7 +273,7 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
             if changed && matches!(err, Error::Publishing { .. }) {
                 ctx.metrics.rotated("failed");
             }
-            if changed && !matches!(err, Error::Verifying(_)) {
+            if changed && !matches!(err, Error::Verifying(_) | Error::Waiting { .. }) {
                 publish(ctx, crot, EventType::Warning, err.reason(), &message).await;
             }
             Err(err)
@@ -293,15 +309,42 @@ async fn converge(
     crot: &CredentialRotation,
     ctx: &Context,
     status: &mut CredentialRotationStatus,
+    finishing: bool,
 ) -> Result<Duration, Error> {
     let ns = crot.namespace().unwrap_or_default();
     let subject = subject(crot, ctx).await?;
     let app = &subject.app;
     let ours = service_principal::ours(app, &ns, &subject.owner);
-    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let serial = |key: &str| {
+        ours.iter()
+            .find(|p| p.key_id == key)
+            .and_then(|p| p.display_name.as_deref())
+            .and_then(|d| naming::password_serial(d, &ns, &subject.owner))
+    };
+    let known = |key: &Option<String>| key.clone().filter(|k| serial(k).is_some());
+    let schedule = plan::Schedule {
+        rotate_every: crot.spec.rotate_every.as_ref().map(|d| d.as_std()),
+        renew_before: crot.spec.renew_before.as_ref().map(|d| d.as_std()),
+    };
+    if let Some(renew) = schedule.renew_before
+        && renew >= subject.lifetime
+    {
+        return Err(Error::Invalid(format!(
+            "spec.renewBefore ({}) must be shorter than the credential lifetime ({}s), or every secret would be \
+             due as soon as it is issued",
+            crot.spec
+                .renew_before
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            subject.lifetime.as_secs()
+        )));
+    }
 
-    // What the Secret holds now: the published (current) password, and its text.
-    let existing = secrets_api.get_opt(&subject.secret.name).await?;
+    // What the Secret holds now: the published password, and its text.
+    let existing = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&subject.secret.name)
+        .await?;
     if let Some(secret) = &existing {
         let owned = match &subject.sp {
             Some(sp) => secrets::owned_by(secret, sp),
@@ -330,30 +373,58 @@ async fn converge(
         let text = secret_format::extract_secret(format, &data)?;
         Some(((*password).clone(), text))
     });
-    let previous = status
-        .previous_key_id
-        .clone()
-        .filter(|k| ours.iter().any(|p| &p.key_id == k))
-        .filter(|k| published.as_ref().is_none_or(|(p, _)| &p.key_id != k));
-    if previous.is_none() {
+
+    // Bring status in line with the Secret. A rotation records its intent (previous = current) before it
+    // adds a password, so a Secret that moved on to a newer password of ours after that is this rotation's
+    // own work, interrupted before status was written; anything else in the Secret is adopted as it is.
+    let now_ts = Timestamp::now();
+    status.current_key_id = known(&status.current_key_id);
+    status.previous_key_id = known(&status.previous_key_id);
+    if let Some((p, _)) = &published
+        && status.current_key_id.as_deref() != Some(p.key_id.as_str())
+    {
+        let intent =
+            status.previous_key_id.is_some() && status.previous_key_id == status.current_key_id;
+        let newer = match status.current_key_id.as_deref() {
+            Some(c) => serial(&p.key_id) > serial(c),
+            None => false,
+        };
+        status.current_key_id = Some(p.key_id.clone());
+        status.last_rotation_time = p.start_date_time.map(Time);
+        status.targets.clear();
+        if !(intent && newer) {
+            // The ServicePrincipal's first password, or one from before: consumers already read it, so it
+            // restarts nothing, and a rotationToken present from the start is no request to rotate.
+            targets::workloads_hold(crot, status, &p.key_id);
+            if status.observed_rotation_token.is_none() {
+                status.observed_rotation_token = crot.spec.rotation_token.clone();
+            }
+        }
+    }
+    if status.previous_key_id.is_some() && status.previous_key_id == status.current_key_id {
+        // An intent whose password never reached the Secret: nothing to keep apart.
         status.previous_key_id = None;
         status.previous_key_removal_time = None;
     }
+    if status.previous_key_id.is_none() {
+        status.previous_key_removal_time = None;
+    }
 
-    // Passwords that are neither published nor the previous one: left by a crash between adding one and
-    // writing the Secret. Their text is gone; they go (once old enough not to be on their way right now).
-    let now_ts = Timestamp::now();
-    let mut in_flight = false;
+    // Passwords that are neither current nor previous: left by a crash between adding one and writing the
+    // Secret, so nobody has their text. They go once old enough not to be on their way right now.
+    let mut in_flight: Option<Timestamp> = None;
     for p in ours.iter().filter(|p| {
-        published.as_ref().is_none_or(|(c, _)| c.key_id != p.key_id)
-            && previous.as_deref() != Some(p.key_id.as_str())
+        status.current_key_id.as_deref() != Some(p.key_id.as_str())
+            && status.previous_key_id.as_deref() != Some(p.key_id.as_str())
     }) {
-        let age = p
-            .start_date_time
-            .map(|t| now_ts.duration_since(t))
-            .unwrap_or(SignedDuration::MAX);
-        if age < SignedDuration::try_from(DELIVERY_GRACE).unwrap_or_default() {
-            in_flight = true;
+        let grace_end = p.start_date_time.and_then(|t| {
+            t.checked_add(SignedDuration::try_from(DELIVERY_GRACE).ok()?)
+                .ok()
+        });
+        if let Some(end) = grace_end
+            && end > now_ts
+        {
+            in_flight = Some(in_flight.map_or(end, |t| t.max(end)));
             continue;
         }
         ctx.graph.remove_password(&app.id, &p.key_id).await?;
@@ -362,23 +433,20 @@ async fn converge(
             crot,
             EventType::Normal,
             "CredentialRemoved",
-            &format!(
-                "Removed password {} that never reached the Secret",
-                p.key_id
-            ),
+            &format!("Removed password {} that no target holds", p.key_id),
         )
         .await;
     }
 
     // The previous password goes once its overlap has passed and every target holds its successor.
-    if let Some(old) = &previous
+    if let Some(old) = status.previous_key_id.clone()
         && status
             .previous_key_removal_time
             .as_ref()
             .is_some_and(|t| t.0 <= now_ts)
-        && all_published(status, published.as_ref().map(|(p, _)| p.key_id.as_str()))
+        && all_published(crot, status, &subject.secret.name)
     {
-        ctx.graph.remove_password(&app.id, old).await?;
+        ctx.graph.remove_password(&app.id, &old).await?;
         info!(object = %format!("{ns}/{}", crot.name_any()), key_id = %old, "removed the previous password");
         publish(
             ctx,
@@ -392,16 +460,11 @@ async fn converge(
         status.previous_key_removal_time = None;
     }
 
-    // Rotate when due, with at most two of the operator's passwords at any time.
-    let schedule = plan::Schedule {
-        rotate_every: crot.spec.rotate_every.as_ref().map(|d| d.as_std()),
-        renew_before: crot.spec.renew_before.as_ref().map(|d| d.as_std()),
-    };
+    // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
     let current = published.as_ref().map(|(p, _)| plan::Current {
         issued: status
             .last_rotation_time
             .as_ref()
-            .filter(|_| status.current_key_id.as_deref() == Some(p.key_id.as_str()))
             .map(|t| t.0)
             .or(p.start_date_time)
             .unwrap_or(now_ts),
@@ -409,47 +472,42 @@ async fn converge(
     });
     let token_changed = crot.spec.rotation_token.is_some()
         && crot.spec.rotation_token != status.observed_rotation_token;
-    let trigger = plan::due(now_ts, schedule, current, token_changed);
-    let (published, rotated) = match trigger {
-        Some(trigger) if status.previous_key_id.is_none() && !in_flight => {
-            let (new, text) = rotate(crot, ctx, &subject, &ours).await?;
-            ctx.metrics.rotated("issued");
-            status.previous_key_id = published.as_ref().map(|(p, _)| p.key_id.clone());
-            status.previous_key_removal_time = None;
-            status.last_rotation_time = Some(Time(now_ts));
-            status.observed_rotation_token = crot.spec.rotation_token.clone();
-            status.current_key_id = Some(new.key_id.clone());
-            status.targets.clear();
-            publish(
-                ctx,
-                crot,
-                EventType::Normal,
-                "CredentialRotated",
-                &format!(
-                    "Issued password {} ({} rotation) into Secret {}",
-                    new.key_id,
-                    trigger.as_str(),
-                    subject.secret.name
+    let mut published = published;
+    if let Some(trigger) = plan::due(now_ts, schedule, current, token_changed)
+        && !finishing
+    {
+        if let Some(until) = status
+            .previous_key_removal_time
+            .as_ref()
+            .map(|t| t.0)
+            .filter(|_| status.previous_key_id.is_some())
+            .or(in_flight)
+        {
+            return Err(Error::Waiting {
+                reason: "WaitingForOverlap",
+                message: format!(
+                    "a {} rotation is due; it starts when the previous secret's overlap ends",
+                    trigger.as_str()
                 ),
-            )
-            .await;
-            (Some((new, text)), true)
+                until,
+            });
         }
-        _ => (published, false),
-    };
-    let Some((current, text)) = published else {
-        // Due, but a password is on its way or the previous one is still in its overlap.
-        return Ok(Duration::from_secs(5));
-    };
-    if status.current_key_id.as_deref() != Some(current.key_id.as_str()) {
-        // The Secret holds a password the rotation did not issue (the ServicePrincipal's first, or a
-        // replacement for a lost Secret): it is the current one from now on, and the workloads, which read
-        // that Secret already, need no restart for it.
-        status.current_key_id = Some(current.key_id.clone());
-        status.last_rotation_time = current.start_date_time.map(Time);
-        status.targets.clear();
-        targets::workloads_hold(crot, status, &current.key_id);
+        if status.previous_key_id.is_none() {
+            published = Some(rotate(crot, ctx, &subject, &ours, trigger, status).await?);
+        }
     }
+    let Some((current, text)) = published else {
+        return Err(Error::Waiting {
+            reason: "WaitingForPublication",
+            message: format!(
+                "Secret {} holds no password of this rotation yet; waiting for the previous one's overlap",
+                subject.secret.name
+            ),
+            until: now_ts
+                .checked_add(SignedDuration::from_secs(5))
+                .unwrap_or(now_ts),
+        });
+    };
     status.expires_at = current.end_date_time.map(Time);
     status.next_rotation_time = plan::next_rotation(
         schedule,
@@ -465,7 +523,7 @@ async fn converge(
     .map(Time);
 
     // Publish: prove it signs in, then each target; the previous one's overlap starts when all hold it.
-    let was_published = all_published(status, Some(&current.key_id));
+    let was_published = all_published(crot, status, &subject.secret.name);
     targets::publish_all(
         crot,
         ctx,
@@ -477,8 +535,7 @@ async fn converge(
     )
     .await?;
     if !was_published {
-        ctx.metrics
-            .rotated(if rotated { "completed" } else { "published" });
+        ctx.metrics.rotated("completed");
     }
     if status.previous_key_id.is_some() && status.previous_key_removal_time.is_none() {
         let until = now_ts
@@ -496,25 +553,65 @@ async fn converge(
     ))
 }
 
-/// Whether every target holds `key_id` (the sign-in check included).
-fn all_published(status: &CredentialRotationStatus, key_id: Option<&str>) -> bool {
-    key_id.is_some_and(|k| {
-        !status.targets.is_empty()
-            && status
-                .targets
-                .iter()
-                .all(|t| t.key_id.as_deref() == Some(k) && t.state == targets::PUBLISHED)
-    })
+/// Whether every target the spec names holds the current key (the Secret and the sign-in check included).
+fn all_published(
+    crot: &CredentialRotation,
+    status: &CredentialRotationStatus,
+    secret: &str,
+) -> bool {
+    let Some(key) = status.current_key_id.as_deref() else {
+        return false;
+    };
+    let holds = |kind: &str, name: &str| {
+        status.targets.iter().any(|t| {
+            t.kind == kind
+                && t.name.eq_ignore_ascii_case(name)
+                && t.key_id.as_deref() == Some(key)
+                && t.state == targets::PUBLISHED
+        })
+    };
+    let spec = &crot.spec.targets;
+    holds("Secret", secret)
+        && holds("SignIn", "entra")
+        && spec.aks_clusters.iter().all(|c| holds("AKSCluster", c))
+        && spec
+            .restart_workloads
+            .iter()
+            .all(|w| holds(targets::kind_name(w.kind), &w.name))
 }
 
-/// Adds the next password and writes it to the Secret at once: its text exists nowhere else.
+/// Adds the next password and writes it to the Secret at once: its text exists nowhere else. The intent
+/// (the current password becomes the previous one) is in status before the password exists.
 async fn rotate(
     crot: &CredentialRotation,
     ctx: &Context,
     subject: &Subject,
     ours: &[&PasswordCredential],
+    trigger: plan::Trigger,
+    status: &mut CredentialRotationStatus,
 ) -> Result<(PasswordCredential, String), Error> {
     let ns = crot.namespace().unwrap_or_default();
+    let render = |secret: &str| {
+        secret_format::render(
+            subject.secret.format,
+            subject.secret.templates.as_ref(),
+            &secret_format::Credential {
+                client_id: &subject.app.app_id,
+                client_secret: secret,
+                tenant_id: &ctx.tenant_id,
+                display_name: &subject.display_name,
+                cloud: &ctx.cloud,
+            },
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))
+    };
+    // A template that does not render fails before a password exists, not after.
+    render("placeholder")?;
+    if status.current_key_id.is_some() {
+        status.previous_key_id = status.current_key_id.clone();
+        status.previous_key_removal_time = None;
+        write_status(crot, ctx, status.clone()).await?;
+    }
     let serial = ours
         .iter()
         .filter_map(|p| p.display_name.as_deref())
@@ -536,18 +633,7 @@ async fn rotate(
         )
         .await?;
     let text = new.secret_text.secret().to_string();
-    let data = secret_format::render(
-        subject.secret.format,
-        subject.secret.templates.as_ref(),
-        &secret_format::Credential {
-            client_id: &subject.app.app_id,
-            client_secret: &text,
-            tenant_id: &ctx.tenant_id,
-            display_name: &subject.display_name,
-            cloud: &ctx.cloud,
-        },
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let data = render(&text)?;
     match &subject.sp {
         Some(sp) => {
             let owner = secrets::Owner {
@@ -578,7 +664,25 @@ async fn rotate(
             .await?
         }
     }
-    info!(object = %format!("{ns}/{}", crot.name_any()), key_id = %new.credential.key_id, "rotated the client secret");
+    info!(object = %format!("{ns}/{}", crot.name_any()), key_id = %new.credential.key_id, trigger = trigger.as_str(), "rotated the client secret");
+    ctx.metrics.rotated("issued");
+    status.current_key_id = Some(new.credential.key_id.clone());
+    status.last_rotation_time = Some(Time(Timestamp::now()));
+    status.observed_rotation_token = crot.spec.rotation_token.clone();
+    status.targets.clear();
+    publish(
+        ctx,
+        crot,
+        EventType::Normal,
+        "CredentialRotated",
+        &format!(
+            "Issued password {} ({} rotation) into Secret {}",
+            new.credential.key_id,
+            trigger.as_str(),
+            subject.secret.name
+        ),
+    )
+    .await;
     Ok((new.credential, text))
 }
 
@@ -609,7 +713,20 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
                 secret.name
             )));
         }
-        // From now on the ServicePrincipal leaves its passwords' removal to this rotation.
+        // One rotation per ServicePrincipal: two would each take the other's passwords for leftovers.
+        if let Some(other) = sp.annotations().get(ROTATED_BY_ANNOTATION)
+            && *other != crot.name_any()
+            && Api::<CredentialRotation>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(other)
+                .await?
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_none())
+        {
+            return Err(Error::Conflict(format!(
+                "spec.servicePrincipalRef.name: CredentialRotation {other} already rotates ServicePrincipal {}",
+                reference.name
+            )));
+        }
+        // From now on the ServicePrincipal leaves its passwords to this rotation.
         if sp.annotations().get(ROTATED_BY_ANNOTATION) != Some(&crot.name_any()) {
             sps.patch_metadata(
                 &reference.name,
@@ -697,11 +814,67 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
     })
 }
 
-/// On delete: the credentials stay (consumers use them); the ServicePrincipal takes its passwords back.
+/// On delete: a rotation in progress is finished first (the previous password goes only when its overlap is
+/// over and every target holds its successor); then the credentials in use stay, the rotation's own Secret
+/// included, and the ServicePrincipal takes its passwords back.
 async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error> {
+    let ns = crot.namespace().unwrap_or_default();
+    let mut status = crot.status.clone().unwrap_or_default();
+    if status.previous_key_id.is_some() {
+        match converge(crot, ctx, &mut status, true).await {
+            // Nothing left to finish where the application or the right to touch it is gone.
+            Err(
+                Error::ServicePrincipalNotFound(_)
+                | Error::ApplicationNotFound(_)
+                | Error::ApplicationNotOwned(_)
+                | Error::DeniedByPolicy(_),
+            ) => status.previous_key_id = None,
+            Err(e) => {
+                write_status(crot, ctx, status).await?;
+                return Err(e);
+            }
+            Ok(_) => {}
+        }
+        if let Some(previous) = status.previous_key_id.clone() {
+            let until = status
+                .previous_key_removal_time
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(|| Timestamp::now() + SignedDuration::from_secs(5));
+            write_status(crot, ctx, status).await?;
+            return Err(Error::Waiting {
+                reason: "FinishingRotation",
+                message: format!(
+                    "deletion waits for the previous password {previous} to go once every target holds its successor"
+                ),
+                until,
+            });
+        }
+    }
+    if crot.spec.application_id.is_some() {
+        let name = crot
+            .spec
+            .targets
+            .secret
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("{}-credential", crot.name_any()));
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Some(secret) = secrets.get_opt(&name).await?
+            && secrets::owned_by(&secret, crot)
+        {
+            // Orphaned rather than collected with the rotation: something may still read it.
+            secrets
+                .patch_metadata(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+                )
+                .await?;
+        }
+    }
     if let Some(reference) = &crot.spec.service_principal_ref {
-        let sps: Api<ServicePrincipal> =
-            Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
+        let sps: Api<ServicePrincipal> = Api::namespaced(ctx.client.clone(), &ns);
         if let Some(sp) = sps.get_opt(&reference.name).await?
             && sp.annotations().get(ROTATED_BY_ANNOTATION) == Some(&crot.name_any())
         {
@@ -713,12 +886,8 @@ async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Err
             .await?;
         }
     }
-    ctx.metrics.set_expiry(
-        "CredentialRotation",
-        &crot.namespace().unwrap_or_default(),
-        &crot.name_any(),
-        None,
-    );
+    ctx.metrics
+        .set_expiry("CredentialRotation", &ns, &crot.name_any(), None);
     Ok(Action::await_change())
 }
 

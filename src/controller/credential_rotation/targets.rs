@@ -1,11 +1,13 @@
 //! Publishing the current secret: prove it signs in, reset the AKS clusters' service principal profile (a
-//! long-running operation, followed to its end), restart the workloads. Each target's result is kept in
-//! status, so a crash or a failure resumes where it stood, and nothing is done twice for one key.
+//! long-running operation, followed to its end), restart the workloads and wait for their rollout. Each
+//! target's result is kept in status, so a crash or a failure resumes where it stood, and nothing is done
+//! twice for one key.
 
 use std::time::Duration;
 
 use k8s_openapi::{
     api::apps::v1::{DaemonSet, Deployment, StatefulSet},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -15,13 +17,16 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, set_target, signs_in};
+use super::{Context, Error, set_target, signs_in, write_status};
 use crate::{
     api::{
         CredentialRotation, CredentialRotationStatus,
         credential_rotation::{TargetStatus, WorkloadKind},
     },
-    azure::arm::Operation,
+    azure::{
+        arm::Operation,
+        error::{AzureError, ErrorClass},
+    },
     controller::publish,
 };
 
@@ -43,15 +48,18 @@ fn entry(
     state: &str,
     message: Option<String>,
 ) -> TargetStatus {
+    // Azure's error texts go into status, Events and logs: keep them short.
+    let message = message.map(|m| match m.char_indices().nth(300) {
+        Some((at, _)) => format!("{}...", &m[..at]),
+        None => m,
+    });
     TargetStatus {
         kind: kind.into(),
         name: name.into(),
         key_id: Some(key_id.into()),
         state: state.into(),
         message,
-        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        )),
+        last_transition_time: Some(Time(Timestamp::now())),
         operation: None,
     }
 }
@@ -80,7 +88,7 @@ pub fn workloads_hold(
     }
 }
 
-fn kind_name(kind: WorkloadKind) -> &'static str {
+pub fn kind_name(kind: WorkloadKind) -> &'static str {
     match kind {
         WorkloadKind::Deployment => "Deployment",
         WorkloadKind::StatefulSet => "StatefulSet",
@@ -88,7 +96,8 @@ fn kind_name(kind: WorkloadKind) -> &'static str {
     }
 }
 
-/// Publishes `key_id` (whose text is `secret`) everywhere the spec says; Err says what is still missing.
+/// Publishes `key_id` (whose text is `secret`, already in the Secret) everywhere the spec says; Err says
+/// what is still missing.
 pub async fn publish_all(
     crot: &CredentialRotation,
     ctx: &Context,
@@ -98,7 +107,6 @@ pub async fn publish_all(
     secret: &str,
     status: &mut CredentialRotationStatus,
 ) -> Result<(), Error> {
-    // The Secret holds it: the rotation wrote it there before anything else.
     set_target(
         status,
         entry("Secret", secret_name, key_id, PUBLISHED, None),
@@ -138,7 +146,8 @@ pub async fn publish_all(
         if holds(status, "AKSCluster", cluster, key_id) {
             continue;
         }
-        if let Err(why) = reset_cluster(ctx, status, cluster, client_id, key_id, secret).await {
+        if let Err(why) = reset_cluster(crot, ctx, status, cluster, client_id, key_id, secret).await
+        {
             failures.push(format!("spec.targets.aksClusters[{i}] {cluster}: {why}"));
         }
     }
@@ -148,22 +157,32 @@ pub async fn publish_all(
         if holds(status, kind, &w.name, key_id) {
             continue;
         }
-        match restart(ctx, &ns, w.kind, &w.name, key_id).await {
-            Ok(()) => {
-                set_target(status, entry(kind, &w.name, key_id, PUBLISHED, None));
-                publish(
-                    ctx,
-                    crot,
-                    EventType::Normal,
-                    "WorkloadRestarted",
-                    &format!("Restarted {kind} {} for secret {key_id}", w.name),
-                )
-                .await;
+        let result = match restart(ctx, &ns, w.kind, &w.name, key_id).await {
+            Ok(Rollout { patched, done }) => {
+                if patched {
+                    publish(
+                        ctx,
+                        crot,
+                        EventType::Normal,
+                        "WorkloadRestarted",
+                        &format!("Restarted {kind} {} for secret {key_id}", w.name),
+                    )
+                    .await;
+                }
+                if done {
+                    Ok(())
+                } else {
+                    Err((PENDING, "rolling out".to_string()))
+                }
             }
-            Err(why) => {
+            Err(why) => Err((FAILED, why)),
+        };
+        match result {
+            Ok(()) => set_target(status, entry(kind, &w.name, key_id, PUBLISHED, None)),
+            Err((state, why)) => {
                 set_target(
                     status,
-                    entry(kind, &w.name, key_id, FAILED, Some(why.clone())),
+                    entry(kind, &w.name, key_id, state, Some(why.clone())),
                 );
                 failures.push(format!(
                     "spec.targets.restartWorkloads[{i}] {kind} {}: {why}",
@@ -175,21 +194,22 @@ pub async fn publish_all(
     if failures.is_empty() {
         return Ok(());
     }
-    let running = status
-        .targets
-        .iter()
-        .any(|t| t.kind == "AKSCluster" && t.state == PENDING);
-    let failed_aks = status
-        .targets
-        .iter()
-        .any(|t| t.kind == "AKSCluster" && t.state == FAILED);
+    let any = |aks: bool, state: &str| {
+        status.targets.iter().any(|t| {
+            (t.kind == "AKSCluster") == aks
+                && t.state == state
+                && t.key_id.as_deref() == Some(key_id)
+        })
+    };
     Err(Error::Publishing {
-        reason: if failed_aks {
+        reason: if any(true, FAILED) {
             "AKSResetFailed"
-        } else if running {
+        } else if any(false, FAILED) {
+            "PublishFailed"
+        } else if any(true, PENDING) {
             "AKSResetRunning"
         } else {
-            "PublishFailed"
+            "WaitingForRollout"
         },
         message: format!(
             "the previous secret stays until every target holds {key_id}: {}",
@@ -200,6 +220,7 @@ pub async fn publish_all(
 
 /// Resets one cluster's service principal profile to the new secret, following the operation for a while.
 async fn reset_cluster(
+    crot: &CredentialRotation,
     ctx: &Context,
     status: &mut CredentialRotationStatus,
     cluster: &str,
@@ -207,15 +228,20 @@ async fn reset_cluster(
     key_id: &str,
     secret: &str,
 ) -> Result<(), String> {
+    let set = |status: &mut CredentialRotationStatus,
+               state: &str,
+               why: Option<String>,
+               operation: Option<String>| {
+        let mut e = entry("AKSCluster", cluster, key_id, state, why);
+        e.operation = operation;
+        set_target(status, e);
+    };
     if secret.len() > AKS_MAX_SECRET_BYTES {
         let why = format!(
             "the secret is {} bytes and AKS accepts at most {AKS_MAX_SECRET_BYTES}",
             secret.len()
         );
-        set_target(
-            status,
-            entry("AKSCluster", cluster, key_id, FAILED, Some(why.clone())),
-        );
+        set(status, FAILED, Some(why.clone()), None);
         return Err(why);
     }
     // A reset for this key already running (a previous reconcile, or one before a restart): follow it.
@@ -234,19 +260,33 @@ async fn reset_cluster(
             .await
         {
             Ok(None) => {
-                set_target(
-                    status,
-                    entry("AKSCluster", cluster, key_id, PUBLISHED, None),
-                );
+                set(status, PUBLISHED, None, None);
                 return Ok(());
             }
-            Ok(Some(url)) => url,
+            Ok(Some(url)) => {
+                // Kept before it is followed: after a restart this operation is resumed, not started again
+                // (AKS refuses a second reset while one runs).
+                set(
+                    status,
+                    PENDING,
+                    Some("reset running".into()),
+                    Some(url.clone()),
+                );
+                write_status(crot, ctx, status.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                url
+            }
+            Err(e @ AzureError::Api { status: 409, .. }) if e.code() == "OperationNotAllowed" => {
+                // Another reset runs on the cluster (for an earlier key, or one whose URL was lost): wait for
+                // it to end, then reset again.
+                let why = "another reset is running on the cluster".to_string();
+                set(status, PENDING, Some(why.clone()), None);
+                return Err(why);
+            }
             Err(e) => {
                 let why = e.to_string();
-                set_target(
-                    status,
-                    entry("AKSCluster", cluster, key_id, FAILED, Some(why.clone())),
-                );
+                set(status, FAILED, Some(why.clone()), None);
                 return Err(why);
             }
         },
@@ -255,72 +295,108 @@ async fn reset_cluster(
     loop {
         match ctx.arm.operation(&operation).await {
             Ok(Operation::Succeeded) => {
-                set_target(
-                    status,
-                    entry("AKSCluster", cluster, key_id, PUBLISHED, None),
-                );
+                set(status, PUBLISHED, None, None);
                 return Ok(());
             }
             Ok(Operation::Failed(why)) => {
-                // Not kept: the next attempt starts a new reset.
-                set_target(
-                    status,
-                    entry("AKSCluster", cluster, key_id, FAILED, Some(why.clone())),
-                );
+                // The operation is dropped: the next attempt starts a new reset.
+                set(status, FAILED, Some(why.clone()), None);
                 return Err(why);
             }
             Ok(Operation::InProgress) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // The operation is gone (expired, or ARM forgot it): start again next time.
+            Err(e) if e.class() == ErrorClass::NotFound => {
+                let why = format!("the reset operation is gone: {e}");
+                set(status, FAILED, Some(why.clone()), None);
+                return Err(why);
             }
             other => {
                 let why = match other {
                     Err(e) => format!("following the reset: {e}"),
                     _ => "the reset is still running".to_string(),
                 };
-                let mut pending = entry("AKSCluster", cluster, key_id, PENDING, Some(why.clone()));
-                pending.operation = Some(operation);
-                set_target(status, pending);
+                set(status, PENDING, Some(why.clone()), Some(operation));
                 return Err(why);
             }
         }
     }
 }
 
-/// Rolls a workload by setting the key id on its pod template; a workload that already carries it is not
-/// touched again.
+/// What a restart did: whether it patched the pod template now, and whether the rollout has finished.
+struct Rollout {
+    patched: bool,
+    done: bool,
+}
+
+/// Rolls a workload by setting the key id on its pod template (a workload that already carries it is not
+/// touched again), and says whether its rollout has finished: only then do its pods hold the new secret.
 async fn restart(
     ctx: &Context,
     ns: &str,
     kind: WorkloadKind,
     name: &str,
     key_id: &str,
-) -> Result<(), String> {
+) -> Result<Rollout, String> {
     let patch = Patch::Merge(
         json!({"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: key_id}}}}}),
     );
     let pp = PatchParams::default();
-    let annotation = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-        t.and_then(|t| t.metadata.as_ref())
+    let carries = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+        t.metadata
+            .as_ref()
             .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(RESTART_ANNOTATION).cloned())
+            .and_then(|a| a.get(RESTART_ANNOTATION))
+            .is_some_and(|v| v == key_id)
     };
     let missing = |e: kube::Error| match e {
         kube::Error::Api(s) if s.code == 404 => format!("no such workload in namespace {ns}"),
         e => e.to_string(),
     };
+    // Patch unless it carries the key; done when the controller has seen the change and updated every
+    // replica. `progress` gives (observed generation, updated replicas, desired replicas).
     macro_rules! roll {
-        ($ty:ty) => {{
+        ($ty:ty, $progress:expr) => {{
             let api: Api<$ty> = Api::namespaced(ctx.client.clone(), ns);
-            let current = api.get(name).await.map_err(missing)?;
-            if annotation(current.spec.as_ref().map(|s| &s.template)).as_deref() != Some(key_id) {
-                api.patch(name, &pp, &patch).await.map_err(missing)?;
+            let mut current = api.get(name).await.map_err(missing)?;
+            let patched = !current.spec.as_ref().is_some_and(|s| carries(&s.template));
+            if patched {
+                current = api.patch(name, &pp, &patch).await.map_err(missing)?;
+            }
+            let (observed, updated, desired): (Option<i64>, i32, i32) = $progress(&current);
+            Rollout {
+                patched,
+                done: observed >= current.metadata.generation && updated >= desired,
             }
         }};
     }
-    match kind {
-        WorkloadKind::Deployment => roll!(Deployment),
-        WorkloadKind::StatefulSet => roll!(StatefulSet),
-        WorkloadKind::DaemonSet => roll!(DaemonSet),
-    }
-    Ok(())
+    Ok(match kind {
+        WorkloadKind::Deployment => roll!(Deployment, |d: &Deployment| {
+            let s = d.status.clone().unwrap_or_default();
+            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            (
+                s.observed_generation,
+                s.updated_replicas.unwrap_or(0),
+                desired,
+            )
+        }),
+        WorkloadKind::StatefulSet => roll!(StatefulSet, |d: &StatefulSet| {
+            let s = d.status.clone().unwrap_or_default();
+            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            (
+                s.observed_generation,
+                s.updated_replicas.unwrap_or(0),
+                desired,
+            )
+        }),
+        WorkloadKind::DaemonSet => roll!(DaemonSet, |d: &DaemonSet| {
+            let s = d.status.clone().unwrap_or_default();
+            (
+                s.observed_generation,
+                s.updated_number_scheduled.unwrap_or(0),
+                s.desired_number_scheduled,
+            )
+        }),
+    })
 }
