@@ -55,6 +55,47 @@ pub struct RunArgs {
     )]
     pub principal_replication_window: crate::api::Duration,
 
+    /// How many objects of each kind are reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_name = "N")]
+    pub concurrency: u16,
+
+    /// Run only while holding a Lease, so that of several replicas exactly one reconciles (the others wait
+    /// to take over). The Helm chart turns it on.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (the chart passes the operator's own namespace).
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE",
+        default_value = "entra-operator",
+        value_name = "NAME"
+    )]
+    pub leader_election_lease: String,
+
+    /// How long a leader's Lease lasts without renewal: the longest a replica waits to take over from a
+    /// leader that died (a Go duration, in whole seconds).
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_DURATION",
+        default_value = "15s",
+        value_name = "DURATION"
+    )]
+    pub leader_election_lease_duration: crate::api::Duration,
+
+    /// This replica's name in the Lease (the chart passes the pod's name). Default: the host name.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
     /// Address for /metrics, /healthz and /readyz.
     #[arg(
         long,

@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
 pub mod credential_rotation;
+pub mod leader;
 pub mod naming;
 pub mod policy;
 pub mod role_delegation;
@@ -82,6 +83,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // A standby replica is healthy and ready: it is there to take over.
+    let mut leadership = if args.leader_election {
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            held = leader::acquire(ctx.client.clone(), &args) => Some(held?),
+            signal = &mut shutdown => {
+                info!(signal, "shutting down before leading");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
     // One controller per watched namespace (or one for all), merged into one stream.
     let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
         vec![None]
@@ -104,6 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespaced::<api::RoleDelegation>(&ctx.client, ns),
         );
         let service_principals = Controller::new(sps.clone(), watcher::Config::default())
+            .with_config(config.clone())
             .owns(
                 secrets,
                 watcher::Config::default().labels(service_principal::OWNER_LABEL),
@@ -115,7 +131,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .map(|_| ())
             .boxed();
-        let delegations = Controller::new(rds, watcher::Config::default());
+        let delegations =
+            Controller::new(rds, watcher::Config::default()).with_config(config.clone());
         let (store, in_namespace) = (delegations.store(), delegations.store());
         let namespaces = match ns {
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
@@ -151,7 +168,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let rotations = Controller::new(
             namespaced::<api::CredentialRotation>(&ctx.client, ns),
             watcher::Config::default(),
-        );
+        )
+        .with_config(config.clone());
         let rotation_store = rotations.store();
         let rotations = rotations
             // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
@@ -192,9 +210,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     // On a signal the controllers are dropped where they stand: every reconcile is safe to interrupt (state
     // lives in Azure and the API server, and the next reconcile finds it), so there is nothing to drain.
+    let lost = async {
+        match &mut leadership {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = controllers => warn!("controllers stopped on their own"),
         signal = shutdown => info!(signal, "shutting down"),
+        // Another replica leads now: stop at once, so that only one ever reconciles; the pod restarts as a
+        // standby.
+        _ = lost => anyhow::bail!("lost the leader-election Lease to another replica"),
+    }
+    if let Some(held) = leadership {
+        held.release().await;
     }
     Ok(())
 }

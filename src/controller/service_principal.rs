@@ -19,7 +19,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::{Context, naming, publish, secret_format, secrets};
 use crate::{
@@ -131,19 +131,28 @@ pub async fn reconcile(
     sp: Arc<ServicePrincipal>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(sp, &ctx).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e),
-        ) => e.reason(),
-        Err(_) => "FinalizerError",
-    };
-    ctx.metrics
-        .reconciled("ServicePrincipal", outcome, started.elapsed().as_secs_f64());
-    result
+    let span = crate::telemetry::reconcile_span(
+        "ServicePrincipal",
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+    );
+    async move {
+        let started = std::time::Instant::now();
+        let result = reconcile_inner(sp, &ctx).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e),
+            ) => e.reason(),
+            Err(_) => "FinalizerError",
+        };
+        ctx.metrics
+            .reconciled("ServicePrincipal", outcome, started.elapsed().as_secs_f64());
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 async fn reconcile_inner(
@@ -214,9 +223,16 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                 sp.metadata.generation,
                 now(),
             );
-            let event = err.reason();
+            // One Event per new reason, not one per retry.
+            let changed = sp
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                .is_none_or(|c| c.reason != err.reason());
             write_status(sp, ctx, status).await?;
-            publish(ctx, sp, EventType::Warning, event, &err.to_string()).await;
+            if changed {
+                publish(ctx, sp, EventType::Warning, err.reason(), &message).await;
+            }
             Err(err)
         }
     }

@@ -33,3 +33,10 @@ pub fn init_logging(args: &LogArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The span one reconcile runs in: every log line it writes carries the kind, the object and a trace id (32 hex
+/// digits, as W3C trace context has them), so that one reconcile's lines can be found among many.
+pub fn reconcile_span(kind: &'static str, namespace: &str, name: &str) -> tracing::Span {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    tracing::info_span!("reconcile", kind, object = %format!("{namespace}/{name}"), trace_id = %trace_id)
+}

@@ -873,9 +873,20 @@ async fn bad_input_and_failures_get_their_own_reasons() {
 
     operator.signal(nix::sys::signal::Signal::SIGTERM);
     let (_, lines) = operator.wait_exit(Duration::from_secs(10));
+    let recreated: Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["reason"] == "RoleAssignmentRecreated")
+        .expect("the log says the assignment was recreated");
+    // Each reconcile's lines carry its object and a trace id.
+    let span = &recreated["span"];
+    assert_eq!(span["kind"], "RoleDelegation", "{recreated}");
+    assert_eq!(span["object"], format!("{}/throttled", ns.name));
     assert!(
-        lines.iter().any(|l| l.contains("RoleAssignmentRecreated")),
-        "the log says the assignment was recreated"
+        span["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())),
+        "{recreated}"
     );
     delete_policies(&admin, &ns.name).await;
     teardown(rbac, azure, ns).await;

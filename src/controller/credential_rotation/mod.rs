@@ -28,7 +28,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::{
     Context, naming, policy, publish, secret_format, secrets,
@@ -169,30 +169,39 @@ pub async fn reconcile(
     crot: Arc<CredentialRotation>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let started = std::time::Instant::now();
-    let api: Api<CredentialRotation> =
-        Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, crot, |event| async {
-        match event {
-            Finalized::Apply(crot) => apply(&crot, &ctx).await,
-            Finalized::Cleanup(crot) => cleanup(&crot, &ctx).await,
-        }
-    })
-    .await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e),
-        ) => e.reason(),
-        Err(_) => "FinalizerError",
-    };
-    ctx.metrics.reconciled(
+    let span = crate::telemetry::reconcile_span(
         "CredentialRotation",
-        outcome,
-        started.elapsed().as_secs_f64(),
+        &crot.namespace().unwrap_or_default(),
+        &crot.name_any(),
     );
-    result
+    async move {
+        let started = std::time::Instant::now();
+        let api: Api<CredentialRotation> =
+            Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, crot, |event| async {
+            match event {
+                Finalized::Apply(crot) => apply(&crot, &ctx).await,
+                Finalized::Cleanup(crot) => cleanup(&crot, &ctx).await,
+            }
+        })
+        .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e),
+            ) => e.reason(),
+            Err(_) => "FinalizerError",
+        };
+        ctx.metrics.reconciled(
+            "CredentialRotation",
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 pub fn error_policy(

@@ -22,7 +22,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::{
     Context, naming,
@@ -160,27 +160,36 @@ pub async fn reconcile(
     rd: Arc<RoleDelegation>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let started = std::time::Instant::now();
-    let api: Api<RoleDelegation> =
-        Api::namespaced(ctx.client.clone(), &rd.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, rd, |event| async {
-        match event {
-            Finalized::Apply(rd) => apply(&rd, &ctx).await,
-            Finalized::Cleanup(rd) => cleanup(&rd, &ctx).await,
-        }
-    })
-    .await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e),
-        ) => e.reason(),
-        Err(_) => "FinalizerError",
-    };
-    ctx.metrics
-        .reconciled("RoleDelegation", outcome, started.elapsed().as_secs_f64());
-    result
+    let span = crate::telemetry::reconcile_span(
+        "RoleDelegation",
+        &rd.namespace().unwrap_or_default(),
+        &rd.name_any(),
+    );
+    async move {
+        let started = std::time::Instant::now();
+        let api: Api<RoleDelegation> =
+            Api::namespaced(ctx.client.clone(), &rd.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, rd, |event| async {
+            match event {
+                Finalized::Apply(rd) => apply(&rd, &ctx).await,
+                Finalized::Cleanup(rd) => cleanup(&rd, &ctx).await,
+            }
+        })
+        .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e),
+            ) => e.reason(),
+            Err(_) => "FinalizerError",
+        };
+        ctx.metrics
+            .reconciled("RoleDelegation", outcome, started.elapsed().as_secs_f64());
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 pub fn error_policy(
