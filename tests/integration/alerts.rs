@@ -1,11 +1,11 @@
-//! The sample PrometheusRule alerts on metrics the operator really exports, under their exported names.
+//! The chart's alerts use metrics the operator really exports, under their exported names.
 
 use entra_operator::telemetry::metrics::Metrics;
 
 #[test]
 fn the_sample_alerts_use_metrics_the_operator_exports() {
     let path = format!(
-        "{}/docs/alerts/prometheusrule.yaml",
+        "{}/charts/entra-operator/files/alerts.yaml",
         crate::support::MANIFEST_DIR
     );
     let rule: serde_json::Value =
@@ -14,7 +14,7 @@ fn the_sample_alerts_use_metrics_the_operator_exports() {
     metrics.set_expiry("CredentialRotation", "ns", "name", Some(1.0));
     metrics.rotated("failed");
     let exported = metrics.render();
-    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let rules = rule["groups"][0]["rules"].as_array().unwrap();
     assert!(rules.len() >= 3);
     let name = regex::Regex::new(r"entra_operator_[a-z_]+").unwrap();
     for r in rules {

@@ -3,10 +3,12 @@
 
 mod admission;
 mod alerts;
+mod chart;
 mod crdgen;
 mod credential_rotation;
 mod explain;
 mod harness;
+mod high_availability;
 mod operator_run;
 mod role_delegation;
 mod service_principal;

@@ -290,25 +290,37 @@ pub fn operator_azure_env(
     .collect()
 }
 
-/// The rules the operator needs, and no more: its three kinds (and their status and finalizers), the
-/// DelegationPolicies it enforces (read only), the Secrets it writes, the workloads a rotation restarts (get
-/// and patch their pod template), Events, and namespaces (read: their labels
-/// for the policies' selectors, kube-system's uid as the default cluster id). The chart's RBAC must match;
-/// tests run the operator with exactly these.
+/// The Helm chart as `make chart` rendered it (`helm template`), one document per object.
+pub fn rendered_chart() -> Vec<serde_json::Value> {
+    let path = std::env::var_os("CHART_RENDERED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("target/chart/rendered.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "no rendered chart at {} ({e}): run `make chart` (or `make test`)",
+            path.display()
+        )
+    });
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The rules of the chart's object of `kind` (the operator's ClusterRole, or its leader-election Role).
+pub fn chart_rules(kind: &str) -> serde_json::Value {
+    rendered_chart()
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("the chart renders no {kind}"))["rules"]
+        .clone()
+}
+
+/// The rules the operator runs under in every test: exactly the chart's ClusterRole, so that a verb the
+/// chart lacks fails a test.
 pub fn operator_rules() -> serde_json::Value {
-    serde_json::json!([
-        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals", "roledelegations", "credentialrotations"],
-         "verbs": ["get", "list", "watch", "patch", "update"]},
-        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals/status", "roledelegations/status", "credentialrotations/status"],
-         "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["entra-operator.io"], "resources": ["serviceprincipals/finalizers", "roledelegations/finalizers", "credentialrotations/finalizers"],
-         "verbs": ["update"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["entra-operator.io"], "resources": ["delegationpolicies"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "patch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    ])
+    chart_rules("ClusterRole")
 }
 
 /// Binds `operator_rules()` to the ServiceAccount; returns what to delete afterwards.
