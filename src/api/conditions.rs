@@ -107,6 +107,26 @@ pub fn summarize(
     );
 }
 
+/// Records a failure: Ready False with `reason`, and Stalled or Reconciling as `stalled` says. Returns whether
+/// Ready's reason changed, which is when an Event is worth publishing (not on every retry).
+pub fn record_failure(
+    conditions: &mut Vec<Condition>,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    generation: Option<i64>,
+    now: Time,
+) -> bool {
+    let changed = find(conditions, READY).is_none_or(|c| c.reason != reason);
+    let progress = if stalled {
+        Progress::Stalled { reason, message }
+    } else {
+        Progress::Retrying { reason, message }
+    };
+    summarize(conditions, progress, generation, now);
+    changed
+}
+
 /// The condition of the given type, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -119,6 +139,39 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failure_is_news_only_when_its_reason_changes() {
+        let t = || Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        let mut c = vec![];
+        assert!(record_failure(
+            &mut c,
+            "Throttled",
+            "slow down",
+            false,
+            Some(1),
+            t()
+        ));
+        assert!(!record_failure(
+            &mut c,
+            "Throttled",
+            "again",
+            false,
+            Some(1),
+            t()
+        ));
+        assert!(is_true(&c, RECONCILING) && !is_true(&c, STALLED));
+        assert!(record_failure(
+            &mut c,
+            "InvalidSpec",
+            "spec.x",
+            true,
+            Some(2),
+            t()
+        ));
+        assert!(is_true(&c, STALLED) && !is_true(&c, READY));
+        assert_eq!(find(&c, READY).unwrap().message, "spec.x");
+    }
+
     use super::*;
 
     fn at(secs: i64) -> Time {

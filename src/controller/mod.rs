@@ -5,6 +5,7 @@ pub mod credential_rotation;
 pub mod leader;
 pub mod naming;
 pub mod policy;
+pub mod reconcile;
 pub mod role_delegation;
 pub mod secret_format;
 pub mod secrets;
@@ -126,7 +127,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .run(
                 service_principal::reconcile,
-                service_principal::error_policy,
+                reconcile::error_policy,
                 ctx.clone(),
             )
             .map(|_| ())
@@ -160,7 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .reconcile_all_on(changes(policy_changes.clone()))
             .run(
                 role_delegation::reconcile,
-                role_delegation::error_policy,
+                reconcile::error_policy,
                 ctx.clone(),
             )
             .map(|_| ())
@@ -198,7 +199,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .run(
                 credential_rotation::reconcile,
-                credential_rotation::error_policy,
+                reconcile::error_policy,
                 ctx.clone(),
             )
             .map(|_| ())

@@ -11,15 +11,13 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::EventType,
-        finalizer::{Event as Finalized, finalizer},
-    },
+    api::DeleteParams,
+    runtime::{controller::Action, events::EventType, finalizer::Event as Finalized},
 };
 use serde_json::json;
-use tracing::{Instrument, info, warn};
+
+use crate::controller::reconcile::{self, Failure as _};
+use tracing::info;
 
 use super::{Context, naming, publish, secret_format, secrets};
 use crate::{
@@ -34,7 +32,7 @@ use crate::{
     },
 };
 
-pub const FINALIZER: &str = "entra-operator.io/cleanup";
+pub use super::reconcile::FINALIZER;
 pub use super::secrets::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTATION};
 pub const OWNER_LABEL: &str = "entra-operator.io/service-principal";
 /// On a ServicePrincipal whose password a CredentialRotation manages (the value names it): this controller
@@ -79,17 +77,11 @@ async fn rotated_by(sp: &ServicePrincipal, ctx: &Context) -> Result<Option<Strin
         .and_then(|m| m.annotations().get(ROTATED_BY_ANNOTATION).cloned()))
 }
 
-impl Error {
+impl reconcile::Failure for Error {
     /// The condition reason this failure shows as.
     fn reason(&self) -> &'static str {
         match self {
-            Error::Azure(e) => match e.class() {
-                ErrorClass::Throttled(_) => "Throttled",
-                ErrorClass::Forbidden => "AzurePermissionDenied",
-                ErrorClass::Invalid => "AzureRejected",
-                ErrorClass::NotFound => "WaitingForReplication",
-                _ => "AzureUnavailable",
-            },
+            Error::Azure(e) => reconcile::azure_reason(e),
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::SecretConflict(_) => "SecretConflict",
@@ -99,23 +91,10 @@ impl Error {
         }
     }
 
-    /// Whether only a change from outside (spec, grant, conflicting object) can help.
-    fn stalled(&self) -> bool {
-        match self {
-            Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
-            Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
-            Error::Kube(_) | Error::NotYetVisible(_) | Error::ManagedByRotation(_) => false,
-        }
-    }
-
     /// How long until the next try.
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => match e.class() {
-                ErrorClass::Throttled(d) => d,
-                ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
-                _ => Duration::from_secs(5),
-            },
+            Error::Azure(e) => reconcile::azure_retry(e),
             Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => {
                 Duration::from_secs(300)
             }
@@ -127,61 +106,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether only a change from outside (spec, grant, conflicting object) can help.
+    fn stalled(&self) -> bool {
+        match self {
+            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
+            Error::Kube(_) | Error::NotYetVisible(_) | Error::ManagedByRotation(_) => false,
+        }
+    }
+}
+
 pub async fn reconcile(
     sp: Arc<ServicePrincipal>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let span = crate::telemetry::reconcile_span(
-        "ServicePrincipal",
-        &sp.namespace().unwrap_or_default(),
-        &sp.name_any(),
-    );
-    async move {
-        let started = std::time::Instant::now();
-        let result = reconcile_inner(sp, &ctx).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e),
-            ) => e.reason(),
-            Err(_) => "FinalizerError",
-        };
-        ctx.metrics
-            .reconciled("ServicePrincipal", outcome, started.elapsed().as_secs_f64());
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-async fn reconcile_inner(
-    sp: Arc<ServicePrincipal>,
-    ctx: &Arc<Context>,
-) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let api: Api<ServicePrincipal> =
-        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, sp, |event| async {
+    reconcile::run("ServicePrincipal", sp, ctx, |event, ctx| async move {
         match event {
-            Finalized::Apply(sp) => apply(&sp, ctx).await,
-            Finalized::Cleanup(sp) => cleanup(&sp, ctx).await,
+            Finalized::Apply(sp) => apply(&sp, &ctx).await,
+            Finalized::Cleanup(sp) => cleanup(&sp, &ctx).await,
         }
     })
     .await
-}
-
-pub fn error_policy(
-    sp: Arc<ServicePrincipal>,
-    error: &kube::runtime::finalizer::Error<Error>,
-    _ctx: Arc<Context>,
-) -> Action {
-    let delay = match error {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
-        _ => Duration::from_secs(5),
-    };
-    warn!(object = %format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 /// Converges one object, recording a failure in its conditions before returning it.
@@ -206,29 +152,14 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
         Err(err) => {
             let mut status = sp.status.clone().unwrap_or_default();
             let message = err.to_string();
-            let progress = if err.stalled() {
-                Progress::Stalled {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            } else {
-                Progress::Retrying {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            };
-            conditions::summarize(
+            let changed = conditions::record_failure(
                 &mut status.conditions,
-                progress,
+                err.reason(),
+                &message,
+                err.stalled(),
                 sp.metadata.generation,
                 now(),
             );
-            // One Event per new reason, not one per retry.
-            let changed = sp
-                .status
-                .as_ref()
-                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
-                .is_none_or(|c| c.reason != err.reason());
             write_status(sp, ctx, status).await?;
             if changed {
                 publish(ctx, sp, EventType::Warning, err.reason(), &message).await;
@@ -654,15 +585,13 @@ async fn write_status(
     ctx: &Context,
     status: ServicePrincipalStatus,
 ) -> Result<(), Error> {
-    if sp.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<ServicePrincipal> =
-        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
-    api.patch_status(
-        &sp.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
+    // Fields that a change can clear are sent as null, so that the merge patch removes them.
+    reconcile::patch_status(
+        &ctx.client,
+        sp,
+        sp.status.as_ref(),
+        &status,
+        &["secretName", "credential"],
     )
     .await?;
     Ok(())

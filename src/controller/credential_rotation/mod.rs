@@ -21,14 +21,12 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::EventType,
-        finalizer::{Event as Finalized, finalizer},
-    },
+    runtime::{controller::Action, events::EventType, finalizer::Event as Finalized},
 };
 use serde_json::json;
-use tracing::{Instrument, info, warn};
+
+use crate::controller::reconcile::{self, Failure as _};
+use tracing::info;
 
 use super::{
     Context, naming, policy, publish, secret_format, secrets,
@@ -47,7 +45,7 @@ use crate::{
     },
 };
 
-pub use super::service_principal::FINALIZER;
+pub use super::reconcile::FINALIZER;
 /// Label on a Secret a CredentialRotation writes itself (with applicationId).
 pub const OWNER_LABEL: &str = "entra-operator.io/credential-rotation";
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -103,16 +101,10 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl reconcile::Failure for Error {
     fn reason(&self) -> &'static str {
         match self {
-            Error::Azure(e) => match e.class() {
-                ErrorClass::Throttled(_) => "Throttled",
-                ErrorClass::Forbidden => "AzurePermissionDenied",
-                ErrorClass::Invalid => "AzureRejected",
-                ErrorClass::NotFound => "WaitingForReplication",
-                _ => "AzureUnavailable",
-            },
+            Error::Azure(e) => reconcile::azure_reason(e),
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::DeniedByPolicy(_) => "DeniedByPolicy",
@@ -129,27 +121,9 @@ impl Error {
         }
     }
 
-    fn stalled(&self) -> bool {
-        match self {
-            Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
-            Error::Invalid(_)
-            | Error::DeniedByPolicy(_)
-            | Error::ApplicationNotOwned(_)
-            | Error::ApplicationNotFound(_)
-            | Error::Conflict(_)
-            | Error::SecretConflict(_) => true,
-            Error::Expiry { cause, .. } => cause.stalled(),
-            _ => false,
-        }
-    }
-
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => match e.class() {
-                ErrorClass::Throttled(d) => d,
-                ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
-                _ => Duration::from_secs(5),
-            },
+            Error::Azure(e) => reconcile::azure_retry(e),
             Error::Verifying(_) => Duration::from_secs(2),
             Error::Waiting { until, .. } => {
                 plan::wake_in(Timestamp::now(), &[Some(*until)], Duration::from_secs(3600))
@@ -165,57 +139,33 @@ impl Error {
     }
 }
 
+impl Error {
+    fn stalled(&self) -> bool {
+        match self {
+            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Invalid(_)
+            | Error::DeniedByPolicy(_)
+            | Error::ApplicationNotOwned(_)
+            | Error::ApplicationNotFound(_)
+            | Error::Conflict(_)
+            | Error::SecretConflict(_) => true,
+            Error::Expiry { cause, .. } => cause.stalled(),
+            _ => false,
+        }
+    }
+}
+
 pub async fn reconcile(
     crot: Arc<CredentialRotation>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let span = crate::telemetry::reconcile_span(
-        "CredentialRotation",
-        &crot.namespace().unwrap_or_default(),
-        &crot.name_any(),
-    );
-    async move {
-        let started = std::time::Instant::now();
-        let api: Api<CredentialRotation> =
-            Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
-        let result = finalizer(&api, FINALIZER, crot, |event| async {
-            match event {
-                Finalized::Apply(crot) => apply(&crot, &ctx).await,
-                Finalized::Cleanup(crot) => cleanup(&crot, &ctx).await,
-            }
-        })
-        .await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e),
-            ) => e.reason(),
-            Err(_) => "FinalizerError",
-        };
-        ctx.metrics.reconciled(
-            "CredentialRotation",
-            outcome,
-            started.elapsed().as_secs_f64(),
-        );
-        result
-    }
-    .instrument(span)
+    reconcile::run("CredentialRotation", crot, ctx, |event, ctx| async move {
+        match event {
+            Finalized::Apply(crot) => apply(&crot, &ctx).await,
+            Finalized::Cleanup(crot) => cleanup(&crot, &ctx).await,
+        }
+    })
     .await
-}
-
-pub fn error_policy(
-    crot: Arc<CredentialRotation>,
-    error: &kube::runtime::finalizer::Error<Error>,
-    _ctx: Arc<Context>,
-) -> Action {
-    let delay = match error {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
-        _ => Duration::from_secs(5),
-    };
-    warn!(object = %format!("{}/{}", crot.namespace().unwrap_or_default(), crot.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 /// The application whose password is rotated, and everything needed to name, render and publish it.
@@ -253,33 +203,21 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
             Ok(Action::requeue(wake))
         }
         Err(err) => {
+            // A target that refused the secret (not one still working on it) is a failed rotation.
+            let refused = matches!(err.reason(), "AKSResetFailed" | "PublishFailed");
             // A failing rotation is an emergency only as the current secret runs out.
             let err = with_expiry(err, crot, &status);
             let message = err.to_string();
-            let progress = if err.stalled() {
-                Progress::Stalled {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            } else {
-                Progress::Retrying {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            };
-            conditions::summarize(
+            let changed = conditions::record_failure(
                 &mut status.conditions,
-                progress,
+                err.reason(),
+                &message,
+                err.stalled(),
                 crot.metadata.generation,
                 now(),
             );
-            let changed = crot
-                .status
-                .as_ref()
-                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
-                .is_none_or(|c| c.reason != err.reason());
             write_status(crot, ctx, status).await?;
-            if changed && matches!(err, Error::Publishing { .. }) {
+            if changed && refused {
                 ctx.metrics.rotated("failed");
             }
             if changed && !matches!(err, Error::Verifying(_) | Error::Waiting { .. }) {
@@ -905,21 +843,13 @@ async fn write_status(
     ctx: &Context,
     status: CredentialRotationStatus,
 ) -> Result<(), Error> {
-    if crot.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<CredentialRotation> =
-        Api::namespaced(ctx.client.clone(), &crot.namespace().unwrap_or_default());
-    let mut body = serde_json::to_value(&status).unwrap_or_default();
-    for key in ["previousKeyId", "previousKeyRemovalTime", "targets"] {
-        if body.get(key).is_none() {
-            body[key] = serde_json::Value::Null;
-        }
-    }
-    api.patch_status(
-        &crot.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": body })),
+    // Fields that a change can clear are sent as null, so that the merge patch removes them.
+    reconcile::patch_status(
+        &ctx.client,
+        crot,
+        crot.status.as_ref(),
+        &status,
+        &["previousKeyId", "previousKeyRemovalTime", "targets"],
     )
     .await?;
     Ok(())

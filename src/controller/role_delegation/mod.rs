@@ -14,15 +14,12 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::EventType,
-        finalizer::{Event as Finalized, finalizer},
-    },
+    api::ListParams,
+    runtime::{controller::Action, events::EventType, finalizer::Event as Finalized},
 };
-use serde_json::json;
-use tracing::{Instrument, info, warn};
+
+use crate::controller::reconcile::{self, Failure as _};
+use tracing::{info, warn};
 
 use super::{
     Context, naming,
@@ -41,7 +38,7 @@ use crate::{
     },
 };
 
-pub use super::service_principal::FINALIZER;
+pub use super::reconcile::FINALIZER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,7 +75,7 @@ pub enum Error {
     PrincipalNotFound(String),
 }
 
-impl Error {
+impl reconcile::Failure for Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::Azure(e) => match e.class() {
@@ -102,32 +99,9 @@ impl Error {
         }
     }
 
-    /// Whether only a change from outside (spec, policy, grant, an Azure resource) can help.
-    fn stalled(&self) -> bool {
-        match self {
-            Error::Azure(e) => matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid),
-            Error::Invalid(_)
-            | Error::DeniedByPolicy(_)
-            | Error::RoleNotFound(_)
-            | Error::RoleNotAssignable(_)
-            | Error::CustomRoleConflict(_)
-            | Error::ScopeNotFound(_)
-            | Error::AuthorizationFailed(_)
-            | Error::PrincipalNotFound(_) => true,
-            Error::Kube(_)
-            | Error::ServicePrincipalNotFound(_)
-            | Error::WaitingForServicePrincipal(_)
-            | Error::PrincipalReplicating { .. } => false,
-        }
-    }
-
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => match e.class() {
-                ErrorClass::Throttled(d) => d,
-                ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
-                _ => Duration::from_secs(5),
-            },
+            Error::Azure(e) => reconcile::azure_retry(e),
             Error::PrincipalReplicating { retry, .. } => *retry,
             // The ServicePrincipal and policy watches bring these back as soon as something changes.
             Error::ServicePrincipalNotFound(_)
@@ -141,6 +115,27 @@ impl Error {
             | Error::RoleNotAssignable(_)
             | Error::CustomRoleConflict(_) => Duration::from_secs(300),
             Error::Kube(_) => Duration::from_secs(5),
+        }
+    }
+}
+
+impl Error {
+    /// Whether only a change from outside (spec, policy, grant, an Azure resource) can help.
+    fn stalled(&self) -> bool {
+        match self {
+            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Invalid(_)
+            | Error::DeniedByPolicy(_)
+            | Error::RoleNotFound(_)
+            | Error::RoleNotAssignable(_)
+            | Error::CustomRoleConflict(_)
+            | Error::ScopeNotFound(_)
+            | Error::AuthorizationFailed(_)
+            | Error::PrincipalNotFound(_) => true,
+            Error::Kube(_)
+            | Error::ServicePrincipalNotFound(_)
+            | Error::WaitingForServicePrincipal(_)
+            | Error::PrincipalReplicating { .. } => false,
         }
     }
 }
@@ -160,50 +155,13 @@ pub async fn reconcile(
     rd: Arc<RoleDelegation>,
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
-    let span = crate::telemetry::reconcile_span(
-        "RoleDelegation",
-        &rd.namespace().unwrap_or_default(),
-        &rd.name_any(),
-    );
-    async move {
-        let started = std::time::Instant::now();
-        let api: Api<RoleDelegation> =
-            Api::namespaced(ctx.client.clone(), &rd.namespace().unwrap_or_default());
-        let result = finalizer(&api, FINALIZER, rd, |event| async {
-            match event {
-                Finalized::Apply(rd) => apply(&rd, &ctx).await,
-                Finalized::Cleanup(rd) => cleanup(&rd, &ctx).await,
-            }
-        })
-        .await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e),
-            ) => e.reason(),
-            Err(_) => "FinalizerError",
-        };
-        ctx.metrics
-            .reconciled("RoleDelegation", outcome, started.elapsed().as_secs_f64());
-        result
-    }
-    .instrument(span)
+    reconcile::run("RoleDelegation", rd, ctx, |event, ctx| async move {
+        match event {
+            Finalized::Apply(rd) => apply(&rd, &ctx).await,
+            Finalized::Cleanup(rd) => cleanup(&rd, &ctx).await,
+        }
+    })
     .await
-}
-
-pub fn error_policy(
-    rd: Arc<RoleDelegation>,
-    error: &kube::runtime::finalizer::Error<Error>,
-    _ctx: Arc<Context>,
-) -> Action {
-    let delay = match error {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
-        _ => Duration::from_secs(5),
-    };
-    warn!(object = %format!("{}/{}", rd.namespace().unwrap_or_default(), rd.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
@@ -237,31 +195,16 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
                 status.waiting_for_principal_since = None;
             }
             let message = err.to_string();
-            let progress = if err.stalled() {
-                Progress::Stalled {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            } else {
-                Progress::Retrying {
-                    reason: err.reason(),
-                    message: &message,
-                }
-            };
-            conditions::summarize(
+            let changed = conditions::record_failure(
                 &mut status.conditions,
-                progress,
+                err.reason(),
+                &message,
+                err.stalled(),
                 rd.metadata.generation,
                 now(),
             );
-            // One Event per new reason, not one per retry: a replication wait retries a few dozen times.
-            let reason_changed = rd
-                .status
-                .as_ref()
-                .and_then(|s| conditions::find(&s.conditions, conditions::READY))
-                .is_none_or(|c| c.reason != err.reason() || c.message != message);
             write_status(rd, ctx, status).await?;
-            if reason_changed {
+            if changed {
                 publish(ctx, rd, EventType::Warning, err.reason(), &message).await;
             }
             Err(err)
@@ -898,31 +841,22 @@ async fn write_status(
     ctx: &Context,
     status: RoleDelegationStatus,
 ) -> Result<(), Error> {
-    if rd.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<RoleDelegation> =
-        Api::namespaced(ctx.client.clone(), &rd.namespace().unwrap_or_default());
-    // A merge patch: fields cleared in `status` (a revoked assignment) must be sent as null to go away.
-    let mut body = serde_json::to_value(&status).unwrap_or_default();
-    for key in [
-        "roleAssignmentId",
-        "preExisting",
-        "pendingRemoval",
-        "policy",
-        "waitingForPrincipalSince",
-        "roleDefinitionId",
-        "roleName",
-        "principalId",
-    ] {
-        if body.get(key).is_none() {
-            body[key] = serde_json::Value::Null;
-        }
-    }
-    api.patch_status(
-        &rd.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": body })),
+    // Fields that a change can clear are sent as null, so that the merge patch removes them.
+    reconcile::patch_status(
+        &ctx.client,
+        rd,
+        rd.status.as_ref(),
+        &status,
+        &[
+            "roleAssignmentId",
+            "preExisting",
+            "pendingRemoval",
+            "policy",
+            "waitingForPrincipalSince",
+            "roleDefinitionId",
+            "roleName",
+            "principalId",
+        ],
     )
     .await?;
     Ok(())
