@@ -55,8 +55,10 @@ pub struct RunArgs {
     )]
     pub principal_replication_window: crate::api::Duration,
 
-    /// How many objects of each kind are reconciled at once.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_name = "N")]
+    /// How many objects of each kind are reconciled at once in each watched namespace (with
+    /// WATCH_NAMESPACES=a,b that is twice this number per kind).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Run only while holding a Lease, so that of several replicas exactly one reconciles (the others wait

@@ -1,12 +1,17 @@
 //! Leader election: of several replicas, only the one holding the Lease reconciles; the others wait to take
 //! over. kube-lease-manager holds and renews the Lease (with server-side apply, so two replicas can never both
-//! hold it) and releases it when this replica stops.
+//! hold it) and releases it when this replica stops. Since its renewal loop only logs a failure and retries,
+//! a watchdog here confirms the Lease from the API server: a leader that cannot confirm it within the renew
+//! deadline (the Lease duration less the grace) stops, before a standby may take the Lease over.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kube::Client;
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch::Receiver;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::RunArgs;
 
@@ -14,30 +19,63 @@ use crate::cli::RunArgs;
 pub struct Leadership {
     state: Receiver<bool>,
     task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    grace: Duration,
 }
 
 impl Leadership {
-    /// Gives the Lease up, so that a standby takes over at once instead of waiting for it to expire.
-    pub async fn release(self) {
-        // Closing the channel makes the manager's task release the Lease and end.
-        drop(self.state);
-        match tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await {
-            Ok(Ok(Ok(_))) => info!("released the leader-election Lease"),
-            _ => {
-                tracing::warn!("could not release the leader-election Lease; it expires on its own")
+    /// Resolves when leadership is lost or cannot be confirmed: the manager says so, the Lease names another
+    /// holder or has run out, or the API server could not confirm it within the renew deadline.
+    pub async fn lost(&mut self) {
+        let mut confirmed = Instant::now();
+        loop {
+            tokio::select! {
+                changed = self.state.changed() => {
+                    if changed.is_err() || !*self.state.borrow_and_update() {
+                        warn!("the Lease manager gave up the Lease");
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(self.grace) => {}
+            }
+            match self.leases.get(&self.name).await {
+                Ok(lease) => {
+                    let spec = lease.spec.unwrap_or_default();
+                    let holder = spec.holder_identity.unwrap_or_default();
+                    let until = spec.renew_time.map(|t| {
+                        t.0 + k8s_openapi::jiff::SignedDuration::try_from(self.duration)
+                            .unwrap_or_default()
+                    });
+                    if holder != self.identity {
+                        warn!(holder = %holder, "another replica holds the Lease");
+                        return;
+                    }
+                    if until.is_some_and(|u| u < Timestamp::now()) {
+                        warn!("the Lease ran out without being renewed");
+                        return;
+                    }
+                    confirmed = Instant::now();
+                }
+                Err(e) if confirmed.elapsed() + self.grace >= self.duration => {
+                    warn!(error = %e, "could not confirm the Lease within the renew deadline");
+                    return;
+                }
+                Err(e) => warn!(error = %e, "could not read the Lease; retrying"),
             }
         }
     }
 
-    /// Resolves when leadership is lost (the Lease was taken over, e.g. after this replica stalled).
-    pub async fn lost(&mut self) {
-        loop {
-            if !*self.state.borrow_and_update() {
-                return;
-            }
-            if self.state.changed().await.is_err() {
-                return;
-            }
+    /// Gives the Lease up. A standby notices at its next check (within the Lease duration) instead of
+    /// waiting for the Lease to run out first.
+    pub async fn release(self) {
+        // Closing the channel makes the manager's task release the Lease and end.
+        drop(self.state);
+        match tokio::time::timeout(Duration::from_secs(2), self.task).await {
+            Ok(Ok(Ok(_))) => info!("released the leader-election Lease"),
+            _ => warn!("could not release the leader-election Lease; it runs out on its own"),
         }
     }
 }
@@ -56,13 +94,14 @@ pub async fn acquire(client: Client, args: &RunArgs) -> anyhow::Result<Leadershi
         .leader_election_lease_duration
         .as_std()
         .as_secs()
-        .max(2);
-    let manager = LeaseManagerBuilder::new(client, &args.leader_election_lease)
+        .max(3);
+    // Renewed this long before it would run out: a third of the duration leaves room for a slow API server.
+    let grace = (duration / 3).max(1);
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
         .with_namespace(&args.leader_election_namespace)
         .with_identity(&identity)
         .with_duration(duration)
-        // Renewed this long before it would expire: a third of the duration leaves room for a slow API server.
-        .with_grace((duration / 3).max(1))
+        .with_grace(grace)
         .build()
         .await
         .with_context(|| {
@@ -80,5 +119,13 @@ pub async fn acquire(client: Client, args: &RunArgs) -> anyhow::Result<Leadershi
             .context("the leader-election task stopped")?;
     }
     info!(identity = %identity, "leading");
-    Ok(Leadership { state, task })
+    Ok(Leadership {
+        state,
+        task,
+        leases: Api::namespaced(client, &args.leader_election_namespace),
+        name: args.leader_election_lease.clone(),
+        identity,
+        duration: Duration::from_secs(duration),
+        grace: Duration::from_secs(grace),
+    })
 }

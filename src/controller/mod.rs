@@ -327,7 +327,16 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         .context("AZURE_TENANT_ID (--azure-tenant-id) is required")?;
     let cloud = Cloud::from_args(&args.azure)?;
     let http = credential::http_client(&args.azure)?;
-    check_azure(&args.azure, &cloud, &http).await;
+    // Bounded: a slow or unreachable Entra must not hold up start-up (and the health endpoints behind it).
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        check_azure(&args.azure, &cloud, &http),
+    )
+    .await
+    .is_err()
+    {
+        warn!("azure credential not ready: no token within 10s");
+    }
     let metrics = Arc::new(Metrics::default());
     let credential = credential::build(&args.azure, &cloud, &http)?;
     let graph =

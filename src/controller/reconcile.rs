@@ -61,6 +61,10 @@ where
             Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => e.reason(),
             Err(_) => "FinalizerError",
         };
+        // Logged here, inside the span, so that the line carries the reconcile's trace id.
+        if let Err(error) = &result {
+            warn!(error = %error, reason = outcome, retry_in = ?retry_after(error), "reconcile failed");
+        }
         ctx.metrics
             .reconciled(kind, outcome, started.elapsed().as_secs_f64());
         result
@@ -69,18 +73,20 @@ where
     .await
 }
 
-/// The controllers' error policy: retry after what the failure asks for.
-pub fn error_policy<K, E>(object: Arc<K>, error: &FinalizerError<E>, _ctx: Arc<Context>) -> Action
+/// The controllers' error policy: retry after what the failure asks for (`run` has logged it).
+pub fn error_policy<K, E>(_object: Arc<K>, error: &FinalizerError<E>, _ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
     E: Failure,
 {
-    let delay = match error {
+    Action::requeue(retry_after(error))
+}
+
+fn retry_after<E: Failure>(error: &FinalizerError<E>) -> Duration {
+    match error {
         FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry_after(),
         _ => Duration::from_secs(5),
-    };
-    warn!(object = %format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any()), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    }
 }
 
 /// The condition reason an Azure failure shows as, the same for every kind.

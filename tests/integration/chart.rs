@@ -78,6 +78,11 @@ fn the_values_schema_refuses_what_the_operator_would() {
         ("azure.tenantId=not-a-guid", "/azure/tenantId"),
         ("resyncInterval=1 hour", "/resyncInterval"),
         ("unknownKey=1", "unknownKey"),
+        // Two replicas would both reconcile.
+        (
+            "leaderElection.enabled=false",
+            "needs leaderElection.enabled",
+        ),
     ] {
         let err = template("x", "default", &["--set", set]).expect_err(set);
         assert!(err.contains(why), "{set}: {err}");

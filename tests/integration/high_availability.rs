@@ -91,6 +91,14 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicates() {
     second.wait_for("leading", Duration::from_secs(20));
     let took = killed.elapsed();
     assert!(
+        !second
+            .seen()
+            .iter()
+            .any(|l| l.contains("created application") || l.contains("reconcile failed")),
+        "the standby reconciled nothing before it led:\n{}",
+        second.seen().join("\n")
+    );
+    assert!(
         took <= Duration::from_secs(6 + 3),
         "took over after {took:?}, beyond the 6 s Lease (and a renewal's slack)"
     );

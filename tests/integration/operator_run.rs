@@ -80,6 +80,11 @@ impl Operator {
         );
     }
 
+    /// The log lines read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Takes every log line written so far, so that the next `wait_for` sees only what comes after.
     pub fn drain(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
