@@ -22,7 +22,10 @@ use serde_json::{Value, json};
 use entra_operator::api::{CredentialRotation, DelegationPolicy, ServicePrincipal};
 
 use crate::{
-    harness::{Setup, emulator_http, eventually, knobs, seed, state, teardown, text, token_status},
+    harness::{
+        Setup, emulator_http, eventually, knobs, ready_of as ready, seed, state, teardown, text,
+        token_status, wait_condition as wait_reason,
+    },
     operator_run::{Azure, Operator},
 };
 
@@ -35,33 +38,6 @@ fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap()
-}
-
-fn ready(crot: &CredentialRotation) -> Option<(String, String, String)> {
-    let c = crot
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_reason(
-    crots: &Api<CredentialRotation>,
-    name: &str,
-    status: &str,
-    reason: &str,
-    secs: u64,
-) -> CredentialRotation {
-    eventually(secs, &format!("{name} Ready={status} {reason}"), || async {
-        let c = crots.get(name).await.map_err(|e| e.to_string())?;
-        match ready(&c) {
-            Some((s, r, _)) if s == status && r == reason => Ok(c),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
 }
 
 /// The key ids of the operator's passwords (displayName `entra-operator:...`) on the application `app_id`.

@@ -266,3 +266,32 @@ async fn as_operator(
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// The Ready condition (status, reason, message) of any of the operator's kinds.
+pub fn ready_of<K: serde::Serialize>(object: &K) -> Option<(String, String, String)> {
+    let value = serde_json::to_value(object).ok()?;
+    let c = value["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Waits until the object's Ready condition has `status` and `reason`; returns the object.
+pub async fn wait_condition<K>(api: &Api<K>, name: &str, status: &str, reason: &str, secs: u64) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    eventually(secs, &format!("{name} Ready={status} {reason}"), || async {
+        let object = api.get(name).await.map_err(|e| e.to_string())?;
+        match ready_of(&object) {
+            Some((s, r, _)) if s == status && r == reason => Ok(object),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}

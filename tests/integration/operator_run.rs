@@ -105,7 +105,7 @@ impl Operator {
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
                     self.seen.push(line);
                 }
-                return (status, self.seen);
+                return (status, std::mem::take(&mut self.seen));
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -119,6 +119,14 @@ impl Operator {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// A test that fails (panics) before it stops its operator must not leave the process running.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

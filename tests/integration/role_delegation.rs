@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use entra_operator::api::{DelegationPolicy, RoleDelegation, ServicePrincipal};
 
 use crate::{
-    harness::{Setup, arm_as_operator, emulator_http, eventually, knobs, seed, state, teardown},
+    harness::{
+        Setup, arm_as_operator, emulator_http, eventually, knobs, ready_of as ready, seed, state,
+        teardown, wait_condition as wait_for,
+    },
     operator_run::{Azure, Operator},
     support::MANIFEST_DIR,
 };
@@ -28,35 +31,6 @@ const VM_CONTRIBUTOR: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
 const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 /// The seeded service principal of an existing AKS cluster: a principal Azure already knows.
 const LEGACY_SP: &str = "5a5a5a5a-0000-4000-8000-00000000b5b5";
-
-/// The Ready condition's (status, reason, message).
-fn ready(rd: &RoleDelegation) -> Option<(String, String, String)> {
-    let c = rd
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-/// Waits until the delegation's Ready condition has `status` and `reason`.
-async fn wait_for(
-    rds: &Api<RoleDelegation>,
-    name: &str,
-    status: &str,
-    reason: &str,
-    secs: u64,
-) -> RoleDelegation {
-    eventually(secs, &format!("{name} Ready={status} {reason}"), || async {
-        let rd = rds.get(name).await.map_err(|e| e.to_string())?;
-        match ready(&rd) {
-            Some((s, r, _)) if s == status && r == reason => Ok(rd),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-}
 
 /// The emulator's role assignments.
 async fn assignments(azure: &Azure) -> Vec<Value> {
