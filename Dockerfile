@@ -12,15 +12,17 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY emulator/Cargo.toml emulator/Cargo.toml
 COPY bench/emulator-load/Cargo.toml bench/emulator-load/Cargo.toml
-RUN mkdir -p src emulator/src bench/emulator-load/src \
+COPY bench/operator-scale/Cargo.toml bench/operator-scale/Cargo.toml
+RUN mkdir -p src emulator/src bench/emulator-load/src bench/operator-scale/src \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > emulator/src/main.rs && touch emulator/src/lib.rs \
     && echo 'fn main() {}' > bench/emulator-load/src/main.rs \
+    && echo 'fn main() {}' > bench/operator-scale/src/main.rs \
     && cargo build --release --locked --package entra-operator --bin entra-operator \
-    && rm -rf src emulator/src bench/emulator-load/src
+    && rm -rf src emulator/src bench/emulator-load/src bench/operator-scale/src
 COPY src src
 COPY emulator emulator
-COPY bench/emulator-load bench/emulator-load
+COPY bench bench
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --package entra-operator --bin entra-operator \
     && cp target/release/entra-operator /entra-operator

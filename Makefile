@@ -104,6 +104,11 @@ test: build testenv-up chart ## Run every test: unit, emulator, CRD admission, c
 	cd testenv && $(GO) test -count=1 ./...
 	AZURE_EMULATOR_BIN=$(CURDIR)/target/debug/azure-emulator emulator/contract/run.sh
 
+.PHONY: bench-scale
+bench-scale: testenv-up ## Scale benchmark: N ServicePrincipals + RoleDelegations at once (SIZES=100,1000), report in bench/results/
+	$(CARGO) build --release -p entra-operator -p operator-scale
+	target/release/operator-scale --sizes $(or $(SIZES),100,1000)
+
 .PHONY: emulator
 emulator: ## Run the Azure emulator in the foreground (state in target/emulator)
 	$(CARGO) run --bin azure-emulator -- --state-dir $(CURDIR)/target/emulator
