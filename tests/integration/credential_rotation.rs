@@ -100,13 +100,6 @@ async fn allow_application(admin: &kube::Client, ns: &str) -> String {
     name
 }
 
-fn stop(operator: Operator) -> Vec<String> {
-    operator.signal(Signal::SIGTERM);
-    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{}", lines.join("\n"));
-    lines
-}
-
 // Four workers: the test blocks one reading the operator's log while the probe and the emulator run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
@@ -303,7 +296,7 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
         }
     })
     .await;
-    let lines = stop(operator);
+    let lines = operator.stop();
     assert!(
         lines.iter().all(|l| !l.contains("AZURE_CLIENT_SECRET")),
         "no Secret data in the log"
@@ -489,7 +482,7 @@ async fn an_aks_cluster_gets_each_secret_and_a_failing_reset_keeps_the_old_one()
     )));
 
     crots.delete("aks", &DeleteParams::default()).await.unwrap();
-    stop(operator);
+    operator.stop();
     Api::<DelegationPolicy>::all(admin.clone())
         .delete(&policy, &DeleteParams::default())
         .await
@@ -611,7 +604,7 @@ async fn workloads_restart_once_per_rotation() {
         );
     }
     crots.delete("web", &DeleteParams::default()).await.unwrap();
-    stop(operator);
+    operator.stop();
     sps.delete("web", &DeleteParams::default()).await.unwrap();
     teardown(rbac, azure, ns).await;
 }
@@ -709,7 +702,7 @@ async fn bad_targets_are_reported_on_their_field() {
         .delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .unwrap();
-    stop(operator);
+    operator.stop();
     Api::<DelegationPolicy>::all(admin.clone())
         .delete(&policy, &DeleteParams::default())
         .await

@@ -96,6 +96,14 @@ impl Operator {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
+    /// Stops it as Kubernetes does (SIGTERM), checks that it exited cleanly, and returns its log.
+    pub fn stop(self) -> Vec<String> {
+        self.signal(Signal::SIGTERM);
+        let (status, lines) = self.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "{}", lines.join("\n"));
+        lines
+    }
+
     /// Waits for the process to exit and returns its status and the rest of its output.
     pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, Vec<String>) {
         let deadline = std::time::Instant::now() + timeout;

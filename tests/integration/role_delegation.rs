@@ -165,12 +165,6 @@ async fn calls(azure: &Azure) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn stop(operator: Operator) {
-    operator.signal(nix::sys::signal::Signal::SIGTERM);
-    let (status, lines) = operator.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{}", lines.join("\n"));
-}
-
 async fn all_gone(rds: &Api<RoleDelegation>, secs: u64) {
     eventually(secs, "all RoleDelegations deleted", || async {
         let left = rds
@@ -316,7 +310,7 @@ async fn the_seeds_delegations_are_granted_replaced_and_removed() {
         assert_eq!(granted(&azure, &sp, scope).await, vec![], "{scope}");
     }
 
-    stop(operator);
+    operator.stop();
     delete_policies(&admin, &ns.name).await;
     teardown(rbac, azure, ns).await;
 }
@@ -498,7 +492,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         .unwrap();
     all_gone(&rds, 30).await;
     assert_eq!(granted(&azure, LEGACY_SP, &rg).await, vec![]);
-    stop(operator);
+    operator.stop();
     delete_policies(&admin, &ns.name).await;
     teardown(rbac, azure, ns).await;
 }
@@ -635,7 +629,7 @@ async fn replication_delay_is_waited_out_then_reported_stalled() {
     sps.delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .unwrap();
-    stop(operator);
+    operator.stop();
     delete_policies(&admin, &ns.name).await;
     teardown(rbac, azure, ns).await;
 }
