@@ -1,16 +1,35 @@
 //! The request pipeline Graph and ARM share: a token for the service's scope from the operator's credential,
 //! the request, a count in the metrics, and failures turned into `AzureError`s. Both services answer errors
-//! as `{"error":{"code","message"}}`; only the request-id header differs.
+//! as `{"error":{"code","message"}}`; only the request-id header differs. Every request goes through its
+//! budget's `Throttle`, and a 429 is waited out here (up to `MAX_THROTTLE_WAIT`), not by the reconcile.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use azure_core::credentials::TokenCredential;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::error::{AzureError, retry_after};
+use super::{
+    error::{AzureError, retry_after},
+    throttle::{Signal, Throttle},
+};
 use crate::telemetry::metrics::Metrics;
+
+/// How long one request may wait out 429s before its caller sees the throttle (and requeues).
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
+/// Graph's `x-ms-throttle-limit-percentage` at which to hold back: the header starts at 0.8, far before the
+/// limit, and throttling at 0.8 would give away a fifth of the budget.
+const GRAPH_NEAR_LIMIT: f64 = 0.99;
+
+/// The budgets Azure counts separately: Graph counts writes against their own limit, ARM reads, writes and
+/// deletes each against a bucket.
+#[derive(Debug, Default)]
+struct Budgets {
+    reads: Throttle,
+    writes: Throttle,
+    deletes: Throttle,
+}
 
 #[derive(Clone)]
 pub struct Service {
@@ -22,6 +41,7 @@ pub struct Service {
     name: &'static str,
     request_id_header: &'static str,
     metrics: Option<Arc<Metrics>>,
+    budgets: Arc<Budgets>,
 }
 
 impl Service {
@@ -41,6 +61,7 @@ impl Service {
             name,
             request_id_header,
             metrics: None,
+            budgets: Arc::default(),
         }
     }
 
@@ -73,6 +94,41 @@ impl Service {
             .map(|(status, _, body)| (status, body))
     }
 
+    fn budget(&self, method: &Method) -> &Throttle {
+        match *method {
+            Method::GET | Method::HEAD => &self.budgets.reads,
+            Method::DELETE if self.name == "arm" => &self.budgets.deletes,
+            _ => &self.budgets.writes,
+        }
+    }
+
+    /// What a response says about its budget: Retry-After on a 429; ARM's remaining count, or Graph's
+    /// percentage of the limit used, when the next requests could spend the rest.
+    fn signal(
+        &self,
+        budget: &Throttle,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Signal {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Signal::Throttled(retry_after(headers).unwrap_or(Duration::from_secs(1)));
+        }
+        let number = |v: &reqwest::header::HeaderValue| v.to_str().ok()?.trim().parse::<f64>().ok();
+        let near = headers.iter().any(|(name, value)| {
+            let name = name.as_str();
+            if name.starts_with("x-ms-ratelimit-remaining-subscription-")
+                || name.starts_with("x-ms-ratelimit-remaining-tenant-")
+            {
+                number(value).is_some_and(|left| budget.near(left.max(0.0) as u64))
+            } else if name == "x-ms-throttle-limit-percentage" {
+                number(value).is_some_and(|used| used >= GRAPH_NEAR_LIMIT)
+            } else {
+                false
+            }
+        });
+        if near { Signal::NearLimit } else { Signal::Ok }
+    }
+
     /// As `send`, with the response's headers (a long-running operation's Location, for one).
     pub async fn send_full(
         &self,
@@ -82,32 +138,45 @@ impl Service {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Option<Value>), AzureError> {
-        let token = self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map_err(|e| AzureError::Credential(e.to_string()))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.endpoint))
-            .bearer_auth(token.token.secret());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|source| {
-            self.count(operation, 0);
-            AzureError::Transport { operation, source }
-        })?;
-        let status = resp.status();
-        self.count(operation, status.as_u16());
-        let response_headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| AzureError::Transport { operation, source })?;
+        let budget = self.budget(&method);
+        let mut waited = Duration::ZERO;
+        let (status, response_headers, bytes) = loop {
+            let permit = budget.acquire().await;
+            let token = self
+                .credential
+                .get_token(&[self.scope.as_str()], None)
+                .await
+                .map_err(|e| AzureError::Credential(e.to_string()))?;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.endpoint))
+                .bearer_auth(token.token.secret());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|source| {
+                self.count(operation, 0);
+                AzureError::Transport { operation, source }
+            })?;
+            let status = resp.status();
+            self.count(operation, status.as_u16());
+            let response_headers = resp.headers().clone();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|source| AzureError::Transport { operation, source })?;
+            drop(permit);
+            let signal = self.signal(budget, status, &response_headers);
+            budget.learn(signal);
+            match signal {
+                // Not processed, so safe to send again, writes included; the budget's pause is the wait.
+                Signal::Throttled(after) if waited + after <= MAX_THROTTLE_WAIT => waited += after,
+                _ => break (status, response_headers, bytes),
+            }
+        };
         if status.is_success() {
             let value = if bytes.is_empty() {
                 None

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod http;
 pub mod role_cache;
 pub mod scope;
+pub mod throttle;
 #[cfg(test)]
 pub mod testing;
 

@@ -751,7 +751,7 @@ async fn bad_input_and_failures_get_their_own_reasons() {
     )
     .await
     .unwrap();
-    wait_for(&rds, "throttled", "False", "Throttled", 30).await;
+    wait_for(&rds, "throttled", "False", "Throttled", 60).await;
     knobs(
         &azure,
         json!({"faults": [{"method": "PUT", "pathContains": "roleAssignments", "rate": 1.0, "status": 503}]}),

@@ -581,7 +581,7 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
     sps.create(&PostParams::default(), &sp_object("throttled", json!({})))
         .await
         .unwrap();
-    wait_reason(&sps, "throttled", ("False", "Throttled"), 30).await;
+    wait_reason(&sps, "throttled", ("False", "Throttled"), 60).await;
     knobs(&azure, json!({"throttling": {"enabled": false}})).await;
     for name in names
         .iter()
