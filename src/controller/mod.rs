@@ -10,6 +10,7 @@ pub mod role_delegation;
 pub mod secret_format;
 pub mod secrets;
 pub mod service_principal;
+pub mod watches;
 
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
+    core::PartialObjectMeta,
     api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
@@ -116,15 +118,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controllers = scopes.into_iter().flat_map(|ns| {
         let (sps, secrets, rds) = (
             namespaced::<api::ServicePrincipal>(&ctx.client, ns),
-            namespaced::<Secret>(&ctx.client, ns),
+            namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),
             namespaced::<api::RoleDelegation>(&ctx.client, ns),
         );
-        let service_principals = Controller::new(sps.clone(), watcher::Config::default())
+        let (sp_store, sp_changes) = watches::primary(sps.clone(), watcher::Config::default());
+        let service_principals = Controller::for_stream(sp_changes, sp_store)
             .with_config(config.clone())
-            .owns(
+            .owns_stream(watches::owned_secrets(
                 secrets,
-                watcher::Config::default().labels(service_principal::OWNER_LABEL),
-            )
+                service_principal::OWNER_LABEL,
+            ))
             .run(
                 service_principal::reconcile,
                 reconcile::error_policy,
@@ -132,22 +135,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .map(|_| ())
             .boxed();
-        let delegations =
-            Controller::new(rds, watcher::Config::default()).with_config(config.clone());
-        let (store, in_namespace) = (delegations.store(), delegations.store());
+        let (rd_store, rd_changes) = watches::primary(rds, watcher::Config::default());
+        let (store, in_namespace) = (rd_store.clone(), rd_store.clone());
+        let delegations = Controller::for_stream(rd_changes, rd_store).with_config(config.clone());
         let namespaces = match ns {
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
             None => watcher::Config::default(),
         };
         let delegations = delegations
             // A delegation waiting for its ServicePrincipal goes on as soon as that one changes (becomes Ready).
-            .watches(sps, watcher::Config::default(), move |sp| {
-                waiting_on(&store, &sp)
-            })
+            .watches_stream(
+                watches::changes_of(sps, watcher::Config::default(), principal_state),
+                move |sp| waiting_on(&store, &sp),
+            )
             // Policies select namespaces by label: a relabelled namespace is re-evaluated at once.
-            .watches(
-                Api::<Namespace>::all(ctx.client.clone()),
-                namespaces,
+            .watches_stream(
+                watches::changes_of(
+                    Api::<Namespace>::all(ctx.client.clone()),
+                    namespaces,
+                    |n| watches::hashed(&n.metadata.labels),
+                ),
                 move |namespace| {
                     in_namespace
                         .state()
@@ -166,22 +173,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .map(|_| ())
             .boxed();
-        let rotations = Controller::new(
+        let (rotation_store, rotation_changes) = watches::primary(
             namespaced::<api::CredentialRotation>(&ctx.client, ns),
             watcher::Config::default(),
-        )
-        .with_config(config.clone());
-        let rotation_store = rotations.store();
-        let rotations = rotations
+        );
+        let rotations = Controller::for_stream(rotation_changes, rotation_store.clone())
+            .with_config(config.clone())
             // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
-            .owns(
-                namespaced::<Secret>(&ctx.client, ns),
-                watcher::Config::default().labels(credential_rotation::OWNER_LABEL),
-            )
+            .owns_stream(watches::owned_secrets(
+                namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),
+                credential_rotation::OWNER_LABEL,
+            ))
             // A rotation waiting for its ServicePrincipal, or whose Secret it re-issued, goes on at once.
-            .watches(
-                namespaced::<api::ServicePrincipal>(&ctx.client, ns),
-                watcher::Config::default(),
+            .watches_stream(
+                watches::changes_of(
+                    namespaced::<api::ServicePrincipal>(&ctx.client, ns),
+                    watcher::Config::default(),
+                    principal_state,
+                ),
                 move |sp| {
                     rotation_store
                         .state()
@@ -242,6 +251,22 @@ where
 }
 
 /// The delegations that name `sp` as their principal.
+/// What other controllers read from a ServicePrincipal: its identity in Azure, its delivered key, whether it
+/// is Ready, and its spec and annotations.
+fn principal_state(sp: &api::ServicePrincipal) -> Option<u64> {
+    let status = sp.status.as_ref();
+    watches::hashed((
+        sp.metadata.uid.as_deref(),
+        sp.metadata.generation,
+        &sp.metadata.annotations,
+        sp.metadata.deletion_timestamp.is_some(),
+        status.and_then(|s| s.app_id.as_deref()),
+        status.and_then(|s| s.service_principal_id.as_deref()),
+        status.and_then(|s| s.credential.as_ref()).map(|c| &c.key_id),
+        status.is_some_and(|s| api::conditions::is_true(&s.conditions, api::conditions::READY)),
+    ))
+}
+
 fn waiting_on(
     store: &Store<api::RoleDelegation>,
     sp: &api::ServicePrincipal,
