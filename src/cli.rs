@@ -44,6 +44,17 @@ pub struct RunArgs {
     )]
     pub resync_interval: crate::api::Duration,
 
+    /// How often Azure is asked what changed, for all objects at once: a Graph delta query over
+    /// applications and service principals, and one role assignment listing per subscription in use. A
+    /// change found brings its object back at once; an object without one skips its Azure reads at resync.
+    #[arg(
+        long,
+        env = "DRIFT_INTERVAL",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub drift_interval: crate::api::Duration,
+
     /// How long a role assignment keeps being retried while Azure says its principal does not exist yet
     /// (replication of a new service principal; Azure warns it "can take up to 60 minutes"). After it, the
     /// RoleDelegation is reported Stalled, and retried rarely.

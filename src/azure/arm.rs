@@ -281,6 +281,39 @@ impl ArmClient {
         parse(OP, body.map(|b| b["value"].clone()))
     }
 
+    /// Every role assignment at, above or below `scope` (a subscription, for drift detection), following
+    /// nextLink through all pages.
+    pub async fn role_assignments_in(
+        &self,
+        scope: &str,
+    ) -> Result<Vec<RoleAssignment>, AzureError> {
+        const OP: &str = "arm list roleAssignments";
+        let mut path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments?api-version={API_VERSION}",
+            under(scope)
+        );
+        let mut all = vec![];
+        loop {
+            let (_, body) = self.service.send(OP, Method::GET, &path, None, &[]).await?;
+            let body = body.unwrap_or_default();
+            let page: Vec<RoleAssignment> = parse(OP, Some(body["value"].clone()))?;
+            all.extend(page);
+            match body["nextLink"].as_str() {
+                Some(next) => {
+                    path = self
+                        .service
+                        .path_of(next)
+                        .ok_or_else(|| AzureError::Unexpected {
+                            operation: OP,
+                            detail: "nextLink points to another host".into(),
+                        })?
+                        .to_string()
+                }
+                None => return Ok(all),
+            }
+        }
+    }
+
     pub async fn role_assignment(
         &self,
         scope: &str,

@@ -21,6 +21,21 @@ pub struct GraphClient {
     service: Service,
 }
 
+/// A page of a delta query: the ids of objects changed or removed, and where to read next.
+#[derive(Debug)]
+pub struct DeltaPage {
+    pub ids: Vec<String>,
+    pub next: DeltaNext,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum DeltaNext {
+    /// More of this round.
+    Page(String),
+    /// The round is done; this link starts the next one (changes after now).
+    Round(String),
+}
+
 /// An application as the operator reads it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -204,6 +219,44 @@ impl GraphClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// One page of a delta query over `set` ("applications" or "servicePrincipals"): the first page of a
+    /// first round when `link` is None, else the page a nextLink or deltaLink names. Only ids are selected:
+    /// the operator needs to know what changed, not how.
+    pub async fn delta(&self, set: &str, link: Option<&str>) -> Result<DeltaPage, AzureError> {
+        const OP: &str = "graph delta";
+        let path = match link {
+            Some(link) => self
+                .service
+                .path_of(link)
+                .ok_or_else(|| AzureError::Unexpected {
+                    operation: OP,
+                    detail: "delta link points to another host".into(),
+                })?
+                .to_string(),
+            None => format!("/{set}/delta?$select=id"),
+        };
+        let (_, body) = self.send(OP, Method::GET, &path, None, false).await?;
+        let body = body.unwrap_or_default();
+        let ids = body["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["id"].as_str().map(str::to_ascii_lowercase))
+            .collect();
+        let link = |key: &str| body[key].as_str().map(str::to_string);
+        let next = match (link("@odata.nextLink"), link("@odata.deltaLink")) {
+            (Some(next), _) => DeltaNext::Page(next),
+            (None, Some(delta)) => DeltaNext::Round(delta),
+            (None, None) => {
+                return Err(AzureError::Unexpected {
+                    operation: OP,
+                    detail: "a delta page with neither nextLink nor deltaLink".into(),
+                });
+            }
+        };
+        Ok(DeltaPage { ids, next })
     }
 
     /// The application with this uniqueName, if it exists (and is visible to the operator).

@@ -9,8 +9,8 @@ pub mod graph;
 pub mod http;
 pub mod role_cache;
 pub mod scope;
-pub mod throttle;
 #[cfg(test)]
 pub mod testing;
+pub mod throttle;
 
 pub use cloud::Cloud;

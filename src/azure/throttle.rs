@@ -207,7 +207,10 @@ mod tests {
         assert!(s.limit > before / 2.0);
         // A later throttle halves again, down to one request in flight at least.
         for i in 1..20 {
-            s.learn(Signal::Throttled(Duration::from_secs(1)), now + DECREASE_WINDOW * i);
+            s.learn(
+                Signal::Throttled(Duration::from_secs(1)),
+                now + DECREASE_WINDOW * i,
+            );
         }
         assert_eq!(s.allowed(), 1);
         // A shorter Retry-After never shortens a pause already set.

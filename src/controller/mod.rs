@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
 pub mod credential_rotation;
+pub mod drift;
 pub mod leader;
 pub mod naming;
 pub mod policy;
@@ -19,9 +20,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
-    core::PartialObjectMeta,
     api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
+    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         events::{Event, EventType, Recorder, Reporter},
@@ -63,6 +64,7 @@ pub struct Context {
     /// How often a converged object is checked against Azure again.
     pub resync: std::time::Duration,
     pub metrics: Arc<Metrics>,
+    pub drift: Arc<drift::Drift>,
 }
 
 /// Runs the operator until it is told to stop.
@@ -110,6 +112,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect()
     };
     let ctx = Arc::new(ctx);
+    // Drift is looked for only by the replica that acts on it, and before its first reconciles.
+    let mut feeds = drift::feeds::Feeds::new(ctx.drift.clone(), ctx.graph.clone(), ctx.arm.clone());
+    if tokio::time::timeout(std::time::Duration::from_secs(30), feeds.prime())
+        .await
+        .is_err()
+    {
+        warn!("drift feed: the first delta round took over 30s; going on without it");
+    }
+    let feeds = tokio::spawn(feeds.run());
     let policy_changes = watch_policies(ctx.client.clone(), policy_writer);
     ctx.policies
         .wait_until_ready()
@@ -128,6 +139,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 secrets,
                 service_principal::OWNER_LABEL,
             ))
+            // Azure changed under it (found by the drift feeds).
+            .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
+                drift::Owner::ServicePrincipal(r) => Some(r),
+                drift::Owner::RoleDelegation(_) => None,
+            }))
             .run(
                 service_principal::reconcile,
                 reconcile::error_policy,
@@ -150,11 +166,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             // Policies select namespaces by label: a relabelled namespace is re-evaluated at once.
             .watches_stream(
-                watches::changes_of(
-                    Api::<Namespace>::all(ctx.client.clone()),
-                    namespaces,
-                    |n| watches::hashed(&n.metadata.labels),
-                ),
+                watches::changes_of(Api::<Namespace>::all(ctx.client.clone()), namespaces, |n| {
+                    watches::hashed(&n.metadata.labels)
+                }),
                 move |namespace| {
                     in_namespace
                         .state()
@@ -166,6 +180,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             // Any policy change re-evaluates every delegation.
             .reconcile_all_on(changes(policy_changes.clone()))
+            .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
+                drift::Owner::RoleDelegation(r) => Some(r),
+                drift::Owner::ServicePrincipal(_) => None,
+            }))
             .run(
                 role_delegation::reconcile,
                 reconcile::error_policy,
@@ -233,6 +251,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // standby.
         _ = lost => anyhow::bail!("lost the leader-election Lease to another replica"),
     }
+    feeds.abort();
     if let Some(held) = leadership {
         held.release().await;
     }
@@ -262,7 +281,9 @@ fn principal_state(sp: &api::ServicePrincipal) -> Option<u64> {
         sp.metadata.deletion_timestamp.is_some(),
         status.and_then(|s| s.app_id.as_deref()),
         status.and_then(|s| s.service_principal_id.as_deref()),
-        status.and_then(|s| s.credential.as_ref()).map(|c| &c.key_id),
+        status
+            .and_then(|s| s.credential.as_ref())
+            .map(|c| &c.key_id),
         status.is_some_and(|s| api::conditions::is_true(&s.conditions, api::conditions::READY)),
     ))
 }
@@ -316,6 +337,34 @@ fn watch_policies(
 }
 
 /// One item per change seen on `rx` (changes in quick succession coalesce).
+/// The objects of one kind (in one namespace, or all) whose Azure state the drift feeds saw change.
+fn drifted<K>(
+    drift: &drift::Drift,
+    ns: Option<&str>,
+    pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    let ns = ns.map(str::to_string);
+    futures::stream::unfold(drift.triggers(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(owner) => return Some((Some(owner), rx)),
+                // Missed triggers only cost reads: those objects are no longer verified.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter_map(move |owner| {
+        let found = owner
+            .and_then(pick)
+            .filter(|r| ns.is_none() || r.namespace == ns);
+        futures::future::ready(found)
+    })
+}
+
 fn changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send {
     futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
@@ -353,9 +402,10 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
     let cloud = Cloud::from_args(&args.azure)?;
     let http = credential::http_client(&args.azure)?;
     // Bounded: a slow or unreachable Entra must not hold up start-up (and the health endpoints behind it).
+    let credential = credential::build(&args.azure, &cloud, &http)?;
     if tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        check_azure(&args.azure, &cloud, &http),
+        check_azure(&args.azure, &cloud, credential.as_ref()),
     )
     .await
     .is_err()
@@ -363,7 +413,6 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         warn!("azure credential not ready: no token within 10s");
     }
     let metrics = Arc::new(Metrics::default());
-    let credential = credential::build(&args.azure, &cloud, &http)?;
     let graph =
         GraphClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
     let arm = ArmClient::new(http.clone(), credential, &cloud).with_metrics(metrics.clone());
@@ -391,6 +440,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             recorder,
             resync: args.resync_interval.as_std(),
             metrics,
+            drift: Arc::new(drift::Drift::new(args.drift_interval.as_std())),
         },
         policy_writer,
     ))
@@ -398,14 +448,16 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
 
 /// Obtains a Graph token once, so that a misconfigured identity shows in the log at start-up rather than on
 /// the first object. Not fatal: Entra may be briefly unreachable, and each object reports its own failures.
-async fn check_azure(args: &AzureArgs, cloud: &Cloud, http: &reqwest::Client) {
-    let result = match credential::build(args, cloud, http) {
-        Ok(credential) => credential
-            .get_token(&[cloud.graph_scope.as_str()], None)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e),
-    };
+/// The operator's own credential is used, so the token is cached for the first Graph request.
+async fn check_azure(
+    args: &AzureArgs,
+    cloud: &Cloud,
+    credential: &dyn azure_core::credentials::TokenCredential,
+) {
+    let result = credential
+        .get_token(&[cloud.graph_scope.as_str()], None)
+        .await
+        .map_err(anyhow::Error::from);
     match result {
         Ok(_) => {
             info!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, "azure credential ready")

@@ -12,14 +12,16 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time
 use kube::{
     Api, ResourceExt,
     api::DeleteParams,
-    runtime::{controller::Action, events::EventType, finalizer::Event as Finalized},
+    runtime::{
+        controller::Action, events::EventType, finalizer::Event as Finalized, reflector::ObjectRef,
+    },
 };
 use serde_json::json;
 
 use crate::controller::reconcile::{self, Failure as _};
 use tracing::info;
 
-use super::{Context, naming, publish, secret_format, secrets};
+use super::{Context, drift, naming, publish, secret_format, secrets};
 use crate::{
     api::{
         DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
@@ -177,7 +179,66 @@ fn owned_by(secret: &Secret, sp: &ServicePrincipal) -> bool {
     secrets::owned_by(secret, sp)
 }
 
+/// The status as it stands when there is nothing to do: the spec observed, Ready, Azure unchanged since a
+/// full reconcile confirmed it (the drift feeds vouch for the application and service principal), and the
+/// Secret still holding the delivered password as the spec renders it. None sends the reconcile through the
+/// full path, which reads Azure.
+async fn unchanged(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+) -> Result<Option<ServicePrincipalStatus>, Error> {
+    let Some(status) = &sp.status else {
+        return Ok(None);
+    };
+    let (Some(app_id), Some(object_id), Some(principal_id)) = (
+        status.app_id.as_deref(),
+        status.object_id.as_deref(),
+        status.service_principal_id.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    if status.observed_generation != sp.metadata.generation
+        || !conditions::is_true(&status.conditions, conditions::READY)
+        || !ctx
+            .drift
+            .fresh(drift::Source::Graph, &[object_id, principal_id])
+    {
+        return Ok(None);
+    }
+    match (&sp.spec.secret, &status.credential) {
+        (None, None) => {}
+        (Some(target), Some(credential)) if status.secret_name.as_ref() == Some(&target.name) => {
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+            let Some(secret) = secrets.get_opt(&target.name).await? else {
+                return Ok(None);
+            };
+            if !owned_by(&secret, sp)
+                || secret.annotations().get(KEY_ID_ANNOTATION) != Some(&credential.key_id)
+            {
+                return Ok(None);
+            }
+            match held(&secret, target, credential.hint.as_deref()) {
+                Some(Held { text: None, .. }) => {}
+                Some(Held {
+                    text: Some(text),
+                    format,
+                    data,
+                }) if format == target.format
+                    && renders_as(sp, ctx, app_id, target, &text, &data)? => {}
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(status.clone()))
+}
+
 async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincipalStatus, Error> {
+    if let Some(status) = unchanged(sp, ctx).await? {
+        return Ok(status);
+    }
+    let started = tokio::time::Instant::now();
     let ns = sp.namespace().unwrap_or_default();
     let name = sp.name_any();
     let uid = sp.uid().unwrap_or_default();
@@ -245,6 +306,11 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
         Progress::Ready(&message),
         sp.metadata.generation,
         now(),
+    );
+    ctx.drift.verified(
+        &[&app.id, &principal.id],
+        started,
+        drift::Owner::ServicePrincipal(ObjectRef::from_obj(sp)),
     );
     Ok(status)
 }
@@ -420,52 +486,24 @@ async fn converge_password(
         return Err(Error::SecretConflict(format!("{ns}/{}", target.name)));
     }
     let ours = ours(app, &ns, &name);
-    let annotation = |s: &Secret, key: &str| s.annotations().get(key).cloned();
     let delivered = existing.as_ref().and_then(|s| {
-        let key_id = annotation(s, KEY_ID_ANNOTATION)?;
-        let password = ours.iter().find(|p| p.key_id == key_id)?;
-        let format: SecretFormat =
-            serde_json::from_value(json!(annotation(s, FORMAT_ANNOTATION)?)).ok()?;
-        let data: BTreeMap<String, Vec<u8>> = s
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        match secret_format::extract_secret(format, &data) {
-            // An edited Secret no longer holds the password it names: Entra's hint (its first characters) tells.
-            Some(text)
-                if password
-                    .hint
-                    .as_deref()
-                    .is_some_and(|hint| !text.starts_with(hint)) =>
-            {
-                None
-            }
-            Some(text) => Some(((*password).clone(), Some(text), format, data)),
-            // Templates may embed the secret anywhere, so its text cannot be read back: the Secret stands as
-            // long as it was rendered from the templates the spec still has.
-            None if format == SecretFormat::Template
-                && target.format == SecretFormat::Template
-                && annotation(s, TEMPLATES_ANNOTATION)
-                    == Some(secrets::templates_digest(target)) =>
-            {
-                Some(((*password).clone(), None, format, data))
-            }
-            None => None,
-        }
+        let key_id = s.annotations().get(KEY_ID_ANNOTATION)?;
+        let password = ours.iter().find(|p| &p.key_id == key_id)?;
+        held(s, target, password.hint.as_deref()).map(|h| ((*password).clone(), h))
     });
 
     let password = match delivered {
-        Some((password, None, _, _)) => password,
-        Some((password, Some(text), format, data)) => {
-            let rendered = render(sp, ctx, app, target, &text)?;
-            let current: BTreeMap<String, String> = data
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                .collect();
-            if format != target.format || rendered != current {
+        Some((password, Held { text: None, .. })) => password,
+        Some((
+            password,
+            Held {
+                text: Some(text),
+                format,
+                data,
+            },
+        )) => {
+            if format != target.format || !renders_as(sp, ctx, &app.app_id, target, &text, &data)? {
+                let rendered = render(sp, ctx, &app.app_id, target, &text)?;
                 write_secret(sp, ctx, target, &password.key_id, rendered).await?;
                 publish(
                     ctx,
@@ -511,7 +549,7 @@ async fn converge_password(
                 .add_password(&app.id, &naming::password_name(&ns, &name, serial), end)
                 .await?;
             // Written straight away: the text exists nowhere else, and Graph will never show it again.
-            let data = render(sp, ctx, app, target, new.secret_text.secret())?;
+            let data = render(sp, ctx, &app.app_id, target, new.secret_text.secret())?;
             write_secret(sp, ctx, target, &new.credential.key_id, data).await?;
             publish(
                 ctx,
@@ -547,15 +585,74 @@ async fn converge_password(
     Ok(password)
 }
 
+/// What a Secret holds of the password it names (by its key-id annotation), if it still holds it.
+struct Held {
+    /// The secret text; None for a template, whose text cannot be read back.
+    text: Option<String>,
+    format: SecretFormat,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+/// Whether `secret` still holds the password it names, whose hint (its first characters, from Entra) is
+/// `hint`: an edited Secret no longer does. A template Secret stands as long as it was rendered from the
+/// templates the spec still has.
+fn held(secret: &Secret, target: &crate::api::SecretTarget, hint: Option<&str>) -> Option<Held> {
+    let annotation = |key: &str| secret.annotations().get(key).cloned();
+    let format: SecretFormat =
+        serde_json::from_value(json!(annotation(FORMAT_ANNOTATION)?)).ok()?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    match secret_format::extract_secret(format, &data) {
+        Some(text) if hint.is_some_and(|hint| !text.starts_with(hint)) => None,
+        Some(text) => Some(Held {
+            text: Some(text),
+            format,
+            data,
+        }),
+        None if format == SecretFormat::Template
+            && target.format == SecretFormat::Template
+            && annotation(TEMPLATES_ANNOTATION) == Some(secrets::templates_digest(target)) =>
+        {
+            Some(Held {
+                text: None,
+                format,
+                data,
+            })
+        }
+        None => None,
+    }
+}
+
+/// Whether `data` is exactly what the spec renders for this secret text.
+fn renders_as(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    client_id: &str,
+    target: &crate::api::SecretTarget,
+    text: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+) -> Result<bool, Error> {
+    let current: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    Ok(render(sp, ctx, client_id, target, text)? == current)
+}
+
 fn render(
     sp: &ServicePrincipal,
     ctx: &Context,
-    app: &Application,
+    client_id: &str,
     target: &crate::api::SecretTarget,
     secret: &str,
 ) -> Result<BTreeMap<String, String>, Error> {
     let credential = secret_format::Credential {
-        client_id: &app.app_id,
+        client_id,
         client_secret: secret,
         tenant_id: &ctx.tenant_id,
         display_name: &sp.spec.display_name,
@@ -664,5 +761,14 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
         }
     }
     ctx.metrics.set_expiry("ServicePrincipal", &ns, &name, None);
+    if let Some(status) = &sp.status {
+        ctx.drift.forget(
+            &[&status.object_id, &status.service_principal_id]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+    }
     Ok(Action::await_change())
 }

@@ -47,7 +47,13 @@ pub fn primary<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
@@ -127,11 +133,17 @@ mod tests {
         let mut finalized = base.clone();
         finalized.metadata.finalizers = Some(vec!["entra-operator.io/cleanup".into()]);
         let mut deleted = base.clone();
-        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
         for changed in [spec, annotated, finalized, deleted] {
-            assert_ne!(acted_on(&base), acted_on(&changed), "{:?}", changed.metadata);
+            assert_ne!(
+                acted_on(&base),
+                acted_on(&changed),
+                "{:?}",
+                changed.metadata
+            );
         }
     }
 }

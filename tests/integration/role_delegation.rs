@@ -645,8 +645,9 @@ async fn bad_input_and_failures_get_their_own_reasons() {
         _dir,
     } = Setup::new("rd-failures").await;
     let mut env = azure.env.clone();
-    // Drift is looked for every few seconds here.
+    // Drift is looked for every second here (resyncs read nothing while the feed vouches).
     env.push(("RESYNC_INTERVAL".into(), "3s".into()));
+    env.push(("DRIFT_INTERVAL".into(), "1s".into()));
     let mut operator = Operator::start_with(&kubeconfig, &env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     // A subscription where the operator holds no role.
@@ -856,6 +857,163 @@ async fn bad_input_and_failures_get_their_own_reasons() {
             .is_some_and(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())),
         "{recreated}"
     );
+    delete_policies(&admin, &ns.name).await;
+    teardown(rbac, azure, ns).await;
+}
+
+/// The operations the emulator answered since the last reset whose name contains `part`, summed.
+async fn count_of(azure: &Azure, part: &str) -> u64 {
+    calls(azure)
+        .await
+        .iter()
+        .filter(|(op, _)| op.contains(part))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+async fn reset_calls(azure: &Azure) {
+    emulator_http(azure)
+        .delete(format!("{}/_emulator/calls", azure.emulator.base_url))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_read_nothing_while_the_drift_feeds_vouch_and_read_again_when_they_cannot() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("rd-steady").await;
+    let mut env = azure.env.clone();
+    // A resync every second: each would read Azure for every object, were it not for the feeds.
+    env.push(("RESYNC_INTERVAL".into(), "1s".into()));
+    env.push(("DRIFT_INTERVAL".into(), "1s".into()));
+    let mut operator = Operator::start_with(&kubeconfig, &env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let registry = format!(
+        "{SUB}/resourceGroups/rg-shared/providers/Microsoft.ContainerRegistry/registries/contosoacr"
+    );
+    put_policy(
+        &admin,
+        &ns.name,
+        "acr",
+        json!({"scopes": [registry], "roles": ["AcrPull"]}),
+    )
+    .await;
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let rds: Api<RoleDelegation> = Api::namespaced(admin.clone(), &ns.name);
+    const N: usize = 3;
+    for i in 0..N {
+        let sp: ServicePrincipal = serde_json::from_value(json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+            "metadata": {"name": format!("app-{i}")},
+            "spec": {"displayName": format!("app-{i}"), "secret": {"name": format!("app-{i}")}},
+        }))
+        .unwrap();
+        sps.create(&PostParams::default(), &sp).await.unwrap();
+        rds.create(
+            &PostParams::default(),
+            &rd(
+                &format!("pull-{i}"),
+                json!({"principalRef": {"name": format!("app-{i}")}, "role": {"name": "AcrPull"}, "scope": registry}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..N {
+        wait_for(&sps, &format!("app-{i}"), "True", "Ready", 60).await;
+        wait_for(&rds, &format!("pull-{i}"), "True", "Ready", 60).await;
+    }
+    // The feeds' next rounds see the operator's own writes once, and those objects are verified again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    reset_calls(&azure).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let per_object = [
+        "GET /applications(uniqueName=",
+        "GET /servicePrincipals(appId=",
+        "/federatedIdentityCredentials",
+        "GET {scope}/providers/Microsoft.Authorization/roleAssignments/{name}",
+    ];
+    for op in per_object {
+        assert_eq!(
+            count_of(&azure, op).await,
+            0,
+            "steady state reads nothing per object ({op}): {:?}",
+            calls(&azure).await
+        );
+    }
+    // What it does read: a delta page per set and a listing per subscription, about once a second.
+    let feed_reads = count_of(&azure, "/delta").await
+        + count_of(
+            &azure,
+            "GET {scope}/providers/Microsoft.Authorization/roleAssignments",
+        )
+        .await;
+    assert!(
+        (2..=24).contains(&feed_reads),
+        "{feed_reads}: {:?}",
+        calls(&azure).await
+    );
+
+    // Drift is still found at once: an assignment removed in Azure is back within seconds.
+    let id = rds
+        .get("pull-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .role_assignment_id
+        .unwrap();
+    let (status, _) = arm_as_operator(
+        &azure,
+        reqwest::Method::DELETE,
+        &format!("{id}?api-version=2022-04-01"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(15, "assignment recreated by the feed", || async {
+        let all = assignments(&azure).await;
+        if all.iter().any(|a| {
+            a["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&id))
+        }) {
+            Ok(())
+        } else {
+            Err("missing".to_string())
+        }
+    })
+    .await;
+
+    // When the feeds fail, nothing vouches any more: resyncs read Azure again (after two intervals and a
+    // margin), so drift is never missed for long.
+    knobs(
+        &azure,
+        json!({"faults": [
+            {"pathContains": "/delta", "rate": 1.0, "status": 503},
+            {"method": "GET", "pathContains": "/roleAssignments?", "rate": 1.0, "status": 503}
+        ]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(34)).await;
+    reset_calls(&azure).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        count_of(&azure, "GET /applications(uniqueName=").await >= N as u64,
+        "{:?}",
+        calls(&azure).await
+    );
+    knobs(&azure, json!({"faults": []})).await;
+
+    operator.stop();
     delete_policies(&admin, &ns.name).await;
     teardown(rbac, azure, ns).await;
 }

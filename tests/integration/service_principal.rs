@@ -284,7 +284,9 @@ async fn drift_in_azure_and_in_the_secret_is_repaired() {
         rbac,
         _dir,
     } = Setup::new("sp-drift").await;
+    // Resyncs read nothing while the drift feed vouches for an object: the repairs below are the feed's.
     azure.env.push(("RESYNC_INTERVAL".into(), "1s".into()));
+    azure.env.push(("DRIFT_INTERVAL".into(), "1s".into()));
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
 

@@ -15,14 +15,16 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::ListParams,
-    runtime::{controller::Action, events::EventType, finalizer::Event as Finalized},
+    runtime::{
+        controller::Action, events::EventType, finalizer::Event as Finalized, reflector::ObjectRef,
+    },
 };
 
 use crate::controller::reconcile::{self, Failure as _};
 use tracing::{info, warn};
 
 use super::{
-    Context, naming,
+    Context, drift, naming,
     policy::{self, Decision, RoleAsked},
     publish,
 };
@@ -158,7 +160,17 @@ pub async fn reconcile(
     reconcile::run("RoleDelegation", rd, ctx, |event, ctx| async move {
         match event {
             Finalized::Apply(rd) => apply(&rd, &ctx).await,
-            Finalized::Cleanup(rd) => cleanup(&rd, &ctx).await,
+            Finalized::Cleanup(rd) => {
+                let done = cleanup(&rd, &ctx).await?;
+                if let Some(id) = rd
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.role_assignment_id.as_deref())
+                {
+                    ctx.drift.forget(&[id]);
+                }
+                Ok(done)
+            }
         }
     })
     .await
@@ -615,6 +627,22 @@ async fn assign(
     {
         return Ok(Assigned::PreExisting(found.id));
     }
+    let id = arm::assignment_id(scope.as_str(), name);
+    let owner = || drift::Owner::RoleDelegation(ObjectRef::from_obj(rd));
+    // The same assignment as when this spec was last Ready, and its subscription's listing has seen no
+    // change to it since: nothing to read.
+    if status.pre_existing != Some(true)
+        && status.observed_generation == rd.metadata.generation
+        && conditions::is_true(&status.conditions, conditions::READY)
+        && status
+            .role_assignment_id
+            .as_deref()
+            .is_some_and(|known| known.eq_ignore_ascii_case(&id))
+        && ctx.drift.fresh(drift::Source::Arm, &[&id])
+    {
+        return Ok(Assigned::Ours { created: false });
+    }
+    let started = tokio::time::Instant::now();
     let existing = ctx
         .arm
         .role_assignment(scope.as_str(), name)
@@ -624,6 +652,7 @@ async fn assign(
         .as_ref()
         .is_some_and(|a| plan::assignment_matches(a, role_guid, principal_id, wanted))
     {
+        ctx.drift.verified(&[&id], started, owner());
         return Ok(Assigned::Ours { created: false });
     }
     let grant = Grant {
@@ -638,9 +667,12 @@ async fn assign(
         .put_role_assignment(scope.as_str(), name, &grant)
         .await
     {
-        Ok(_) => Ok(Assigned::Ours {
-            created: existing.is_none(),
-        }),
+        Ok(_) => {
+            ctx.drift.verified(&[&id], started, owner());
+            Ok(Assigned::Ours {
+                created: existing.is_none(),
+            })
+        }
         Err(e) if e.code() == "RoleAssignmentExists" => {
             let found = ctx
                 .arm
@@ -698,6 +730,7 @@ async fn remove_assignment(ctx: &Context, id: &str) -> Result<(), Error> {
         return Ok(());
     };
     ctx.arm.delete_role_assignment(scope, name).await?;
+    ctx.drift.forget(&[id]);
     Ok(())
 }
 
