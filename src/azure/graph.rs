@@ -191,8 +191,20 @@ impl GraphClient {
         unique_name: &str,
         fields: &Value,
     ) -> Result<Upserted, AzureError> {
+        self.upsert_application_id(unique_name, fields)
+            .await
+            .map(|(upserted, _)| upserted)
+    }
+
+    /// As `upsert_application`, with the new application's object id when it was created (from the 201's
+    /// body): something to delete by even while reads do not show it yet.
+    pub async fn upsert_application_id(
+        &self,
+        unique_name: &str,
+        fields: &Value,
+    ) -> Result<(Upserted, Option<String>), AzureError> {
         let path = format!("/applications(uniqueName='{}')", odata_quote(unique_name));
-        let (status, _) = self
+        let (status, body) = self
             .send(
                 "graph upsert application",
                 Method::PATCH,
@@ -201,7 +213,8 @@ impl GraphClient {
                 true,
             )
             .await?;
-        Ok(Upserted::from(status))
+        let id = body.and_then(|b| b["id"].as_str().map(str::to_string));
+        Ok((Upserted::from(status), id))
     }
 
     /// PATCH /applications/{id}: updates an application the operator found rather than named (an adopted one).
@@ -379,7 +392,8 @@ impl GraphClient {
     }
 
     /// DELETE /applications/{id}: a soft delete into deleted items (the service principal goes with it).
-    pub async fn delete_application(&self, object_id: &str) -> Result<(), AzureError> {
+    /// Says whether it was there: a 404 is not an error, since it may be gone already.
+    pub async fn delete_application(&self, object_id: &str) -> Result<bool, AzureError> {
         match self
             .send(
                 "graph delete application",
@@ -390,7 +404,8 @@ impl GraphClient {
             )
             .await
         {
-            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(AzureError::Api { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -17,7 +17,7 @@ use super::{
 use crate::telemetry::metrics::Metrics;
 
 /// How long one request may wait out 429s before its caller sees the throttle (and requeues).
-const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(20);
+const MAX_THROTTLE_WAIT: Duration = super::throttle::MAX_PAUSE;
 /// Graph's `x-ms-throttle-limit-percentage` at which to hold back: the header starts at 0.8, far before the
 /// limit, and throttling at 0.8 would give away a fifth of the budget.
 const GRAPH_NEAR_LIMIT: f64 = 0.99;

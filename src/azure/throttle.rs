@@ -23,6 +23,10 @@ const MAX_IN_FLIGHT: f64 = 64.0;
 const START_IN_FLIGHT: f64 = 16.0;
 /// Several requests in flight see the same throttle: the limit is halved once per this window, not per 429.
 const DECREASE_WINDOW: Duration = Duration::from_secs(1);
+/// The longest pause: a longer Retry-After (minutes, when Azure's window is far off) would hold every request
+/// of the budget, deletes included, that long. After this one request finds out whether it still holds,
+/// and a reconcile that cannot wait shows `Throttled` and requeues for the whole Retry-After.
+pub const MAX_PAUSE: Duration = Duration::from_secs(20);
 /// How long to hold back when a response says the budget is nearly spent.
 const NEAR_LIMIT_PAUSE: Duration = Duration::from_millis(500);
 /// The limit grows again only after this long without a throttle: while Azure throttles, more requests in
@@ -64,7 +68,8 @@ impl State {
         }
     }
 
-    fn pause(&mut self, until: Instant) {
+    fn pause(&mut self, now: Instant, until: Instant) {
+        let until = until.min(now + MAX_PAUSE);
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
@@ -80,11 +85,11 @@ impl State {
                 }
             }
             // The budget refills while paused; fewer in flight would only slow the rate it allows.
-            Signal::NearLimit => self.pause(now + NEAR_LIMIT_PAUSE),
+            Signal::NearLimit => self.pause(now, now + NEAR_LIMIT_PAUSE),
             Signal::Throttled(after) => {
                 self.last_throttle = Some(now);
                 self.decrease(now);
-                self.pause(now + after);
+                self.pause(now, now + after);
             }
         }
     }
@@ -215,6 +220,10 @@ mod tests {
         assert_eq!(s.allowed(), 1);
         // A shorter Retry-After never shortens a pause already set.
         assert!(s.paused_until.unwrap() >= now + Duration::from_secs(2));
+        // A Retry-After of minutes pauses for MAX_PAUSE at most.
+        let t = now + Duration::from_secs(30);
+        s.learn(Signal::Throttled(Duration::from_secs(600)), t);
+        assert_eq!(s.paused_until, Some(t + MAX_PAUSE));
         // Nearly spent: a pause, and the limit stays.
         let later = now + Duration::from_secs(60);
         s.learn(Signal::NearLimit, later);

@@ -65,6 +65,9 @@ pub struct Context {
     pub resync: std::time::Duration,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<drift::Drift>,
+    /// Deletes waiting out replication before they believe an application is gone.
+    pub absences: service_principal::Absences,
+    pub status_writes: reconcile::StatusWrites,
 }
 
 /// Runs the operator until it is told to stop.
@@ -441,6 +444,8 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             resync: args.resync_interval.as_std(),
             metrics,
             drift: Arc::new(drift::Drift::new(args.drift_interval.as_std())),
+            absences: Default::default(),
+            status_writes: Default::default(),
         },
         policy_writer,
     ))

@@ -5,7 +5,7 @@ use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
@@ -55,7 +55,25 @@ where
     async move {
         let started = std::time::Instant::now();
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer(&api, FINALIZER, object, |event| step(event, ctx.clone())).await;
+        let object = if ctx.status_writes.stale(object.as_ref()) {
+            match api.get_opt(&object.name_any()).await {
+                Ok(Some(fresh)) => Arc::new(fresh),
+                Ok(None) => {
+                    ctx.status_writes.forget(object.as_ref());
+                    return Ok(Action::await_change());
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read the object afresh; retrying");
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+            }
+        } else {
+            object
+        };
+        let result = finalizer(&api, FINALIZER, object.clone(), |event| step(event, ctx.clone())).await;
+        if result.is_ok() && object.meta().deletion_timestamp.is_some() {
+            ctx.status_writes.forget(object.as_ref());
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => e.reason(),
@@ -118,7 +136,7 @@ pub fn azure_stalled(e: &AzureError) -> bool {
 /// Writes `status` with a merge patch, unless it is what the object has. The fields named in `clear` are sent
 /// as null when unset, because a merge patch leaves out what it does not name.
 pub async fn patch_status<K, S>(
-    client: &Client,
+    ctx: &Context,
     object: &K,
     current: Option<&S>,
     status: &S,
@@ -140,12 +158,46 @@ where
             body[*key] = serde_json::Value::Null;
         }
     }
-    Api::<K>::namespaced(client.clone(), &object.namespace().unwrap_or_default())
+    Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
         .patch_status(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({ "status": body })),
         )
         .await?;
+    ctx.status_writes.wrote(object);
     Ok(())
+}
+
+/// The resourceVersion each object (by uid) had when a reconcile last wrote its status. A reconcile that
+/// starts from that same version started from the watch cache before it saw the write, and would compute
+/// from the status as it was before (forgetting, say, the assignment that write recorded): it reads the
+/// object afresh instead. Versions are only compared for equality, as Kubernetes allows.
+#[derive(Default)]
+pub struct StatusWrites(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl StatusWrites {
+    fn wrote<K: Resource>(&self, object: &K) {
+        if let (Some(uid), Some(version)) = (object.uid(), object.resource_version()) {
+            self.0
+                .lock()
+                .expect("status writes lock")
+                .insert(uid, version);
+        }
+    }
+
+    fn stale<K: Resource>(&self, object: &K) -> bool {
+        match (object.uid(), object.resource_version()) {
+            (Some(uid), Some(version)) => {
+                self.0.lock().expect("status writes lock").get(&uid) == Some(&version)
+            }
+            _ => false,
+        }
+    }
+
+    fn forget<K: Resource>(&self, object: &K) {
+        if let Some(uid) = object.uid() {
+            self.0.lock().expect("status writes lock").remove(&uid);
+        }
+    }
 }

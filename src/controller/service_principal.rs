@@ -58,9 +58,10 @@ pub enum Error {
     /// spec.adopt names an application the operator may not (or cannot) manage.
     #[error("{0}")]
     Adoption(String),
-    /// Azure has not shown the object yet (replication right after a create).
+    /// Azure has not shown the object yet (replication right after a create); the id of an application
+    /// just created, if known, so that status records something to delete by.
     #[error("{0} is not visible yet (replication delay)")]
-    NotYetVisible(&'static str),
+    NotYetVisible(&'static str, Option<String>),
     /// A CredentialRotation delivers this object's password.
     #[error("{0}")]
     ManagedByRotation(String),
@@ -88,7 +89,7 @@ impl reconcile::Failure for Error {
             Error::Invalid(_) => "InvalidSpec",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Adoption(_) => "AdoptionDenied",
-            Error::NotYetVisible(_) => "WaitingForReplication",
+            Error::NotYetVisible(..) => "WaitingForReplication",
             Error::ManagedByRotation(_) => "WaitingForRotation",
         }
     }
@@ -100,7 +101,7 @@ impl reconcile::Failure for Error {
             Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => {
                 Duration::from_secs(300)
             }
-            Error::NotYetVisible(_) => Duration::from_secs(2),
+            Error::NotYetVisible(..) => Duration::from_secs(2),
             Error::Kube(_) => Duration::from_secs(5),
             // The rotation's Secret write brings this object back through the Secret watch.
             Error::ManagedByRotation(_) => Duration::from_secs(60),
@@ -114,7 +115,7 @@ impl Error {
         match self {
             Error::Azure(e) => reconcile::azure_stalled(e),
             Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
-            Error::Kube(_) | Error::NotYetVisible(_) | Error::ManagedByRotation(_) => false,
+            Error::Kube(_) | Error::NotYetVisible(..) | Error::ManagedByRotation(_) => false,
         }
     }
 }
@@ -153,6 +154,10 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
         }
         Err(err) => {
             let mut status = sp.status.clone().unwrap_or_default();
+            if let Error::NotYetVisible(_, Some(id)) = &err {
+                // Recorded before the application can be read: a delete in the meantime still finds it.
+                status.object_id = Some(id.clone());
+            }
             let message = err.to_string();
             let changed = conditions::record_failure(
                 &mut status.conditions,
@@ -329,7 +334,7 @@ async fn created_application(
             app
         }
         found => {
-            ctx.graph.upsert_application(key, fields).await?;
+            let (_, created_id) = ctx.graph.upsert_application_id(key, fields).await?;
             if found.is_none() {
                 info!(object = %format!("{ns}/{name}"), unique_name = %key, "created application");
                 publish(
@@ -344,7 +349,7 @@ async fn created_application(
             ctx.graph
                 .application_by_unique_name(key)
                 .await?
-                .ok_or(Error::NotYetVisible("the application"))?
+                .ok_or(Error::NotYetVisible("the application", created_id))?
         }
     })
 }
@@ -380,7 +385,7 @@ async fn adopted_application(
     ctx.graph
         .application_by_app_id(app_id)
         .await?
-        .ok_or(Error::NotYetVisible("the adopted application"))
+        .ok_or(Error::NotYetVisible("the adopted application", None))
 }
 
 fn app_matches(
@@ -684,7 +689,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     // Fields that a change can clear are sent as null, so that the merge patch removes them.
     reconcile::patch_status(
-        &ctx.client,
+        ctx,
         sp,
         sp.status.as_ref(),
         &status,
@@ -692,6 +697,65 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+/// Since when each object being deleted (by uid) has not found its application: in memory, since a restart
+/// only makes the wait start again.
+#[derive(Default)]
+pub struct Absences(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
+
+impl Absences {
+    /// Records a miss; whether misses have held for `grace` since the first.
+    fn held_for(&self, uid: &str, grace: Duration) -> bool {
+        let mut seen = self.0.lock().expect("absences lock");
+        let now = tokio::time::Instant::now();
+        // Misses older than an hour are from deletes long finished.
+        seen.retain(|_, first| now.duration_since(*first) < Duration::from_secs(3600));
+        let first = *seen.entry(uid.to_string()).or_insert(now);
+        now.duration_since(first) >= grace
+    }
+}
+
+/// How long a delete believes that an application it cannot find does not exist, when one may have been
+/// created moments ago: Graph's reads can miss a new object for a few seconds (replication).
+const REPLICATION_GRACE: Duration = Duration::from_secs(20);
+/// An object younger than this may have created an application without living to record it.
+const YOUNG: Duration = Duration::from_secs(600);
+
+/// On delete, when the application is not found: if one may exist (status names one, the last reconcile
+/// waited for replication, or the object is young enough that a crash may have hidden a create), delete by
+/// the recorded id, and keep looking until misses have held for `REPLICATION_GRACE`. A miss believed too
+/// soon leaks the application for good.
+async fn wait_out_replication(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    uid: &str,
+) -> Result<(), Error> {
+    let status = sp.status.as_ref();
+    let recorded = status.and_then(|s| s.object_id.clone());
+    let replicating = status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::READY && c.reason == "WaitingForReplication")
+    });
+    let young = sp.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+        k8s_openapi::jiff::Timestamp::now()
+            .duration_since(t.0)
+            .as_secs()
+            < YOUNG.as_secs() as i64
+    });
+    if recorded.is_none() && !replicating && !young {
+        return Ok(());
+    }
+    if let Some(id) = &recorded
+        && ctx.graph.delete_application(id).await?
+    {
+        return Ok(());
+    }
+    if ctx.absences.held_for(uid, REPLICATION_GRACE) {
+        return Ok(());
+    }
+    Err(Error::NotYetVisible("the application to delete", None))
 }
 
 async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
@@ -710,9 +774,13 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
         }
         DeletionPolicy::Delete => match &sp.spec.adopt {
             None => {
-                let key =
-                    naming::unique_name(&ctx.cluster_id, &ns, &name, &sp.uid().unwrap_or_default());
-                if let Some(app) = ctx.graph.application_by_unique_name(&key).await? {
+                let uid = sp.uid().unwrap_or_default();
+                let key = naming::unique_name(&ctx.cluster_id, &ns, &name, &uid);
+                let found = ctx.graph.application_by_unique_name(&key).await?;
+                if found.is_none() {
+                    wait_out_replication(sp, ctx, &uid).await?;
+                }
+                if let Some(app) = found {
                     // Deleting the application removes its passwords, federated credentials and service principal.
                     ctx.graph.delete_application(&app.id).await?;
                     info!(object = %format!("{ns}/{name}"), unique_name = %key, "deleted application");

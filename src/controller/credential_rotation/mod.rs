@@ -684,10 +684,15 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
             )
             .await?;
         }
-        let ready = sp
-            .status
-            .as_ref()
-            .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
+        // Ready, or waiting for this very rotation (its Secret lost or edited, which only the rotation may
+        // re-issue): waiting on each other would leave the Secret missing for good.
+        let ready = sp.status.as_ref().is_some_and(|s| {
+            conditions::is_true(&s.conditions, conditions::READY)
+                || (s.app_id.is_some()
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == conditions::READY && c.reason == "WaitingForRotation"))
+        });
         let Some(app_id) = sp
             .status
             .as_ref()
@@ -845,7 +850,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     // Fields that a change can clear are sent as null, so that the merge patch removes them.
     reconcile::patch_status(
-        &ctx.client,
+        ctx,
         crot,
         crot.status.as_ref(),
         &status,

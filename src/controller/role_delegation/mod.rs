@@ -876,7 +876,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     // Fields that a change can clear are sent as null, so that the merge patch removes them.
     reconcile::patch_status(
-        &ctx.client,
+        ctx,
         rd,
         rd.status.as_ref(),
         &status,
