@@ -12,5 +12,6 @@ mod high_availability;
 mod operator_run;
 mod role_delegation;
 mod service_principal;
+mod soak;
 mod support;
 mod workload_identity;
