@@ -7,8 +7,7 @@
 //! object per resync.
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -18,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Drift, Source};
 use crate::azure::{
-    arm::{ArmClient, RoleAssignment},
+    arm::ArmClient,
     error::AzureError,
     graph::{DeltaNext, GraphClient},
 };
@@ -33,8 +32,8 @@ pub struct Feeds {
     arm: ArmClient,
     /// Per delta set, the link that starts its next round.
     delta_links: HashMap<&'static str, String>,
-    /// Per subscription, each assignment's id and a hash of what it grants.
-    listings: HashMap<String, HashMap<String, u64>>,
+    /// The subscriptions listed so far.
+    listed: HashSet<String>,
     last_round: Option<Instant>,
 }
 
@@ -45,7 +44,7 @@ impl Feeds {
             graph,
             arm,
             delta_links: HashMap::new(),
-            listings: HashMap::new(),
+            listed: HashSet::new(),
             last_round: None,
         }
     }
@@ -71,7 +70,7 @@ impl Feeds {
                 self.graph_round().await;
             }
             for sub in self.drift.subscriptions() {
-                if due || !self.listings.contains_key(&sub) {
+                if due || !self.listed.contains(&sub) {
                     self.arm_round(&sub).await;
                 }
             }
@@ -115,9 +114,9 @@ impl Feeds {
             .round_done(Source::Graph, "", started, continuous);
     }
 
-    /// One listing of a subscription's role assignments, compared with the last and with what is verified:
-    /// an assignment gone, or granting something else, is a change. A new one is not (the operator's own
-    /// were verified when made, and someone else's is not the operator's business).
+    /// One listing of a subscription's role assignments, compared with what is verified there: an
+    /// assignment gone, or granting something else, is a change; one as verified is confirmed as of the
+    /// listing. Others are not the operator's business.
     async fn arm_round(&mut self, sub: &str) {
         let started = Instant::now();
         let listed = match self
@@ -131,31 +130,22 @@ impl Feeds {
                 return;
             }
         };
-        let now: HashMap<String, u64> = listed
+        let listed: HashMap<String, u64> = listed
             .iter()
-            .map(|a| (a.id.to_ascii_lowercase(), grants(a)))
-            .collect();
-        // Gone: verified before this listing started, and not in it (even if no listing ever showed it).
-        let mut changed: Vec<String> = self
-            .drift
-            .verified_in(sub, started)
-            .into_iter()
-            .filter(|id| !now.contains_key(id))
-            .collect();
-        let continuous = match self.listings.get(sub) {
-            Some(before) => {
-                changed.extend(
-                    before
-                        .iter()
-                        .filter(|(id, hash)| now.get(*id) != Some(*hash))
-                        .map(|(id, _)| id.clone()),
+            .map(|a| {
+                let p = &a.properties;
+                let grant = super::grant_hash(
+                    &p.role_definition_id,
+                    &p.principal_id,
+                    p.condition.as_deref(),
+                    p.description.as_deref(),
                 );
-                true
-            }
-            None => false,
-        };
+                (a.id.to_ascii_lowercase(), grant)
+            })
+            .collect();
+        let changed = self.drift.confirm(sub, &listed, started);
         self.drift.saw(changed);
-        self.listings.insert(sub.to_string(), now);
+        let continuous = !self.listed.insert(sub.to_string());
         self.drift.round_done(Source::Arm, sub, started, continuous);
     }
 }
@@ -179,18 +169,4 @@ async fn delta_round(
             DeltaNext::Round(delta) => return Ok((ids, delta)),
         }
     }
-}
-
-/// What an assignment grants, hashed: role, principal, condition and description.
-fn grants(a: &RoleAssignment) -> u64 {
-    let p = &a.properties;
-    let mut h = DefaultHasher::new();
-    (
-        p.role_definition_id.to_ascii_lowercase(),
-        p.principal_id.to_ascii_lowercase(),
-        &p.condition,
-        &p.description,
-    )
-        .hash(&mut h);
-    h.finish()
 }

@@ -43,11 +43,21 @@ struct Continuity {
     last_ok: Option<Instant>,
 }
 
+/// What a full reconcile confirmed about one id.
+#[derive(Clone, Debug)]
+struct Verified {
+    /// When the reads that confirmed it started.
+    at: Instant,
+    owner: Owner,
+    /// For a role assignment: what it grants (`grant_hash`), which a listing can confirm again.
+    grant: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Graph's one feed; ARM's per subscription (lowercase id), since each is listed on its own.
     feeds: HashMap<(Source, String), Continuity>,
-    verified: HashMap<String, (Instant, Owner)>,
+    verified: HashMap<String, Verified>,
     /// When a feed last saw an id change: a verification whose reads started before that is stale, even
     /// if it was recorded after.
     changed: HashMap<String, Instant>,
@@ -99,12 +109,12 @@ impl Drift {
                 let current = feed.last_ok.is_some_and(|ok| {
                     now.duration_since(ok) <= self.interval * 2 + Duration::from_secs(30)
                 });
-                let Some((at, _)) = state.verified.get(&id) else {
+                let Some(v) = state.verified.get(&id) else {
                     return false;
                 };
                 current
-                    && feed.since.is_some_and(|since| since <= *at)
-                    && state.changed.get(&id).is_none_or(|seen| seen < at)
+                    && feed.since.is_some_and(|since| since <= v.at)
+                    && state.changed.get(&id).is_none_or(|seen| *seen < v.at)
             })
     }
 
@@ -112,10 +122,28 @@ impl Drift {
     pub fn verified(&self, ids: &[&str], started: Instant, owner: Owner) {
         let mut state = self.state.lock().expect("drift lock");
         for id in ids {
-            state
-                .verified
-                .insert(id.to_ascii_lowercase(), (started, owner.clone()));
+            state.verified.insert(
+                id.to_ascii_lowercase(),
+                Verified {
+                    at: started,
+                    owner: owner.clone(),
+                    grant: None,
+                },
+            );
         }
+    }
+
+    /// Records that a full reconcile whose reads started at `started` confirmed a role assignment granting
+    /// `grant` (see `grant_hash`).
+    pub fn verified_grant(&self, id: &str, grant: u64, started: Instant, owner: Owner) {
+        self.state.lock().expect("drift lock").verified.insert(
+            id.to_ascii_lowercase(),
+            Verified {
+                at: started,
+                owner,
+                grant: Some(grant),
+            },
+        );
     }
 
     /// Forgets ids (their object is gone, or no longer holds them).
@@ -139,18 +167,30 @@ impl Drift {
         subs
     }
 
-    /// The verified assignment ids in a subscription whose verification started before `before`: a listing
-    /// started after that must show them.
-    pub fn verified_in(&self, subscription: &str, before: Instant) -> Vec<String> {
-        let state = self.state.lock().expect("drift lock");
-        state
-            .verified
-            .iter()
-            .filter(|(id, (at, _))| {
-                *at < before && subscription_of(id).as_deref() == Some(subscription)
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
+    /// Compares a subscription's listing (assignment id → `grant_hash`), which started at `at`, with what is
+    /// verified there before then. An assignment missing, or granting something else, has changed (and is
+    /// returned); one that grants what was verified is confirmed as of the listing, even if it was verified
+    /// after the previous listing and so never seen by one.
+    pub fn confirm(
+        &self,
+        subscription: &str,
+        listed: &HashMap<String, u64>,
+        at: Instant,
+    ) -> Vec<String> {
+        let mut state = self.state.lock().expect("drift lock");
+        let mut changed = vec![];
+        for (id, v) in state.verified.iter_mut() {
+            if v.at >= at || subscription_of(id).as_deref() != Some(subscription) {
+                continue;
+            }
+            match (listed.get(id), v.grant) {
+                (None, _) => changed.push(id.clone()),
+                (Some(now), Some(was)) if *now != was => changed.push(id.clone()),
+                (Some(_), Some(_)) => v.at = at,
+                (Some(_), None) => {}
+            }
+        }
+        changed
     }
 
     /// A feed round started at `at` and ended well. `continuous` is false when it could not carry on from
@@ -177,7 +217,7 @@ impl Drift {
                 .filter_map(|id| {
                     let id = id.to_ascii_lowercase();
                     state.changed.insert(id.clone(), now);
-                    state.verified.remove(&id).map(|(_, owner)| owner)
+                    state.verified.remove(&id).map(|v| v.owner)
                 })
                 .collect()
         };
@@ -192,6 +232,26 @@ impl Drift {
     pub fn triggers(&self) -> broadcast::Receiver<Owner> {
         self.triggers.subscribe()
     }
+}
+
+/// What a role assignment grants, hashed the same way whether it comes from a listing, a GET or the PUT
+/// that made it: role GUID and principal (lowercase), condition and description.
+pub fn grant_hash(
+    role_definition_id: &str,
+    principal_id: &str,
+    condition: Option<&str>,
+    description: Option<&str>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        crate::azure::arm::definition_guid(role_definition_id).to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase(),
+        condition,
+        description,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// "/subscriptions/{id}/..." → the subscription id, lowercase.

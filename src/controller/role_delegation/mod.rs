@@ -648,11 +648,18 @@ async fn assign(
         .role_assignment(scope.as_str(), name)
         .await
         .map_err(at_scope)?;
-    if existing
+    if let Some(a) = existing
         .as_ref()
-        .is_some_and(|a| plan::assignment_matches(a, role_guid, principal_id, wanted))
+        .filter(|a| plan::assignment_matches(a, role_guid, principal_id, wanted))
     {
-        ctx.drift.verified(&[&id], started, owner());
+        let p = &a.properties;
+        let grant = drift::grant_hash(
+            &p.role_definition_id,
+            &p.principal_id,
+            p.condition.as_deref(),
+            p.description.as_deref(),
+        );
+        ctx.drift.verified_grant(&id, grant, started, owner());
         return Ok(Assigned::Ours { created: false });
     }
     let grant = Grant {
@@ -668,7 +675,13 @@ async fn assign(
         .await
     {
         Ok(_) => {
-            ctx.drift.verified(&[&id], started, owner());
+            let grant = drift::grant_hash(
+                &definition.id,
+                principal_id,
+                wanted.condition,
+                wanted.description,
+            );
+            ctx.drift.verified_grant(&id, grant, started, owner());
             Ok(Assigned::Ours {
                 created: existing.is_none(),
             })
