@@ -105,9 +105,18 @@ test: build testenv-up chart ## Run every test: unit, emulator, CRD admission, c
 	AZURE_EMULATOR_BIN=$(CURDIR)/target/debug/azure-emulator emulator/contract/run.sh
 
 .PHONY: bench-scale
-bench-scale: testenv-up ## Scale benchmark: N ServicePrincipals + RoleDelegations at once (SIZES=100,1000), report in bench/results/
+bench-scale: testenv-up ## Scale benchmark: N ServicePrincipals + RoleDelegations at once (SIZES=100,1000; STORM=1000 adds the storm), report in bench/results/
 	$(CARGO) build --release -p entra-operator -p operator-scale
-	target/release/operator-scale --sizes $(or $(SIZES),100,1000)
+	target/release/operator-scale $(if $(SIZES),--sizes $(SIZES)) $(if $(STORM),--storm $(STORM)) $(BENCH_ARGS)
+
+.PHONY: bench-storm
+bench-storm: testenv-up ## Rotation storm: STORM=1000 CredentialRotations due at once under Graph's write limit, report in bench/results/
+	$(CARGO) build --release -p entra-operator -p operator-scale
+	target/release/operator-scale --sizes= --storm $(or $(STORM),1000) $(BENCH_ARGS)
+
+.PHONY: soak
+soak: testenv-up chart ## Chaos soak: churn, Azure faults, kill -9 (SOAK_SECONDS=300), then a leak audit; report in bench/results/
+	SOAK_SECONDS=$(or $(SOAK_SECONDS),300) $(CARGO) test --test integration -- --ignored --exact soak::chaos_soak_long --nocapture
 
 .PHONY: emulator
 emulator: ## Run the Azure emulator in the foreground (state in target/emulator)

@@ -38,6 +38,56 @@ impl Bucket {
     }
 }
 
+/// One of the limits the emulator enforces, each a token bucket per caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Graph resource units per 10 s, per calling app (by tenant size).
+    GraphResourceUnits,
+    /// Graph writes (any method but GET) per 150 s, per calling app.
+    GraphWrites,
+    /// ARM reads (GET, HEAD), per principal.
+    ArmReads,
+    /// ARM writes (PUT, PATCH, POST), per principal.
+    ArmWrites,
+    /// ARM deletes, per principal.
+    ArmDeletes,
+}
+
+impl Limit {
+    /// The bucket's capacity and refill per second under `knobs`, or None when throttling is off.
+    pub fn bucket(self, knobs: &Knobs) -> Option<(f64, f64)> {
+        if !knobs.throttling.enabled {
+            return None;
+        }
+        let scale = knobs.throttling.scale.max(1e-6);
+        let (capacity, window_seconds) = match self {
+            Limit::GraphResourceUnits => (
+                match knobs.throttling.tenant_size.as_str() {
+                    "L" => 8000.0,
+                    "M" => 5000.0,
+                    _ => 3500.0,
+                },
+                10.0,
+            ),
+            Limit::GraphWrites => (3000.0, 150.0),
+            Limit::ArmReads => (250.0, 10.0),
+            Limit::ArmWrites | Limit::ArmDeletes => (200.0, 20.0),
+        };
+        Some((capacity * scale, capacity * scale / window_seconds))
+    }
+
+    fn key(self, caller: &str) -> String {
+        let kind = match self {
+            Limit::GraphResourceUnits => "graph-ru",
+            Limit::GraphWrites => "graph-write",
+            Limit::ArmReads => "arm-reads",
+            Limit::ArmWrites => "arm-writes",
+            Limit::ArmDeletes => "arm-deletes",
+        };
+        format!("{kind}/{caller}")
+    }
+}
+
 /// The outcome of a throttling check.
 pub enum Verdict {
     /// Allowed; `used` is the fraction of the tightest limit in use, `remaining` what is left of it.
@@ -55,6 +105,16 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// Tokens left now in `caller`'s bucket for `limit` (Graph: the app id; ARM: the principal's object id),
+    /// refill included; a caller not seen yet has a full bucket. None when throttling is off.
+    pub fn level(&self, knobs: &Knobs, limit: Limit, caller: &str) -> Option<f64> {
+        let (capacity, per_second) = limit.bucket(knobs)?;
+        Some(match self.buckets.get(&limit.key(caller)) {
+            Some(b) => (b.tokens + b.at.elapsed().as_secs_f64() * per_second).min(capacity),
+            None => capacity,
+        })
+    }
+
     fn take(&mut self, key: String, capacity: f64, per_second: f64, cost: f64) -> Result<f64, f64> {
         let now = Instant::now();
         let bucket = self.buckets.entry(key).or_insert(Bucket {
@@ -66,32 +126,23 @@ impl Limiter {
 
     /// Graph: every request costs resource units; writes also count against the write limit.
     pub fn graph(&mut self, knobs: &Knobs, caller: &str, cost: u32, write: bool) -> Verdict {
-        if !knobs.throttling.enabled {
+        let (Some((ru_limit, ru_rate)), Some((write_limit, write_rate))) = (
+            Limit::GraphResourceUnits.bucket(knobs),
+            Limit::GraphWrites.bucket(knobs),
+        ) else {
             return Verdict::Allowed {
                 used: 0.0,
                 remaining: u64::MAX,
             };
-        }
-        let scale = knobs.throttling.scale.max(1e-6);
-        let ru_limit = match knobs.throttling.tenant_size.as_str() {
-            "L" => 8000.0,
-            "M" => 5000.0,
-            _ => 3500.0,
-        } * scale;
+        };
         let ru = self.take(
-            format!("graph-ru/{caller}"),
+            Limit::GraphResourceUnits.key(caller),
             ru_limit,
-            ru_limit / 10.0,
+            ru_rate,
             cost as f64,
         );
-        let write_limit = 3000.0 * scale;
         let writes = if write {
-            Some(self.take(
-                format!("graph-write/{caller}"),
-                write_limit,
-                write_limit / 150.0,
-                1.0,
-            ))
+            Some(self.take(Limit::GraphWrites.key(caller), write_limit, write_rate, 1.0))
         } else {
             None
         };
@@ -119,26 +170,20 @@ impl Limiter {
 
     /// ARM: `kind` is reads, writes or deletes.
     pub fn arm(&mut self, knobs: &Knobs, principal: &str, kind: &'static str) -> Verdict {
-        if !knobs.throttling.enabled {
+        let limit = match kind {
+            "reads" => Limit::ArmReads,
+            "deletes" => Limit::ArmDeletes,
+            _ => Limit::ArmWrites,
+        };
+        let Some((capacity, refill)) = limit.bucket(knobs) else {
             return Verdict::Allowed {
                 used: 0.0,
                 remaining: 11999,
             };
-        }
-        let scale = knobs.throttling.scale.max(1e-6);
-        let (capacity, refill) = if kind == "reads" {
-            (250.0, 25.0)
-        } else {
-            (200.0, 10.0)
         };
-        match self.take(
-            format!("arm-{kind}/{principal}"),
-            capacity * scale,
-            refill * scale,
-            1.0,
-        ) {
+        match self.take(limit.key(principal), capacity, refill, 1.0) {
             Ok(left) => Verdict::Allowed {
-                used: 1.0 - left / (capacity * scale),
+                used: 1.0 - left / capacity,
                 remaining: left as u64,
             },
             Err(wait) => Verdict::Throttled {
@@ -235,6 +280,27 @@ mod tests {
             limiter.graph(&knobs, "other", 1, true),
             Verdict::Allowed { .. }
         ));
+    }
+
+    #[test]
+    fn buckets_are_the_documented_limits_and_their_level_is_readable() {
+        let knobs = Knobs::default();
+        assert_eq!(Limit::GraphWrites.bucket(&knobs), Some((3000.0, 20.0)));
+        assert_eq!(
+            Limit::GraphResourceUnits.bucket(&knobs),
+            Some((3500.0, 350.0))
+        );
+        assert_eq!(Limit::ArmReads.bucket(&knobs), Some((250.0, 25.0)));
+        assert_eq!(Limit::ArmWrites.bucket(&knobs), Some((200.0, 10.0)));
+        assert_eq!(Limit::ArmDeletes.bucket(&knobs), Some((200.0, 10.0)));
+        let mut limiter = Limiter::default();
+        assert_eq!(limiter.level(&knobs, Limit::ArmWrites, "p"), Some(200.0));
+        for _ in 0..50 {
+            limiter.arm(&knobs, "p", "writes");
+        }
+        let level = limiter.level(&knobs, Limit::ArmWrites, "p").unwrap();
+        assert!((150.0..151.0).contains(&level), "{level}");
+        assert_eq!(limiter.level(&knobs, Limit::ArmReads, "p"), Some(250.0));
     }
 
     #[test]
