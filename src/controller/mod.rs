@@ -3,6 +3,7 @@
 
 pub mod credential_rotation;
 pub mod drift;
+pub mod events;
 pub mod leader;
 pub mod naming;
 pub mod policy;
@@ -25,7 +26,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
     },
@@ -60,7 +61,7 @@ pub struct Context {
     pub cloud: Cloud,
     pub tenant_id: String,
     pub cluster_id: String,
-    pub recorder: Recorder,
+    pub recorder: events::Events,
     /// How often a converged object is checked against Azure again.
     pub resync: std::time::Duration,
     pub metrics: Arc<Metrics>,
@@ -420,7 +421,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         GraphClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
     let arm = ArmClient::new(http.clone(), credential, &cloud).with_metrics(metrics.clone());
     let (policies, policy_writer) = reflector::store();
-    let recorder = Recorder::new(
+    let recorder = events::Events::new(
         client.clone(),
         Reporter {
             controller: "entra-operator".into(),
