@@ -57,7 +57,12 @@ fn build(reporter: &Reporter, ev: &Event, regarding: &ObjectReference, now: Time
             )),
             ..Default::default()
         },
-        reporting_instance: Some(reporter.instance.clone().unwrap_or_else(|| controller.clone())),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| controller.clone()),
+        ),
         reporting_controller: Some(controller),
         type_: Some(
             match ev.type_ {
@@ -102,7 +107,12 @@ mod tests {
         assert_eq!(e.reporting_instance.as_deref(), Some("pod-1"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("team-a"));
         assert_eq!(e.regarding.unwrap().name.as_deref(), Some("web"));
-        let later = build(&reporter, &ev, &regarding, now + k8s_openapi::jiff::SignedDuration::from_nanos(1));
+        let later = build(
+            &reporter,
+            &ev,
+            &regarding,
+            now + k8s_openapi::jiff::SignedDuration::from_nanos(1),
+        );
         assert_ne!(e.metadata.name, later.metadata.name);
     }
 }
