@@ -82,22 +82,7 @@ async fn cluster_holds_with(http: &(reqwest::Client, String), secret: &str) -> b
 }
 
 async fn allow_application(admin: &kube::Client, ns: &str) -> String {
-    let name = format!("{ns}-rotation");
-    let policy: DelegationPolicy = serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": "DelegationPolicy",
-        "metadata": {"name": name},
-        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}, "applications": [LEGACY_APP]},
-    }))
-    .unwrap();
-    Api::<DelegationPolicy>::all(admin.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("entra-operator-tests").force(),
-            &Patch::Apply(&policy),
-        )
-        .await
-        .unwrap();
-    name
+    crate::harness::put_policy(admin, ns, "rotation", json!({"applications": [LEGACY_APP]})).await
 }
 
 // Four workers: the test blocks one reading the operator's log while the probe and the emulator run.

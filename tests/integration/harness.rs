@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, api::DeleteParams};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
 use serde_json::{Value, json};
 
-use entra_operator::api::ServicePrincipal;
+use entra_operator::api::{DelegationPolicy, ServicePrincipal};
 
 use crate::{
     operator_run::Azure,
@@ -294,4 +297,28 @@ where
         }
     })
     .await
+}
+
+/// A policy selecting only `ns` (by the name label every namespace has, unless the spec has a selector), so
+/// that tests running side by side never allow each other anything.
+pub async fn put_policy(admin: &kube::Client, ns: &str, suffix: &str, spec: Value) -> String {
+    let name = format!("{ns}-{suffix}");
+    let mut spec = spec;
+    if spec.get("namespaceSelector").is_none() {
+        spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    }
+    let policy: DelegationPolicy = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "DelegationPolicy",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<DelegationPolicy>::all(admin.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("entra-operator-tests").force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .unwrap();
+    name
 }

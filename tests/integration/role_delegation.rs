@@ -15,8 +15,8 @@ use entra_operator::api::{DelegationPolicy, RoleDelegation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, arm_as_operator, emulator_http, eventually, knobs, ready_of as ready, seed, state,
-        teardown, wait_condition as wait_for,
+        Setup, arm_as_operator, emulator_http, eventually, knobs, put_policy, ready_of as ready,
+        seed, state, teardown, wait_condition as wait_for,
     },
     operator_run::{Azure, Operator},
     support::MANIFEST_DIR,
@@ -77,30 +77,6 @@ fn rd(name: &str, spec: Value) -> RoleDelegation {
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap()
-}
-
-/// A policy selecting only `ns` (by the name label every namespace has, unless the spec has a selector), so
-/// that tests running side by side never allow each other anything.
-async fn put_policy(admin: &kube::Client, ns: &str, suffix: &str, spec: Value) -> String {
-    let name = format!("{ns}-{suffix}");
-    let mut spec = spec;
-    if spec.get("namespaceSelector").is_none() {
-        spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
-    }
-    let policy: DelegationPolicy = serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": "DelegationPolicy",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    Api::<DelegationPolicy>::all(admin.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("entra-operator-tests").force(),
-            &Patch::Apply(&policy),
-        )
-        .await
-        .unwrap();
-    name
 }
 
 async fn delete_policies(admin: &kube::Client, ns: &str) {

@@ -1650,23 +1650,8 @@ struct Report {
 }
 
 async fn put_policy(admin: &kube::Client, ns: &str) -> String {
-    let name = format!("{ns}-soak");
-    let policy: DelegationPolicy = serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": "DelegationPolicy",
-        "metadata": {"name": name},
-        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "scopes": [RG], "roles": LANES.iter().flat_map(|l| l.roles).collect::<Vec<_>>()},
-    }))
-    .unwrap();
-    Api::<DelegationPolicy>::all(admin.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("entra-operator-tests").force(),
-            &Patch::Apply(&policy),
-        )
-        .await
-        .unwrap();
-    name
+    let roles: Vec<&str> = LANES.iter().flat_map(|l| l.roles).collect();
+    crate::harness::put_policy(admin, ns, "soak", json!({"scopes": [RG], "roles": roles})).await
 }
 
 /// Deletes every object and waits for the finalizers; returns what is still there after `limit`, with its
