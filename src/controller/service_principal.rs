@@ -507,8 +507,8 @@ async fn converge_password(
                 data,
             },
         )) => {
-            if format != target.format || !renders_as(sp, ctx, &app.app_id, target, &text, &data)? {
-                let rendered = render(sp, ctx, &app.app_id, target, &text)?;
+            let rendered = render(sp, ctx, &app.app_id, target, &text)?;
+            if format != target.format || rendered != as_text(&data) {
                 write_secret(sp, ctx, target, &password.key_id, rendered).await?;
                 publish(
                     ctx,
@@ -642,11 +642,13 @@ fn renders_as(
     text: &str,
     data: &BTreeMap<String, Vec<u8>>,
 ) -> Result<bool, Error> {
-    let current: BTreeMap<String, String> = data
-        .iter()
+    Ok(render(sp, ctx, client_id, target, text)? == as_text(data))
+}
+
+fn as_text(data: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    data.iter()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    Ok(render(sp, ctx, client_id, target, text)? == current)
+        .collect()
 }
 
 fn render(

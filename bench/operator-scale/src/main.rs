@@ -525,24 +525,11 @@ impl Operator {
             .text()
             .await
             .ok()?;
-        let mut by_kind = std::collections::BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("entra_operator_reconciliations_total{"))
-        {
-            let kind = line
-                .split("kind=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("?");
-            let n: f64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            *by_kind.entry(kind.to_string()).or_insert(0.0) += n;
-        }
-        Some(by_kind)
+        Some(sum_by_label(
+            &text,
+            "entra_operator_reconciliations_total",
+            "kind",
+        ))
     }
 }
 
@@ -1178,24 +1165,27 @@ async fn apiserver_requests(
 ) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
-    let mut by_verb = std::collections::BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let verb = line
-            .split("verb=\"")
+    Ok(sum_by_label(&text, "apiserver_request_total", "verb"))
+}
+
+/// A Prometheus counter in text exposition, summed by one label's value.
+fn sum_by_label(text: &str, metric: &str, label: &str) -> std::collections::BTreeMap<String, f64> {
+    let (prefix, key) = (format!("{metric}{{"), format!("{label}=\""));
+    let mut sums = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let value = line
+            .split(key.as_str())
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or("?");
-        let count: f64 = line
+        let n: f64 = line
             .rsplit(' ')
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        *by_verb.entry(verb.to_string()).or_insert(0.0) += count;
+        *sums.entry(value.to_string()).or_insert(0.0) += n;
     }
-    Ok(by_verb)
+    sums
 }
 
 fn diff(
