@@ -10,7 +10,7 @@ use super::common::{ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN, GUID_PATTERN};
 
 /// Which namespaces may grant which roles at which scopes. A RoleDelegation is allowed when one policy that
 /// selects its namespace allows both its scope and its role; without such a policy nothing is granted.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "entra-operator.io",
     version = "v1alpha1",
@@ -53,13 +53,38 @@ pub struct DelegationPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_roles: Option<CustomRolePolicy>,
 
-    /// Application (client) ids of existing applications, not managed by a ServicePrincipal, whose client
-    /// secrets CredentialRotations in the selected namespaces may rotate (with spec.applicationId), e.g. the
-    /// service principal of an existing AKS cluster. The operator's identity must also own them.
+    /// Application (client) ids of existing applications, not created for the namespace, that the selected
+    /// namespaces may take over: CredentialRotations may rotate their client secrets (spec.applicationId), e.g.
+    /// the service principal of an existing AKS cluster, and ServicePrincipals may adopt them (spec.adopt). The
+    /// operator's identity must also own them. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(regex(pattern = GUID_PATTERN)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub applications: Vec<String>,
+
+    /// Object ids of principals (managed identities, service principals of other applications) that
+    /// RoleDelegations in the selected namespaces may grant roles to with spec.principalId. A ServicePrincipal
+    /// of the delegation's own namespace (spec.principalRef) needs no entry. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(regex(pattern = GUID_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub principals: Vec<String>,
+
+    /// ARM scopes of AKS clusters whose service principal profile CredentialRotations in the selected
+    /// namespaces may reset (spec.targets.aksClusters): a cluster's id, or a resource group or subscription
+    /// containing it. Only a cluster that already uses the rotated application is reset, unless
+    /// aksClusterReassignment allows more. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 1024)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(format!("self.all(s, s.matches('{ARM_SCOPE_PATTERN}'))")).message(ARM_SCOPE_MESSAGE))]
+    pub aks_clusters: Vec<String>,
+
+    /// Whether a CredentialRotation that asks for it (spec.targets.reassignAksClusters) may move a cluster
+    /// listed in aksClusters from the application it uses now to the rotated one. Default false: a cluster is
+    /// reset only with a new secret of the application it already uses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aks_cluster_reassignment: bool,
 
     /// What happens to a delegation whose assignment exists but that this policy (or its change) no longer
     /// allows: Report keeps the assignment and reports DeniedByPolicy; Revoke also removes it from Azure.

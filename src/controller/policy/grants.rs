@@ -1,13 +1,11 @@
-//! The guardrail: whether a namespace may grant a role at a scope, decided from the DelegationPolicies and the
-//! namespace's labels alone, before anything is sent to Azure. Pure: no I/O.
+//! Role grants: whether a namespace may grant a role at a scope (RoleDelegation), decided from the
+//! DelegationPolicies and the namespace's labels alone, before anything is sent to Azure. Pure: no I/O.
 
 use std::{borrow::Borrow, collections::BTreeMap};
 
-use kube::{
-    ResourceExt,
-    core::{Selector, SelectorExt},
-};
+use kube::ResourceExt;
 
+use super::{glob, selecting};
 use crate::{
     api::delegation_policy::{DelegationPolicy, ViolationAction},
     azure::{arm::Permission, scope::Scope},
@@ -65,13 +63,7 @@ pub fn decide(
     role: RoleAsked,
     allowed_before: Option<&str>,
 ) -> Decision {
-    let mut selecting: Vec<&DelegationPolicy> = policies
-        .iter()
-        .map(Borrow::borrow)
-        .filter(|p| selects(p, labels))
-        .collect();
-    // By name, so that the policy recorded as allowing a delegation does not depend on the store's order.
-    selecting.sort_by_key(|p| p.name_any());
+    let selecting = selecting(policies, labels);
     let mut reasons = vec![];
     for policy in &selecting {
         match allows(policy, scope, role) {
@@ -104,37 +96,6 @@ pub fn decide(
         )
         .any(|p| p.spec.violations == ViolationAction::Revoke);
     Decision::Denied { message, revoke }
-}
-
-/// Whether a CredentialRotation in the namespace may rotate the secrets of application `app_id`: Ok names the
-/// policy that lists it.
-pub fn may_rotate(
-    policies: &[impl Borrow<DelegationPolicy>],
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-    app_id: &str,
-) -> Result<String, String> {
-    let mut selecting: Vec<&DelegationPolicy> = policies
-        .iter()
-        .map(Borrow::borrow)
-        .filter(|p| selects(p, labels))
-        .collect();
-    selecting.sort_by_key(|p| p.name_any());
-    selecting
-        .iter()
-        .find(|p| p.spec.applications.iter().any(|a| a.eq_ignore_ascii_case(app_id)))
-        .map(|p| p.name_any())
-        .ok_or_else(|| {
-            format!(
-                "spec.applicationId: no DelegationPolicy that selects namespace {namespace} lists application {app_id} \
-                 in its applications"
-            )
-        })
-}
-
-fn selects(policy: &DelegationPolicy, labels: &BTreeMap<String, String>) -> bool {
-    // A selector that does not parse selects nothing: an administrator's typo must not open access.
-    Selector::try_from(policy.spec.namespace_selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// Why one policy does not allow the delegation, naming the spec field.
@@ -244,62 +205,13 @@ pub fn can_assign_roles(permissions: &[Permission]) -> bool {
     })
 }
 
-/// Case-insensitive match of `text` against `pattern`, where '*' in the pattern matches any run of characters.
-/// A '*' in the text is an ordinary character, so a wildcard action is allowed only by a pattern as broad.
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
-    let (p, t) = (p.as_bytes(), t.as_bytes());
-    // Iterative wildcard matching with one backtrack point: linear enough for action strings.
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::delegation_policy::{CustomRolePolicy, DelegationPolicySpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use crate::api::delegation_policy::CustomRolePolicy;
+    use crate::controller::policy::test_support::{labels, policy};
 
     const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
-
-    fn policy(name: &str, team: &str, scopes: &[&str], roles: &[&str]) -> DelegationPolicy {
-        let mut p = DelegationPolicy::new(
-            name,
-            DelegationPolicySpec {
-                namespace_selector: LabelSelector {
-                    match_labels: Some(BTreeMap::from([("team".into(), team.into())])),
-                    ..Default::default()
-                },
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                roles: roles.iter().map(|s| s.to_string()).collect(),
-                custom_roles: None,
-                applications: vec![],
-                violations: ViolationAction::Report,
-            },
-        );
-        p.metadata.name = Some(name.into());
-        p
-    }
-
-    fn labels(team: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([("team".into(), team.into())])
-    }
 
     fn scope(s: &str) -> Scope {
         Scope::parse(&format!("{SUB}{s}")).unwrap()
@@ -569,32 +481,4 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn applications_are_rotated_only_where_a_policy_lists_them() {
-        let mut p = policy("aks", "a", &[], &[]);
-        p.spec.applications = vec!["5A5A5A5A-0000-4000-8000-000000005A5A".into()];
-        let app = "5a5a5a5a-0000-4000-8000-000000005a5a";
-        assert_eq!(
-            may_rotate(std::slice::from_ref(&p), "ns", &labels("a"), app),
-            Ok("aks".into())
-        );
-        let e = may_rotate(&[p], "ns", &labels("b"), app).unwrap_err();
-        assert!(e.starts_with("spec.applicationId"), "{e}");
-    }
-
-    #[test]
-    fn globs_match_like_arm_action_patterns() {
-        assert!(glob("*", "Microsoft.Compute/disks/read"));
-        assert!(glob(
-            "Microsoft.Compute/*/read",
-            "microsoft.compute/disks/read"
-        ));
-        assert!(!glob("Microsoft.Compute/disks/*", "Microsoft.Compute/*"));
-        assert!(!glob(
-            "Microsoft.Compute/disks/read",
-            "Microsoft.Compute/disks/readx"
-        ));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxbyy"));
-    }
 }
