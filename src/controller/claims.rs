@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(check(&second, &all), Err(first.clone()));
         // The same answer whichever order the store lists them in: no tug of war.
         assert_eq!(check(&second, &[second.clone(), first.clone()]), Err(first));
-        assert_eq!(check(&second, &[second.clone()]), Ok(()), "alone");
+        assert_eq!(check(&second, std::slice::from_ref(&second)), Ok(()), "alone");
     }
 
     #[test]
@@ -166,6 +166,6 @@ mod tests {
             created: None,
             ..claimant("ServicePrincipal", "b", "y", 0)
         };
-        assert_eq!(check(&new, &[stored.clone()]), Err(stored));
+        assert_eq!(check(&new, std::slice::from_ref(&stored)), Err(stored));
     }
 }

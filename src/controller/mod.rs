@@ -1,6 +1,7 @@
 //! The operator's main loop: connect to the API server, check that the CRDs are served and readable, then run
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
+pub mod claims;
 pub mod credential_rotation;
 pub mod drift;
 pub mod events;
@@ -69,6 +70,8 @@ pub struct Context {
     /// Deletes waiting out replication before they believe an application is gone.
     pub absences: service_principal::Absences,
     pub status_writes: reconcile::StatusWrites,
+    /// Every object that may claim an AKS cluster, an application or a role assignment (see claims.rs).
+    pub claims: claims::Registry,
 }
 
 /// Runs the operator until it is told to stop.
@@ -137,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespaced::<api::RoleDelegation>(&ctx.client, ns),
         );
         let (sp_store, sp_changes) = watches::primary(sps.clone(), watcher::Config::default());
+        ctx.claims.add_service_principals(sp_store.clone());
         let service_principals = Controller::for_stream(sp_changes, sp_store)
             .with_config(config.clone())
             .owns_stream(watches::owned_secrets(
@@ -156,6 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|_| ())
             .boxed();
         let (rd_store, rd_changes) = watches::primary(rds, watcher::Config::default());
+        ctx.claims.add_delegations(rd_store.clone());
         let (store, in_namespace) = (rd_store.clone(), rd_store.clone());
         let delegations = Controller::for_stream(rd_changes, rd_store).with_config(config.clone());
         let namespaces = match ns {
@@ -199,6 +204,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespaced::<api::CredentialRotation>(&ctx.client, ns),
             watcher::Config::default(),
         );
+        ctx.claims.add_rotations(rotation_store.clone());
         let rotations = Controller::for_stream(rotation_changes, rotation_store.clone())
             .with_config(config.clone())
             // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
@@ -383,10 +389,23 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         .apiserver_version()
         .await
         .context("cannot reach the Kubernetes API server")?;
-    check_served::<api::ServicePrincipal>(&client).await?;
-    check_served::<api::RoleDelegation>(&client).await?;
-    check_served::<api::CredentialRotation>(&client).await?;
-    check_served::<api::DelegationPolicy>(&client).await?;
+    // Each namespaced kind is checked where it is watched: with WATCH_NAMESPACES the operator may hold
+    // nothing but Roles in those namespaces (the chart's least-privilege RBAC), and a cluster-wide list
+    // would be refused.
+    let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces
+            .iter()
+            .map(|n| Some(n.as_str()))
+            .collect()
+    };
+    for ns in scopes {
+        check_served(namespaced::<api::ServicePrincipal>(&client, ns), ns).await?;
+        check_served(namespaced::<api::RoleDelegation>(&client, ns), ns).await?;
+        check_served(namespaced::<api::CredentialRotation>(&client, ns), ns).await?;
+    }
+    check_served(Api::<api::DelegationPolicy>::all(client.clone()), None).await?;
     let cluster_id = match &args.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())
@@ -447,6 +466,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             drift: Arc::new(drift::Drift::new(args.drift_interval.as_std())),
             absences: Default::default(),
             status_writes: Default::default(),
+            claims: Default::default(),
         },
         policy_writer,
     ))
@@ -489,16 +509,17 @@ async fn connect(args: &RunArgs) -> anyhow::Result<Client> {
 }
 
 /// Lists one object of the kind, which proves both that its CRD is installed and that this identity may read it.
-async fn check_served<K>(client: &Client) -> anyhow::Result<()>
+/// `api` is scoped to `ns` (None: cluster-wide), which the errors name.
+async fn check_served<K>(api: Api<K>, ns: Option<&str>) -> anyhow::Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let plural = K::plural(&());
     let group = K::group(&());
-    match Api::<K>::all(client.clone())
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-    {
+    let within = ns
+        .map(|ns| format!(" in namespace {ns}"))
+        .unwrap_or_default();
+    match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             anyhow::bail!(
@@ -506,9 +527,12 @@ where
             )
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
-            anyhow::bail!("not allowed to list {plural}.{group}: {}", status.message)
+            anyhow::bail!(
+                "not allowed to list {plural}.{group}{within}: {}",
+                status.message
+            )
         }
-        Err(err) => Err(err).with_context(|| format!("cannot list {plural}.{group}")),
+        Err(err) => Err(err).with_context(|| format!("cannot list {plural}.{group}{within}")),
     }
 }
 

@@ -28,7 +28,8 @@ const VALUES: [&str; 6] = [
     "azure.clientId=0e0e0e0e-0000-4000-8000-00000000e0e0",
 ];
 
-fn template(release: &str, ns: &str, extra: &[&str]) -> Result<Vec<Value>, String> {
+/// `helm template` of the chart with the test values, one JSON document per object (or helm's error).
+pub(crate) fn template(release: &str, ns: &str, extra: &[&str]) -> Result<Vec<Value>, String> {
     let out = Command::new(helm())
         .args([
             "template",
@@ -78,6 +79,8 @@ fn the_values_schema_refuses_what_the_operator_would() {
         ("azure.tenantId=not-a-guid", "/azure/tenantId"),
         ("resyncInterval=1 hour", "/resyncInterval"),
         ("unknownKey=1", "unknownKey"),
+        // One Role per watched namespace: a namespace twice would render two objects of one name.
+        ("watchNamespaces={a,a}", "/watchNamespaces"),
         // Two replicas would both reconcile.
         (
             "leaderElection.enabled=false",

@@ -308,13 +308,96 @@ pub fn rendered_chart() -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The rules of the chart's object of `kind` (the operator's ClusterRole, or its leader-election Role).
+/// The rules of the chart's object of `kind` (the operator's ClusterRole, or its leader-election Role: with
+/// watchNamespaces the chart renders other Roles too, so a Role is picked by its name).
 pub fn chart_rules(kind: &str) -> serde_json::Value {
     rendered_chart()
         .into_iter()
-        .find(|d| d["kind"] == kind)
+        .find(|d| {
+            d["kind"] == kind
+                && (kind != "Role"
+                    || d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with("-leader-election")))
+        })
         .unwrap_or_else(|| panic!("the chart renders no {kind}"))["rules"]
         .clone()
+}
+
+/// The RBAC objects of a `helm template` output, applied exactly as rendered (their subjects are the chart's
+/// ServiceAccount). Namespaced ones go with their namespaces; `delete` removes the cluster-scoped ones.
+pub struct ChartRbac {
+    admin: Client,
+    cluster_roles: Vec<String>,
+    cluster_role_bindings: Vec<String>,
+}
+
+pub async fn apply_chart_rbac(admin: &Client, docs: &[serde_json::Value]) -> ChartRbac {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let pp = PatchParams::apply("entra-operator-tests").force();
+    let mut applied = ChartRbac {
+        admin: admin.clone(),
+        cluster_roles: vec![],
+        cluster_role_bindings: vec![],
+    };
+    for doc in docs {
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or_default();
+        let object = doc.clone();
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => {
+                let role: ClusterRole = serde_json::from_value(object).unwrap();
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(&name, &pp, &Patch::Apply(&role))
+                    .await
+                    .unwrap();
+                applied.cluster_roles.push(name);
+            }
+            Some("ClusterRoleBinding") => {
+                let binding: ClusterRoleBinding = serde_json::from_value(object).unwrap();
+                Api::<ClusterRoleBinding>::all(admin.clone())
+                    .patch(&name, &pp, &Patch::Apply(&binding))
+                    .await
+                    .unwrap();
+                applied.cluster_role_bindings.push(name);
+            }
+            Some("Role") => {
+                let role: Role = serde_json::from_value(object).unwrap();
+                Api::<Role>::namespaced(admin.clone(), ns)
+                    .patch(&name, &pp, &Patch::Apply(&role))
+                    .await
+                    .unwrap();
+            }
+            Some("RoleBinding") => {
+                let binding: RoleBinding = serde_json::from_value(object).unwrap();
+                Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                    .patch(&name, &pp, &Patch::Apply(&binding))
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    applied
+}
+
+impl ChartRbac {
+    pub async fn delete(self) {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        for name in &self.cluster_role_bindings {
+            let _ = Api::<ClusterRoleBinding>::all(self.admin.clone())
+                .delete(name, &DeleteParams::default())
+                .await;
+        }
+        for name in &self.cluster_roles {
+            let _ = Api::<ClusterRole>::all(self.admin.clone())
+                .delete(name, &DeleteParams::default())
+                .await;
+        }
+    }
 }
 
 /// The rules the operator runs under in every test: exactly the chart's ClusterRole, so that a verb the
