@@ -1,11 +1,21 @@
-//! What every controller's reconcile shares: a span with a trace id, kube's finalizer helper, the
-//! reconciliation metrics, and the retry delay each failure asks for.
+//! What every controller's reconcile shares: a span with a trace id, a check that the spec can be used at all,
+//! kube's finalizer helper, the reconciliation metrics, and the retry delay each failure asks for.
 
-use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    future::Future,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
 
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{
+    NamespaceResourceScope,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, CustomResourceExt, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
@@ -13,10 +23,14 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
 use tracing::{Instrument, warn};
 
 use super::Context;
-use crate::azure::error::{AzureError, ErrorClass};
+use crate::{
+    api::{Duration as SpecDuration, common::DURATION_PATTERN, conditions},
+    azure::error::{AzureError, ErrorClass},
+};
 
 /// The finalizer every kind carries while it has something in Azure to clean up.
 pub const FINALIZER: &str = "entra-operator.io/cleanup";
@@ -30,7 +44,8 @@ pub trait Failure: std::error::Error + Send + Sync + 'static {
 }
 
 /// Runs one reconcile of `object` through the finalizer (`step` gets Apply or Cleanup), in its span, and
-/// counts it by result.
+/// counts it by result. A spec that cannot be used (see [`spec_problems`]) is reported InvalidSpec on the
+/// object and goes no further: no finalizer, nothing in Azure. Deletion still runs the cleanup.
 pub async fn run<K, E, F, Fut>(
     kind: &'static str,
     object: Arc<K>,
@@ -39,6 +54,7 @@ pub async fn run<K, E, F, Fut>(
 ) -> Result<Action, FinalizerError<E>>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + CustomResourceExt
         + Clone
         + Debug
         + DeserializeOwned
@@ -70,7 +86,49 @@ where
         } else {
             object
         };
-        let result = finalizer(&api, FINALIZER, object.clone(), |event| step(event, ctx.clone())).await;
+        if object.meta().deletion_timestamp.is_none() {
+            let problems = spec_problems(kind, object.as_ref());
+            if !problems.is_empty() {
+                let message = problems.join("; ");
+                warn!(reason = INVALID_SPEC, error = %message, "the spec cannot be used");
+                let action = report(
+                    &api,
+                    object.as_ref(),
+                    &ctx,
+                    INVALID_SPEC,
+                    &message,
+                    Action::await_change(),
+                )
+                .await;
+                ctx.metrics
+                    .reconciled(kind, INVALID_SPEC, started.elapsed().as_secs_f64());
+                return Ok(action);
+            }
+        }
+        let reconciled = guarded(finalizer(&api, FINALIZER, object.clone(), |event| {
+            step(event, ctx.clone())
+        }))
+        .await;
+        let result = match reconciled {
+            Ok(result) => result,
+            Err(panic) => {
+                // A bug met on this object: kube's controller would unwind through every other object's
+                // reconcile and stop the operator. Reported on the object and retried rarely instead.
+                tracing::error!(panic = %panic, "reconcile panicked");
+                let action = report(
+                    &api,
+                    object.as_ref(),
+                    &ctx,
+                    RECONCILE_PANICKED,
+                    "the operator failed on this object (a bug, see its log); retrying every 5 minutes",
+                    Action::requeue(Duration::from_secs(300)),
+                )
+                .await;
+                ctx.metrics
+                    .reconciled(kind, RECONCILE_PANICKED, started.elapsed().as_secs_f64());
+                return Ok(action);
+            }
+        };
         if result.is_ok() && object.meta().deletion_timestamp.is_some() {
             ctx.status_writes.forget(object.as_ref());
         }
@@ -89,6 +147,139 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// The condition reason of a spec the operator cannot use.
+const INVALID_SPEC: &str = "InvalidSpec";
+
+/// What in `object`'s spec the operator cannot use although admission let it in, each as "spec.field: why".
+///
+/// Admission bounds every duration now, but objects admitted before the bound (or through a looser CRD) are
+/// still stored, and decoding keeps such a value rather than fail the whole watch. Every string field the CRD
+/// schema types as a duration is checked, found through the schema (so a duration field added later is
+/// covered without listing it here).
+pub fn spec_problems<K: CustomResourceExt + Serialize>(
+    kind: &'static str,
+    object: &K,
+) -> Vec<String> {
+    static SPEC_SCHEMAS: LazyLock<Mutex<HashMap<&'static str, Arc<Value>>>> =
+        LazyLock::new(Default::default);
+    let schema = SPEC_SCHEMAS
+        .lock()
+        .expect("spec schemas lock")
+        .entry(kind)
+        .or_insert_with(|| {
+            let crd = serde_json::to_value(K::crd()).unwrap_or_default();
+            Arc::new(
+                crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                    .clone(),
+            )
+        })
+        .clone();
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let mut problems = vec![];
+    check_durations(&schema, &value["spec"], "spec", &mut problems);
+    problems
+}
+
+fn check_durations(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
+    match value {
+        Value::String(text) if schema["pattern"] == DURATION_PATTERN => {
+            if let Some(problem) = SpecDuration::lenient(text).problem() {
+                problems.push(format!("{path}: {problem}"));
+            }
+        }
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                let sub = match schema["properties"].get(name) {
+                    Some(sub) => sub,
+                    None => &schema["additionalProperties"],
+                };
+                check_durations(sub, field, &format!("{path}.{name}"), problems);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_durations(&schema["items"], item, &format!("{path}[{i}]"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The condition reason of an object whose reconcile panicked.
+const RECONCILE_PANICKED: &str = "ReconcilePanicked";
+
+/// Runs `fut`, turning a panic into an error that carries its message.
+async fn guarded<T>(fut: impl Future<Output = T>) -> Result<T, String> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+}
+
+/// Reports `message` on the object with `reason` (Ready False, Stalled), as every controller reports a
+/// failure, with a Warning Event when that is news. Then `then`; only a failed write is retried sooner.
+async fn report<K>(
+    api: &Api<K>,
+    object: &K,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+    then: Action,
+) -> Action
+where
+    K: Resource<DynamicType = ()> + Serialize + Clone + Debug + DeserializeOwned,
+{
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let current: Vec<Condition> =
+        serde_json::from_value(value["status"]["conditions"].clone()).unwrap_or_default();
+    let generation = object.meta().generation;
+    let mut updated = current.clone();
+    let news = conditions::record_failure(
+        &mut updated,
+        reason,
+        message,
+        true,
+        generation,
+        Time(Timestamp::now()),
+    );
+    let observed = value["status"]["observedGeneration"].as_i64();
+    if updated != current || observed != generation {
+        let patch = serde_json::json!({
+            "status": {"conditions": updated, "observedGeneration": generation}
+        });
+        if let Err(e) = api
+            .patch_status(
+                &object.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            warn!(error = %e, reason, "cannot record the failure on the object; retrying");
+            return Action::requeue(Duration::from_secs(5));
+        }
+        ctx.status_writes.wrote(object);
+    }
+    if news {
+        super::publish(
+            ctx,
+            object,
+            kube::runtime::events::EventType::Warning,
+            reason,
+            message,
+        )
+        .await;
+    }
+    then
 }
 
 /// The controllers' error policy: retry after what the failure asks for (`run` has logged it).
@@ -199,5 +390,107 @@ impl StatusWrites {
         if let Some(uid) = object.uid() {
             self.0.lock().expect("status writes lock").remove(&uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
+
+    fn crot(name: &str, spec: Value) -> Value {
+        serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "CredentialRotation",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+        })
+    }
+
+    // A watcher decodes a whole list page: one object that an older schema admitted must not fail the page.
+    #[test]
+    fn a_list_page_with_an_unusable_duration_decodes() {
+        let page = serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "CredentialRotationList", "metadata": {},
+            "items": [
+                crot("bad", serde_json::json!({"servicePrincipalRef": {"name": "a"}, "renewBefore": "720h",
+                    "overlap": "9999999999999999h"})),
+                crot("good", serde_json::json!({"servicePrincipalRef": {"name": "b"}, "rotateEvery": "720h"})),
+            ],
+        });
+        let list: kube::api::ObjectList<CredentialRotation> =
+            serde_json::from_value(page).expect("the page decodes");
+        let problems: Vec<Vec<String>> = list
+            .items
+            .iter()
+            .map(|o| spec_problems("CredentialRotation", o))
+            .collect();
+        assert_eq!(problems[1], Vec::<String>::new());
+        assert_eq!(problems[0].len(), 1, "{problems:?}");
+        let problem = &problems[0][0];
+        assert!(
+            problem.starts_with("spec.overlap: ")
+                && problem.contains("9999999999999999h")
+                && problem.contains("maximum of 87600h"),
+            "{problem}"
+        );
+        assert_eq!(
+            list.items[0].spec.overlap.as_std(),
+            crate::api::common::MAX_DURATION,
+            "what reads the value anyway stays in range"
+        );
+    }
+
+    #[test]
+    fn every_duration_field_is_checked_by_its_path() {
+        let o: CredentialRotation = serde_json::from_value(crot(
+            "x",
+            serde_json::json!({"applicationId": "7f951dda-4ed3-4680-a7ca-43fe172d538d", "rotateEvery": "1y",
+                "renewBefore": "87601h", "credentialLifetime": "87600h", "overlap": "1h",
+                "targets": {"secret": {"name": "s"}}}),
+        ))
+        .unwrap();
+        let problems = spec_problems("CredentialRotation", &o);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("spec.renewBefore: invalid duration \"87601h\""));
+        assert!(problems[1].starts_with("spec.rotateEvery: invalid duration \"1y\""));
+
+        let sp: ServicePrincipal = serde_json::from_value(serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+            "metadata": {"name": "sp", "namespace": "ns"},
+            "spec": {"displayName": "a", "credentialLifetime": "99999999999999999999h"},
+        }))
+        .unwrap();
+        let problems = spec_problems("ServicePrincipal", &sp);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("spec.credentialLifetime: "));
+
+        let rd: RoleDelegation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "RoleDelegation",
+            "metadata": {"name": "rd", "namespace": "ns"},
+            "spec": {"principalId": "7f951dda-4ed3-4680-a7ca-43fe172d538d", "role": {"name": "Reader"},
+                "scope": "/subscriptions/7f951dda-4ed3-4680-a7ca-43fe172d538d"},
+        }))
+        .unwrap();
+        assert!(spec_problems("RoleDelegation", &rd).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_with_its_message() {
+        assert_eq!(guarded(async { 7 }).await, Ok(7));
+        let index = 9;
+        let panicked = guarded(async move {
+            let v: Vec<u8> = vec![];
+            v[index]
+        })
+        .await;
+        assert!(
+            panicked
+                .as_ref()
+                .is_err_and(|m| m.contains("index out of bounds")),
+            "{panicked:?}"
+        );
+        assert_eq!(
+            guarded(async { panic!("static") }).await,
+            Err::<(), _>("static".into())
+        );
     }
 }

@@ -126,15 +126,18 @@ pub fn expiry(now: Timestamp, current: Current, renew_before: Option<Duration>) 
 }
 
 /// How long until the next thing the rotation has to do (a rotation, or removing the previous secret), so that
-/// the controller wakes exactly then rather than polling. At least a second; at most `resync`.
+/// the controller wakes exactly then rather than polling. At least a second (also when `resync` is shorter:
+/// never a busy loop); at most `resync`.
 pub fn wake_in(now: Timestamp, moments: &[Option<Timestamp>], resync: Duration) -> Duration {
+    // Not `clamp`, which panics when its bounds cross: a resync under a second is a valid flag value.
     moments
         .iter()
         .flatten()
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default())
         .min()
         .unwrap_or(resync)
-        .clamp(Duration::from_secs(1), resync)
+        .min(resync)
+        .max(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -221,5 +224,57 @@ mod tests {
         );
         assert_eq!(wake_in(t(0), &[None], hour), hour);
         assert_eq!(wake_in(t(0), &[Some(t(7200))], hour), hour);
+    }
+
+    // Timestamps anywhere in jiff's range and durations anywhere in std's, whatever admission allows: the
+    // schedule is computed without panicking, and wakes stay within their bounds.
+    fn timestamp() -> impl proptest::strategy::Strategy<Value = Timestamp> {
+        (Timestamp::MIN.as_second()..=Timestamp::MAX.as_second())
+            .prop_map(|s| Timestamp::from_second(s).unwrap())
+    }
+
+    fn duration() -> impl proptest::strategy::Strategy<Value = Duration> {
+        proptest::prop_oneof![
+            (0u64..=u64::MAX, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (0u64..=10 * 365 * 86_400).prop_map(Duration::from_secs),
+            (0u64..2_000).prop_map(Duration::from_millis),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn the_schedule_never_panics(
+            now in timestamp(),
+            issued in timestamp(),
+            expires in proptest::option::of(timestamp()),
+            rotate_every in proptest::option::of(duration()),
+            renew_before in proptest::option::of(duration()),
+            token_changed in any::<bool>(),
+            resync in duration(),
+            moments in proptest::collection::vec(proptest::option::of(timestamp()), 0..4),
+        ) {
+            let schedule = Schedule { rotate_every, renew_before };
+            let current = Current { issued, expires };
+            let _ = next_rotation(schedule, current);
+            let _ = due(now, schedule, Some(current), token_changed);
+            let _ = expiry(now, current, renew_before);
+            let wake = wake_in(now, &moments, resync);
+            prop_assert!(wake >= secs(1), "{wake:?}");
+            prop_assert!(wake <= resync.max(secs(1)), "{wake:?}");
+        }
+    }
+
+    #[test]
+    fn a_resync_under_a_second_still_wakes_after_a_second() {
+        assert_eq!(wake_in(t(0), &[Some(t(30))], Duration::ZERO), secs(1));
+        assert_eq!(wake_in(t(0), &[None], Duration::from_millis(500)), secs(1));
     }
 }

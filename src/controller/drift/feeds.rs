@@ -58,7 +58,11 @@ impl Feeds {
 
     /// Runs rounds forever: Graph and known subscriptions every interval, new subscriptions within seconds.
     pub async fn run(mut self) {
-        let mut ticker = tokio::time::interval(NEW_SUBSCRIPTION_CHECK.min(self.drift.interval()));
+        // At least a millisecond: `interval` panics on zero, and DRIFT_INTERVAL=0s is a value a flag can take.
+        let period = NEW_SUBSCRIPTION_CHECK
+            .min(self.drift.interval())
+            .max(std::time::Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;

@@ -274,4 +274,46 @@ mod tests {
         };
         assert!(!assignment_matches(&a, "abc", "p", &conditioned));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 1000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        // Any elapsed time and any window (the window is a flag, the elapsed time comes from the status):
+        // the wait is within its bounds, and there is none once the window is over.
+        #[test]
+        fn replication_retries_stay_within_bounds(
+            elapsed in (0u64..=u64::MAX, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            window in (0u64..=u64::MAX).prop_map(Duration::from_secs),
+        ) {
+            match replication_retry(elapsed, window) {
+                Some(wait) => {
+                    prop_assert!(elapsed < window);
+                    prop_assert!((FIRST_RETRY..=LONGEST_RETRY).contains(&wait));
+                }
+                None => prop_assert!(elapsed >= window),
+            }
+        }
+
+        // Whatever scopes Azure or the spec lists (admission checks the spec's, not what Azure returns), the
+        // comparisons answer rather than panic.
+        #[test]
+        fn scopes_from_anywhere_are_compared_without_panics(
+            listed in proptest::collection::vec("(/|/subscriptions/[0-9a-f-]{0,40}|/providers/[a-zA-Z./]{0,30}|[ -~]{0,40}|.{0,20})(/resourceGroups/[^/]{0,10})?(/providers/[A-Za-z.]{0,12}/[a-z]{0,5}/[^/]{0,5})?", 0..4),
+        ) {
+            let rg = Scope::parse(&format!("{SUB}/resourceGroups/rg")).unwrap();
+            let _ = assignable_at(&listed, &rg);
+            let mut role = custom();
+            role.assignable_scopes = listed.clone();
+            let _ = custom_scopes(&role, &rg);
+            let mut existing = definition(&["Microsoft.Compute/disks/read"], &[]);
+            existing.properties.assignable_scopes = listed;
+            let _ = custom_role_matches(&existing, &custom(), "ns", &[rg]);
+        }
+    }
 }
