@@ -69,7 +69,8 @@ pub struct ServicePrincipalSpec {
     #[schemars(length(max = 1024))]
     pub notes: Option<String>,
 
-    /// Tags set on the application, in addition to the ones the operator adds to recognise its own objects.
+    /// Tags set on the application, in addition to the ones the operator adds to recognise its own objects
+    /// (none may begin with "entra-operator/": those are the operator's ownership marks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
@@ -113,9 +114,13 @@ pub struct ServicePrincipalSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub purge_on_delete: bool,
 
-    /// Manage an existing application instead of creating one. Explicit opt-in, and only for an application the
-    /// operator's identity owns: the operator then manages its display name, tags, federated credentials and
-    /// its own passwords, and never deletes it. Can only be set at creation.
+    /// Manage an existing application instead of creating one. Explicit opt-in, allowed only for an application
+    /// this cluster created for this very object (its ownership tags name this namespace and name, e.g. one
+    /// left by a deleted object with deletionPolicy Orphan) or one that a DelegationPolicy selecting the
+    /// namespace lists in `applications`; otherwise DeniedByPolicy. One another object or cluster holds is a
+    /// Conflict. The operator's identity must also own it. The operator then manages its display name, tags,
+    /// the federated credentials this object adds (never one of the same name it did not add) and its own
+    /// passwords, and never deletes it. Can only be set at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<Adopt>,
 }
@@ -188,7 +193,8 @@ pub struct ServicePrincipalStatus {
     /// Name of the Secret holding the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// Federated identity credentials present on the application, by name.
+    /// Federated identity credentials this object holds on the application, by name (on an adopted
+    /// application: only those it added, recorded before it adds them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub federated_credentials: Vec<String>,
     /// The metadata.generation this status describes.

@@ -28,6 +28,65 @@ pub fn ownership_tags(cluster_id: &str, namespace: &str, name: &str) -> Vec<Stri
     ]
 }
 
+/// Prefix of the ownership marks below. spec.tags may not use it: a tenant could otherwise make an application
+/// look as if this cluster created it for some other object.
+pub const MARK_PREFIX: &str = "entra-operator/";
+const CLUSTER_MARK: &str = "entra-operator/cluster=";
+const OBJECT_MARK: &str = "entra-operator/object=";
+/// Beside the ownership marks on an application the operator adopted because a DelegationPolicy listed it (it
+/// did not create it for the object its marks name): so that the marks it wrote do not, on their own, authorize
+/// the next adoption of it once the policy no longer lists it.
+pub const ADOPTED_MARK: &str = "entra-operator/adopted";
+
+/// What an application's tags say about who holds it (the tags `ownership_tags` writes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// Every `entra-operator/cluster=` value.
+    pub clusters: Vec<String>,
+    /// Every `entra-operator/object=` value (`namespace/name`).
+    pub objects: Vec<String>,
+    /// Whether the application carries `ADOPTED_MARK`.
+    pub adopted: bool,
+}
+
+impl Marks {
+    /// The one object of `cluster_id` the marks name, if they name exactly one cluster (this one) and one object.
+    pub fn object_of(&self, cluster_id: &str) -> Option<&str> {
+        match (self.clusters.as_slice(), self.objects.as_slice()) {
+            ([cluster], [object]) if cluster == cluster_id => Some(object),
+            _ => None,
+        }
+    }
+
+    /// Whether this cluster created the application for `namespace/name` (never merely adopted it).
+    pub fn created_for(&self, cluster_id: &str, namespace: &str, name: &str) -> bool {
+        !self.adopted && self.object_of(cluster_id) == Some(&format!("{namespace}/{name}"))
+    }
+
+    /// A cluster other than `cluster_id` that the marks name.
+    pub fn other_cluster(&self, cluster_id: &str) -> Option<&str> {
+        self.clusters
+            .iter()
+            .find(|c| *c != cluster_id)
+            .map(String::as_str)
+    }
+}
+
+/// Reads the ownership marks from an application's tags.
+pub fn ownership_marks(tags: &[String]) -> Marks {
+    let mut marks = Marks::default();
+    for tag in tags {
+        if let Some(cluster) = tag.strip_prefix(CLUSTER_MARK) {
+            marks.clusters.push(cluster.to_string());
+        } else if let Some(object) = tag.strip_prefix(OBJECT_MARK) {
+            marks.objects.push(object.to_string());
+        } else if tag == ADOPTED_MARK {
+            marks.adopted = true;
+        }
+    }
+    marks
+}
+
 /// The displayName of a password the operator adds for an object: `entra-operator:{ns}/{name}:{n}`, where n
 /// counts the passwords issued for it (so two passwords of one object never share a name).
 pub fn password_name(namespace: &str, name: &str, serial: u64) -> String {
@@ -49,6 +108,28 @@ pub fn custom_role_guid(cluster_id: &str, namespace: &str, role_name: &str) -> S
         format!("role:{cluster_id}/{namespace}/{}", role_name.to_lowercase()).as_bytes(),
     )
     .to_string()
+}
+
+/// The name of the role assignment a RoleDelegation makes: a UUIDv5 of the owner (cluster, namespace, object
+/// name) and the grant (scope, role GUID, principal; case-insensitive, as ARM compares them). The owner is in
+/// it so that two delegations never share one assignment (the same grant from another object gets ARM's 409
+/// instead of the other's assignment), and the grant so that a crash between PUT and status finds it again.
+/// No uid: a delegation deleted with Orphan and created again takes its assignment back.
+pub fn assignment_name(
+    cluster_id: &str,
+    namespace: &str,
+    name: &str,
+    scope: &str,
+    role_definition_guid: &str,
+    principal_id: &str,
+) -> String {
+    let key = format!(
+        "assignment:{cluster_id}/{namespace}/{name}|{}|{}|{}",
+        scope.trim_end_matches('/').to_ascii_lowercase(),
+        role_definition_guid.to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase()
+    );
+    Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
 }
 
 #[cfg(test)]
@@ -94,6 +175,37 @@ mod tests {
             password_serial("rotated by hand", "team-a", "payroll"),
             None
         );
+    }
+
+    #[test]
+    fn ownership_marks_round_trip_and_say_who_holds_an_application() {
+        let tags = ownership_tags("c1", "team-a", "payroll");
+        let marks = ownership_marks(&tags);
+        assert_eq!(marks.object_of("c1"), Some("team-a/payroll"));
+        assert!(marks.created_for("c1", "team-a", "payroll"));
+        assert_eq!(marks.other_cluster("c1"), None);
+        // Another object, another cluster, an adoption: none of them is "created for team-a/payroll here".
+        assert!(!marks.created_for("c1", "team-a", "pay"));
+        assert!(!marks.created_for("c1", "team-b", "payroll"));
+        assert!(!marks.created_for("c2", "team-a", "payroll"));
+        assert_eq!(marks.other_cluster("c2"), Some("c1"));
+        let mut adopted = tags.clone();
+        adopted.push(ADOPTED_MARK.into());
+        let marks = ownership_marks(&adopted);
+        assert!(marks.adopted && !marks.created_for("c1", "team-a", "payroll"));
+        assert_eq!(
+            marks.object_of("c1"),
+            Some("team-a/payroll"),
+            "still its holder"
+        );
+        // Two sets of marks are ambiguous: they name no one object, and the foreign cluster shows.
+        let mut two = tags.clone();
+        two.extend(ownership_tags("c2", "team-b", "x"));
+        let marks = ownership_marks(&two);
+        assert_eq!(marks.object_of("c1"), None);
+        assert!(!marks.created_for("c1", "team-a", "payroll"));
+        assert_eq!(marks.other_cluster("c1"), Some("c2"));
+        assert_eq!(ownership_marks(&["env=prod".into()]), Marks::default());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use kube::{
     Api, ResourceExt,
     api::DeleteParams,
@@ -19,9 +22,15 @@ use kube::{
 use serde_json::json;
 
 use crate::controller::reconcile::{self, Failure as _};
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{Context, drift, naming, publish, secret_format, secrets};
+use super::{
+    Context,
+    claims::{self, Claimant},
+    drift, naming,
+    policy::{self, applications::Adoption},
+    publish, secret_format, secrets,
+};
 use crate::{
     api::{
         DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
@@ -65,6 +74,14 @@ pub enum Error {
     /// A CredentialRotation delivers this object's password.
     #[error("{0}")]
     ManagedByRotation(String),
+    /// Nothing authorizes adopting the application (see `policy::applications::may_adopt`); the message names
+    /// spec.adopt.appId and the policy field.
+    #[error("{0}")]
+    DeniedByPolicy(String),
+    /// Another object (or cluster, or someone outside the operator) holds what this one claims: the
+    /// application, or a federated credential's name on it. The message names the holder.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The CredentialRotation that manages this object's password, read from the API server (not the cache).
@@ -91,6 +108,8 @@ impl reconcile::Failure for Error {
             Error::Adoption(_) => "AdoptionDenied",
             Error::NotYetVisible(..) => "WaitingForReplication",
             Error::ManagedByRotation(_) => "WaitingForRotation",
+            Error::DeniedByPolicy(_) => "DeniedByPolicy",
+            Error::Conflict(_) => "Conflict",
         }
     }
 
@@ -105,6 +124,8 @@ impl reconcile::Failure for Error {
             Error::Kube(_) => Duration::from_secs(5),
             // The rotation's Secret write brings this object back through the Secret watch.
             Error::ManagedByRotation(_) => Duration::from_secs(60),
+            // Neither a policy change nor the holder's delete wakes this object: it looks again every two minutes.
+            Error::DeniedByPolicy(_) | Error::Conflict(_) => Duration::from_secs(120),
         }
     }
 }
@@ -114,7 +135,11 @@ impl Error {
     fn stalled(&self) -> bool {
         match self {
             Error::Azure(e) => reconcile::azure_stalled(e),
-            Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => true,
+            Error::Invalid(_)
+            | Error::SecretConflict(_)
+            | Error::Adoption(_)
+            | Error::DeniedByPolicy(_)
+            | Error::Conflict(_) => true,
             Error::Kube(_) | Error::NotYetVisible(..) | Error::ManagedByRotation(_) => false,
         }
     }
@@ -135,7 +160,8 @@ pub async fn reconcile(
 
 /// Converges one object, recording a failure in its conditions before returning it.
 async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
-    match converge(sp, ctx).await {
+    let mut recorded_credentials = None;
+    match converge(sp, ctx, &mut recorded_credentials).await {
         Ok(status) => {
             let expiry = status
                 .credential
@@ -157,6 +183,10 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
             if let Error::NotYetVisible(_, Some(id)) = &err {
                 // Recorded before the application can be read: a delete in the meantime still finds it.
                 status.object_id = Some(id.clone());
+            }
+            if let Some(names) = recorded_credentials {
+                // Written before they were created; a failure after must not forget them.
+                status.federated_credentials = names;
             }
             let message = err.to_string();
             let changed = conditions::record_failure(
@@ -239,7 +269,12 @@ async fn unchanged(
     Ok(Some(status.clone()))
 }
 
-async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincipalStatus, Error> {
+/// `recorded_credentials`: set when federated credential names were written to status ahead of their creation.
+async fn converge(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    recorded_credentials: &mut Option<Vec<String>>,
+) -> Result<ServicePrincipalStatus, Error> {
     if let Some(status) = unchanged(sp, ctx).await? {
         return Ok(status);
     }
@@ -248,14 +283,38 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
     let name = sp.name_any();
     let uid = sp.uid().unwrap_or_default();
     let key = naming::unique_name(&ctx.cluster_id, &ns, &name, &uid);
+    if let Some((i, tag)) = sp
+        .spec
+        .tags
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.starts_with(naming::MARK_PREFIX))
+    {
+        return Err(Error::Invalid(format!(
+            "spec.tags[{i}]: {tag:?}: tags beginning {} are the operator's ownership marks",
+            naming::MARK_PREFIX
+        )));
+    }
     let mut tags = naming::ownership_tags(&ctx.cluster_id, &ns, &name);
     tags.extend(sp.spec.tags.iter().cloned());
-    let fields = json!({"displayName": sp.spec.display_name, "notes": sp.spec.notes, "tags": tags});
 
-    // Application: read first, write only when something differs (no redundant writes to Graph).
-    let app = match &sp.spec.adopt {
-        Some(adopt) => adopted_application(ctx, &adopt.app_id, &fields, sp, &tags).await?,
-        None => created_application(ctx, sp, &key, &fields, &tags).await?,
+    // Application: read first, write only when something differs (no redundant writes to Graph). An adopted
+    // one is authorized and claimed before anything is written to it.
+    let (app, credentials, all_credentials_ours) = match &sp.spec.adopt {
+        Some(adopt) => {
+            let adopted = adopted_application(ctx, sp, &adopt.app_id, tags).await?;
+            let created_for_it = adopted.ground == Adoption::CreatedForIt;
+            (adopted.app, Some(adopted.credentials), created_for_it)
+        }
+        None => {
+            let fields =
+                json!({"displayName": sp.spec.display_name, "notes": sp.spec.notes, "tags": tags});
+            (
+                created_application(ctx, sp, &key, &fields, &tags).await?,
+                None,
+                true,
+            )
+        }
     };
 
     let principal = match ctx.graph.service_principal_by_app_id(&app.app_id).await? {
@@ -274,7 +333,15 @@ async fn converge(sp: &ServicePrincipal, ctx: &Context) -> Result<ServicePrincip
         }
     };
 
-    let fic_names = converge_federated_credentials(sp, ctx, &app).await?;
+    let fic_names = converge_federated_credentials(
+        sp,
+        ctx,
+        &app,
+        credentials,
+        all_credentials_ours,
+        recorded_credentials,
+    )
+    .await?;
 
     let mut status = sp.status.clone().unwrap_or_default();
     status.app_id = Some(app.app_id.clone());
@@ -354,38 +421,286 @@ async fn created_application(
     })
 }
 
-/// An existing application named by spec.adopt: only one the operator's identity owns (Graph refuses the
-/// others), updated in place, never renamed by uniqueName.
+/// An application spec.adopt names, once adopting it is authorized and claimed.
+struct Adopted {
+    app: Application,
+    ground: Adoption,
+    /// Its federated credentials, read before anything was written.
+    credentials: Vec<FederatedIdentityCredential>,
+}
+
+/// An existing application named by spec.adopt, updated in place (never renamed by uniqueName) once three
+/// things hold, decided before any write: this object may adopt it (`policy::applications::may_adopt`: being
+/// owned by the operator's identity proves nothing, since that identity owns every namespace's
+/// applications), no other object holds it (`claim`), and none of spec.federatedCredentials would overwrite
+/// a credential of the same name that this object did not add.
 async fn adopted_application(
     ctx: &Context,
-    app_id: &str,
-    fields: &serde_json::Value,
     sp: &ServicePrincipal,
-    tags: &[String],
-) -> Result<Application, Error> {
-    let app = match ctx.graph.application_by_app_id(app_id).await {
+    app_id: &str,
+    mut tags: Vec<String>,
+) -> Result<Adopted, Error> {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let labels = namespace_labels(ctx, &ns).await?;
+    let read = match ctx.graph.application_by_app_id(app_id).await {
+        Ok(app) => Ok(app),
+        Err(e) if e.class() == ErrorClass::Forbidden => Err(e),
+        Err(e) => return Err(e.into()),
+    };
+    let marks = match &read {
+        Ok(Some(app)) => Some(naming::ownership_marks(&app.tags)),
+        _ => None,
+    };
+    // Authorization first: a namespace with no ground learns nothing about who holds the application, or
+    // whether it exists.
+    let ground = policy::applications::may_adopt(
+        &ctx.policies.state(),
+        &ctx.cluster_id,
+        &ns,
+        &name,
+        &labels,
+        app_id,
+        marks.as_ref(),
+    )
+    .map_err(Error::DeniedByPolicy)?;
+    let app = match read {
         Ok(Some(app)) => app,
         Ok(None) => {
             return Err(Error::Adoption(format!(
                 "spec.adopt.appId: no application {app_id} exists"
             )));
         }
-        Err(e) if e.class() == ErrorClass::Forbidden => {
+        Err(e) => {
             return Err(Error::Adoption(format!(
                 "spec.adopt.appId: the operator's identity does not own application {app_id} ({})",
                 e.code()
             )));
         }
-        Err(e) => return Err(e.into()),
     };
-    if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), tags) {
-        return Ok(app);
+    claim(
+        ctx,
+        sp,
+        app_id,
+        marks.as_ref().unwrap_or(&Default::default()),
+    )
+    .await?;
+    let credentials = ctx.graph.federated_credentials(&app.id).await?;
+    if ground != Adoption::CreatedForIt
+        && let Some(message) = foreign_credential(sp, app_id, &credentials)
+    {
+        return Err(Error::Conflict(message));
     }
-    ctx.graph.update_application(&app.id, fields).await?;
-    ctx.graph
-        .application_by_app_id(app_id)
+    if matches!(ground, Adoption::Listed(_)) {
+        tags.push(naming::ADOPTED_MARK.to_string());
+    }
+    let app = if app_matches(&app, &sp.spec.display_name, sp.spec.notes.as_deref(), &tags) {
+        app
+    } else {
+        if let Adoption::Listed(policy) = &ground {
+            info!(object = %format!("{ns}/{name}"), app_id, policy = %policy, "adopting an application a policy lists");
+        }
+        let fields =
+            json!({"displayName": sp.spec.display_name, "notes": sp.spec.notes, "tags": tags});
+        ctx.graph.update_application(&app.id, &fields).await?;
+        ctx.graph
+            .application_by_app_id(app_id)
+            .await?
+            .ok_or(Error::NotYetVisible("the adopted application", None))?
+    };
+    Ok(Adopted {
+        app,
+        ground,
+        credentials,
+    })
+}
+
+/// The labels policies select the namespace by.
+async fn namespace_labels(ctx: &Context, ns: &str) -> Result<BTreeMap<String, String>, Error> {
+    Ok(Api::<Namespace>::all(ctx.client.clone())
+        .get(ns)
         .await?
-        .ok_or(Error::NotYetVisible("the adopted application", None))
+        .metadata
+        .labels
+        .unwrap_or_default())
+}
+
+/// How strongly a ServicePrincipal holds an application: the lower, the stronger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Hold {
+    /// It created the application (its status records it, or the marks name it, and it adopts nothing).
+    Creator,
+    /// It adopts the application, and the marks (written by its adoption) name it.
+    Marked,
+    /// It adopts the application, and its status records it (an adoption before marks were checked).
+    Recorded,
+    /// It asks to adopt the application, and has not yet.
+    Asking,
+}
+
+/// How `sp` holds application `app_id`, whose ownership marks are `marks`; None if it does not claim it.
+fn hold(
+    sp: &ServicePrincipal,
+    cluster_id: &str,
+    app_id: &str,
+    marks: &naming::Marks,
+) -> Option<Hold> {
+    let recorded = sp
+        .status
+        .as_ref()
+        .and_then(|s| s.app_id.as_deref())
+        .is_some_and(|a| a.eq_ignore_ascii_case(app_id));
+    let adopting = sp
+        .spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.app_id.eq_ignore_ascii_case(app_id));
+    let named = marks.object_of(cluster_id)
+        == Some(&format!(
+            "{}/{}",
+            sp.namespace().unwrap_or_default(),
+            sp.name_any()
+        ));
+    match () {
+        _ if sp.spec.adopt.is_none() && (recorded || named) => Some(Hold::Creator),
+        _ if adopting && named => Some(Hold::Marked),
+        _ if adopting && recorded => Some(Hold::Recorded),
+        _ if adopting => Some(Hold::Asking),
+        _ => None,
+    }
+}
+
+/// Whether `me`, holding as `mine`, may act on what `others` also claim: the strongest hold wins, and among
+/// equals the oldest object (`claims::check`). Err names the holder.
+fn holder(me: &Claimant, mine: Hold, others: &[(Hold, Claimant)]) -> Result<(), Claimant> {
+    let Some(best) = others.iter().map(|(h, _)| *h).min() else {
+        return Ok(());
+    };
+    let strongest: Vec<Claimant> = others
+        .iter()
+        .filter(|(h, _)| *h == best)
+        .map(|(_, c)| c.clone())
+        .collect();
+    if best < mine {
+        let oldest = strongest
+            .iter()
+            .find(|c| claims::check(c, &strongest).is_ok())
+            .unwrap_or(&strongest[0]);
+        return Err(oldest.clone());
+    }
+    if best == mine {
+        return claims::check(me, &strongest);
+    }
+    Ok(())
+}
+
+/// The exclusive claim on an adopted application: another cluster named by its marks, another
+/// ServicePrincipal of this cluster that holds it (created it, adopted it, or may adopt it and is older), or
+/// a CredentialRotation that may rotate it by spec.applicationId and is older, holds it instead; this object
+/// then gets a Conflict naming the holder and writes nothing. Objects that ask but have no ground hold
+/// nothing, so that a denied object cannot block an allowed one.
+async fn claim(
+    ctx: &Context,
+    sp: &ServicePrincipal,
+    app_id: &str,
+    marks: &naming::Marks,
+) -> Result<(), Error> {
+    let conflict = |holder: String| {
+        Error::Conflict(format!(
+            "spec.adopt.appId: application {app_id} is held by {holder}; this object changes nothing in it"
+        ))
+    };
+    if let Some(cluster) = marks.other_cluster(&ctx.cluster_id) {
+        let objects = marks.objects.join(", ");
+        return Err(conflict(format!("cluster {cluster} (object {objects})")));
+    }
+    let me = Claimant::of(sp);
+    let mine = hold(sp, &ctx.cluster_id, app_id, marks).unwrap_or(Hold::Asking);
+    let policies = ctx.policies.state();
+    let mut labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut others = vec![];
+    for other in ctx.claims.service_principals() {
+        let them = Claimant::of(other.as_ref());
+        if them.namespace == me.namespace && them.name == me.name {
+            continue;
+        }
+        let Some(theirs) = hold(&other, &ctx.cluster_id, app_id, marks) else {
+            continue;
+        };
+        if theirs == Hold::Asking {
+            if !labels.contains_key(&them.namespace) {
+                let found = namespace_labels(ctx, &them.namespace).await?;
+                labels.insert(them.namespace.clone(), found);
+            }
+            let allowed = policy::applications::may_adopt(
+                &policies,
+                &ctx.cluster_id,
+                &them.namespace,
+                &them.name,
+                &labels[&them.namespace],
+                app_id,
+                Some(marks),
+            );
+            if allowed.is_err() {
+                continue;
+            }
+        }
+        others.push((theirs, them));
+    }
+    holder(&me, mine, &others).map_err(|h| conflict(h.to_string()))?;
+    let mut rotations = vec![];
+    for rotation in ctx.claims.rotations() {
+        if !rotation
+            .spec
+            .application_id
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(app_id))
+        {
+            continue;
+        }
+        let them = Claimant::of(rotation.as_ref());
+        if !labels.contains_key(&them.namespace) {
+            let found = namespace_labels(ctx, &them.namespace).await?;
+            labels.insert(them.namespace.clone(), found);
+        }
+        if policy::may_rotate(&policies, &them.namespace, &labels[&them.namespace], app_id).is_ok()
+        {
+            rotations.push(them);
+        }
+    }
+    claims::check(&me, &rotations).map_err(|h| conflict(h.to_string()))
+}
+
+/// On an adopted application: the first of spec.federatedCredentials whose name the application already has
+/// for a credential this object did not add (status lists what it added). Entra compares names without case.
+fn foreign_credential(
+    sp: &ServicePrincipal,
+    app_id: &str,
+    current: &[FederatedIdentityCredential],
+) -> Option<String> {
+    let added = added_credentials(sp);
+    sp.spec
+        .federated_credentials
+        .iter()
+        .enumerate()
+        .find(|(_, want)| {
+            current.iter().any(|c| c.name.eq_ignore_ascii_case(&want.name))
+                && !added.iter().any(|n| n.eq_ignore_ascii_case(&want.name))
+        })
+        .map(|(i, want)| {
+            format!(
+                "spec.federatedCredentials[{i}].name: application {app_id} already has a federated credential \
+                 named {} that this ServicePrincipal did not add; it is left untouched",
+                want.name
+            )
+        })
+}
+
+/// The federated credentials this object added (to an adopted application), as its status records them.
+fn added_credentials(sp: &ServicePrincipal) -> &[String] {
+    sp.status
+        .as_ref()
+        .map(|s| s.federated_credentials.as_slice())
+        .unwrap_or_default()
 }
 
 fn app_matches(
@@ -417,15 +732,46 @@ pub(crate) fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a Pa
     found.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Makes the application's federated credentials the spec's; returns their names. On an application the
-/// operator created every other credential goes; on an adopted one only those it added before (listed in
-/// status), so that credentials someone else put there survive.
+/// Makes the application's federated credentials the spec's; returns the names this object holds there. On
+/// an application created for this object (`all_ours`) every other credential goes; on an adopted one only
+/// those it added before (listed in status), so that credentials someone else put there survive, and a
+/// credential it is about to add is recorded in status first (`recorded`), so that a crash right after the
+/// create cannot leave one it would no longer recognise as its own. `current`: the credentials if already read.
 async fn converge_federated_credentials(
     sp: &ServicePrincipal,
     ctx: &Context,
     app: &Application,
+    current: Option<Vec<FederatedIdentityCredential>>,
+    all_ours: bool,
+    recorded: &mut Option<Vec<String>>,
 ) -> Result<Vec<String>, Error> {
-    let current = ctx.graph.federated_credentials(&app.id).await?;
+    let current = match current {
+        Some(c) => c,
+        None => ctx.graph.federated_credentials(&app.id).await?,
+    };
+    let added = added_credentials(sp);
+    let ours = |name: &str| all_ours || added.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if !all_ours {
+        // Checked by adopted_application before any write; checked again since this is where it would happen.
+        if let Some(message) = foreign_credential(sp, &app.app_id, &current) {
+            return Err(Error::Conflict(message));
+        }
+        let new: Vec<&String> = sp
+            .spec
+            .federated_credentials
+            .iter()
+            .map(|f| &f.name)
+            .filter(|n| !ours(n))
+            .collect();
+        if !new.is_empty() {
+            let mut names = added.to_vec();
+            names.extend(new.into_iter().cloned());
+            let mut status = sp.status.clone().unwrap_or_default();
+            status.federated_credentials = names.clone();
+            write_status(sp, ctx, status).await?;
+            *recorded = Some(names);
+        }
+    }
     for want in &sp.spec.federated_credentials {
         let desired = FederatedIdentityCredential {
             id: String::new(),
@@ -447,23 +793,18 @@ async fn converge_federated_credentials(
                 .await?;
         }
     }
-    let added_before: &[String] = sp
-        .status
-        .as_ref()
-        .map(|s| s.federated_credentials.as_slice())
-        .unwrap_or_default();
-    let ours = |name: &str| sp.spec.adopt.is_none() || added_before.iter().any(|n| n == name);
     for extra in current.iter().filter(|c| {
         !sp.spec
             .federated_credentials
             .iter()
-            .any(|w| w.name == c.name)
+            .any(|w| w.name.eq_ignore_ascii_case(&c.name))
             && ours(&c.name)
     }) {
         ctx.graph
             .delete_federated_credential(&app.id, &extra.name)
             .await?;
     }
+    // Every one of them is this object's: a foreign one of the same name stopped it above.
     Ok(sp
         .spec
         .federated_credentials
@@ -546,16 +887,38 @@ async fn converge_password(
                 .as_ref()
                 .map(|d| d.as_std())
                 .unwrap_or(DEFAULT_LIFETIME);
-            let end = k8s_openapi::jiff::Timestamp::now()
-                + k8s_openapi::jiff::SignedDuration::try_from(lifetime)
-                    .unwrap_or(k8s_openapi::jiff::SignedDuration::from_hours(8760));
+            // Checked: a lifetime past the end of time must not panic the reconcile (admission bounds it, but a
+            // stored object may predate the bound).
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let end = k8s_openapi::jiff::SignedDuration::try_from(lifetime)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+                .unwrap_or_else(|| now + k8s_openapi::jiff::SignedDuration::from_hours(8760));
+            // Rendered before the password exists: a spec that cannot be delivered must not add a password on
+            // every retry. The stand-in is as long as Entra's secrets (40 characters) and then some.
+            deliverable(&render(sp, ctx, &app.app_id, target, &"x".repeat(64))?)?;
             let new = ctx
                 .graph
                 .add_password(&app.id, &naming::password_name(&ns, &name, serial), end)
                 .await?;
             // Written straight away: the text exists nowhere else, and Graph will never show it again.
-            let data = render(sp, ctx, &app.app_id, target, new.secret_text.secret())?;
-            write_secret(sp, ctx, target, &new.credential.key_id, data).await?;
+            let written = match render(sp, ctx, &app.app_id, target, new.secret_text.secret()) {
+                Ok(data) => write_secret(sp, ctx, target, &new.credential.key_id, data).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                // Its text is lost with this reconcile: removed now, so that a delivery failing on every retry
+                // (an immutable Secret, a quota, an admission webhook) leaves no trail of live passwords.
+                if let Err(removal) = ctx
+                    .graph
+                    .remove_password(&app.id, &new.credential.key_id)
+                    .await
+                {
+                    warn!(key_id = %new.credential.key_id, error = %removal,
+                        "could not remove the password whose delivery failed; the next delivery removes it");
+                }
+                return Err(e);
+            }
             publish(
                 ctx,
                 sp,
@@ -588,6 +951,20 @@ async fn converge_password(
         .await;
     }
     Ok(password)
+}
+
+/// Kubernetes refuses a Secret whose data exceeds 1 MiB.
+const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
+/// Whether Kubernetes would take a Secret holding `data`: refused here, before a password is added for it.
+fn deliverable(data: &BTreeMap<String, String>) -> Result<(), Error> {
+    let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_SECRET_BYTES {
+        return Err(Error::Invalid(format!(
+            "spec.secret.templates: the Secret would hold {size} bytes, over Kubernetes' limit of {MAX_SECRET_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a Secret holds of the password it names (by its key-id annotation), if it still holds it.
@@ -695,7 +1072,7 @@ async fn write_status(
         sp,
         sp.status.as_ref(),
         &status,
-        &["secretName", "credential"],
+        &["secretName", "credential", "federatedCredentials"],
     )
     .await?;
     Ok(())
@@ -799,9 +1176,15 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
                     }
                 }
             }
-            // Never the adopted application itself: only what the operator added to it.
+            // Never the adopted application itself: only what this object added to it, and only if it held
+            // it (its marks name this object, as its adoption wrote them before adding anything). An object
+            // whose adoption was denied or lost to another holder added nothing: the passwords of its name and
+            // the credentials there are someone else's.
             Some(adopt) => match ctx.graph.application_by_app_id(&adopt.app_id).await {
-                Ok(Some(app)) => {
+                Ok(Some(app))
+                    if naming::ownership_marks(&app.tags).object_of(&ctx.cluster_id)
+                        == Some(&format!("{ns}/{name}")) =>
+                {
                     for p in ours(&app, &ns, &name) {
                         ctx.graph.remove_password(&app.id, &p.key_id).await?;
                     }
@@ -813,8 +1196,8 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
                         ctx.graph.delete_federated_credential(&app.id, fic).await?;
                     }
                 }
-                // Gone, or never the operator's to touch (adoption was denied): nothing was added to it.
-                Ok(None) => {}
+                // Gone, held by another, or never the operator's to touch: nothing of this object's is there.
+                Ok(_) => {}
                 Err(e) if e.class() == ErrorClass::Forbidden => {}
                 Err(e) => return Err(e.into()),
             },
@@ -841,4 +1224,166 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
         );
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ServicePrincipalSpec;
+
+    const APP: &str = "5a5a5a5a-0000-4000-8000-000000005a5a";
+
+    fn sp(ns: &str, name: &str, created: i64, adopt: bool, recorded: bool) -> ServicePrincipal {
+        let mut spec: ServicePrincipalSpec =
+            serde_json::from_value(json!({"displayName": name})).unwrap();
+        if adopt {
+            spec.adopt = Some(crate::api::service_principal::Adopt {
+                app_id: APP.to_uppercase(),
+            });
+        }
+        let mut sp = ServicePrincipal::new(name, spec);
+        sp.metadata.namespace = Some(ns.into());
+        sp.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        if recorded {
+            sp.status = Some(ServicePrincipalStatus {
+                app_id: Some(APP.into()),
+                ..Default::default()
+            });
+        }
+        sp
+    }
+
+    #[test]
+    fn how_an_object_holds_an_application() {
+        let marks = naming::ownership_marks(&naming::ownership_tags("c1", "a", "owner"));
+        let table = [
+            (
+                "created it (status)",
+                sp("b", "x", 1, false, true),
+                Some(Hold::Creator),
+            ),
+            (
+                "created it (marks)",
+                sp("a", "owner", 1, false, false),
+                Some(Hold::Creator),
+            ),
+            (
+                "adopted it, marked",
+                sp("a", "owner", 1, true, true),
+                Some(Hold::Marked),
+            ),
+            (
+                "adopted it, recorded",
+                sp("b", "x", 1, true, true),
+                Some(Hold::Recorded),
+            ),
+            ("asks", sp("b", "x", 1, true, false), Some(Hold::Asking)),
+            ("unrelated", sp("b", "x", 1, false, false), None),
+        ];
+        for (what, object, want) in table {
+            assert_eq!(hold(&object, "c1", APP, &marks), want, "{what}");
+        }
+        // Marks of another cluster name nobody here.
+        assert_eq!(
+            hold(&sp("a", "owner", 1, true, false), "c2", APP, &marks),
+            Some(Hold::Asking)
+        );
+    }
+
+    #[test]
+    fn the_strongest_hold_wins_then_the_oldest_object() {
+        let c = |ns: &str, created: i64| Claimant::of(&sp(ns, "x", created, true, false));
+        let (old, new) = (c("old", 100), c("new", 200));
+        // Holding beats age: a victim that created or adopted the application keeps it against an older asker.
+        assert_eq!(
+            holder(&old, Hold::Asking, &[(Hold::Creator, new.clone())]),
+            Err(new.clone())
+        );
+        assert_eq!(
+            holder(&old, Hold::Asking, &[(Hold::Marked, new.clone())]),
+            Err(new.clone())
+        );
+        assert_eq!(
+            holder(&new, Hold::Marked, &[(Hold::Asking, old.clone())]),
+            Ok(())
+        );
+        // Among equals the oldest, whatever order the store lists them in.
+        assert_eq!(
+            holder(&new, Hold::Asking, &[(Hold::Asking, old.clone())]),
+            Err(old.clone())
+        );
+        assert_eq!(
+            holder(&old, Hold::Asking, &[(Hold::Asking, new.clone())]),
+            Ok(())
+        );
+        let older = c("older", 50);
+        assert_eq!(
+            holder(
+                &new,
+                Hold::Asking,
+                &[
+                    (Hold::Recorded, old.clone()),
+                    (Hold::Recorded, older.clone())
+                ]
+            ),
+            Err(older.clone())
+        );
+        assert_eq!(holder(&new, Hold::Asking, &[]), Ok(()), "alone");
+    }
+
+    #[test]
+    fn a_same_named_credential_this_object_did_not_add_is_foreign() {
+        let fic = |name: &str| FederatedIdentityCredential {
+            id: String::new(),
+            name: name.into(),
+            issuer: "https://issuer".into(),
+            subject: "system:serviceaccount:a:b".into(),
+            audiences: vec!["api://AzureADTokenExchange".into()],
+            description: None,
+        };
+        let mut adopter = sp("a", "x", 1, true, false);
+        adopter.spec.federated_credentials = serde_json::from_value(json!([
+            {"name": "mine", "issuer": "https://issuer", "subject": "s"},
+            {"name": "Shared", "issuer": "https://issuer", "subject": "s"},
+        ]))
+        .unwrap();
+        let current = [fic("shared"), fic("theirs")];
+        let message = foreign_credential(&adopter, APP, &current).unwrap();
+        assert!(
+            message.starts_with("spec.federatedCredentials[1].name:") && message.contains("Shared"),
+            "{message}"
+        );
+        adopter.status = Some(ServicePrincipalStatus {
+            federated_credentials: vec!["mine".into(), "shared".into()],
+            ..Default::default()
+        });
+        let current = [fic("shared"), fic("mine"), fic("theirs")];
+        assert_eq!(
+            foreign_credential(&adopter, APP, &current),
+            None,
+            "both its own"
+        );
+        assert_eq!(
+            foreign_credential(&adopter, APP, &[fic("theirs")]),
+            None,
+            "no name taken"
+        );
+    }
+
+    #[test]
+    fn a_secret_kubernetes_would_refuse_is_refused_before_a_password_exists() {
+        let small = BTreeMap::from([("k".to_string(), "v".repeat(1000))]);
+        assert!(deliverable(&small).is_ok());
+        let big = BTreeMap::from([
+            ("a".to_string(), "v".repeat(600 * 1024)),
+            ("b".to_string(), "v".repeat(600 * 1024)),
+        ]);
+        let e = deliverable(&big).unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.secret.templates") && e.contains("1048576"),
+            "{e}"
+        );
+    }
 }

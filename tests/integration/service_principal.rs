@@ -16,8 +16,8 @@ use entra_operator::api::ServicePrincipal;
 
 use crate::{
     harness::{
-        Setup, all_gone, emulator_http, eventually, graph_as_operator, knobs, ready_reason, state,
-        teardown, text, token_status,
+        Setup, all_gone, emulator_http, eventually, graph_as_operator, knobs, put_policy, ready_of,
+        ready_reason, state, teardown, text, token_status,
     },
     operator_run::Operator,
 };
@@ -618,7 +618,7 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
+async fn adoption_needs_a_policy_is_limited_to_owned_apps_and_never_deletes_them() {
     let Setup {
         admin,
         ns,
@@ -663,6 +663,43 @@ async fn adoption_is_explicit_limited_to_owned_apps_and_never_deletes_them() {
     )
     .await
     .unwrap();
+    // Owned by the operator's identity is no ground: it owns every application it made for any namespace.
+    // Without a policy that lists them, neither is touched, and neither learns whether it exists.
+    wait_reason(&sps, "legacy", ("False", "DeniedByPolicy"), 30).await;
+    wait_reason(&sps, "finance", ("False", "DeniedByPolicy"), 30).await;
+    let untouched = state(&azure).await["directory"]["applications"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|a| a["appId"] == owned)
+        .cloned()
+        .unwrap();
+    assert_eq!(untouched["passwordCredentials"], json!([]));
+    assert_eq!(untouched["tags"], json!([]));
+    assert!(secrets.get_opt("legacy").await.unwrap().is_none());
+    let message = ready_of(&sps.get("legacy").await.unwrap()).unwrap().2;
+    assert!(
+        message.contains("spec.adopt.appId") && message.contains("applications"),
+        "{message}"
+    );
+
+    // A policy lists both: the owned one is adopted, the other still refused by Graph.
+    put_policy(
+        &admin,
+        &ns.name,
+        "adopt",
+        json!({"applications": [owned, "f1f1f1f1-0000-4000-8000-00000000f1f1"]}),
+    )
+    .await;
+    for name in ["legacy", "finance"] {
+        sps.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/policy": "added"}}})),
+        )
+        .await
+        .unwrap();
+    }
     wait_reason(&sps, "legacy", ("True", "Ready"), 30).await;
     wait_reason(&sps, "finance", ("False", "AdoptionDenied"), 30).await;
     wait_reason(&sps, "purged", ("True", "Ready"), 30).await;
