@@ -9,6 +9,7 @@ use super::common::{
     ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN, DeletionPolicy, GUID_PATTERN, LocalObjectReference,
     ROLE_DEFINITION_ID_PATTERN,
 };
+use super::delegation_policy::ViolationAction;
 
 /// The desired role assignment: who gets which role where.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -211,6 +212,10 @@ pub struct RoleDelegationStatus {
     /// The DelegationPolicy that allowed the delegation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// That policy's violations setting when it allowed the delegation: if the policy is deleted, a Revoke
+    /// recorded here still revokes the assignment once nothing allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_violations: Option<ViolationAction>,
     /// Since when Azure has answered that the principal does not exist (replication of a new principal); the
     /// delegation is reported Stalled once this is older than the operator's replication window.
     #[serde(default, skip_serializing_if = "Option::is_none")]

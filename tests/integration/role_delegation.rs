@@ -15,8 +15,8 @@ use entra_operator::api::{DelegationPolicy, RoleDelegation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, arm_as_operator, emulator_http, eventually, knobs, put_policy, ready_of as ready,
-        seed, state, teardown, wait_condition as wait_for,
+        Setup, all_gone, arm_as_operator, emulator_http, eventually, knobs, put_policy,
+        ready_of as ready, seed, state, teardown, wait_condition as wait_for,
     },
     operator_run::{Azure, Operator},
     support::MANIFEST_DIR,
@@ -139,21 +139,6 @@ async fn calls(azure: &Azure) -> Vec<(String, u64)> {
             (op.clone(), n)
         })
         .collect()
-}
-
-async fn all_gone(rds: &Api<RoleDelegation>, secs: u64) {
-    eventually(secs, "all RoleDelegations deleted", || async {
-        let left = rds
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        if left.items.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} left", left.items.len()))
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +330,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         &admin,
         &ns.name,
         "team",
-        json!({"scopes": [rg], "roles": ["*"], "violations": "Revoke"}),
+        json!({"scopes": [rg], "roles": ["*"], "principals": [LEGACY_SP], "violations": "Revoke"}),
     )
     .await;
     let reader = wait_for(&rds, "reader", "True", "Ready", 30).await;
@@ -393,7 +378,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         &admin,
         &ns.name,
         "team",
-        json!({"scopes": [rg], "roles": ["Owner"], "violations": "Revoke"}),
+        json!({"scopes": [rg], "roles": ["Owner"], "principals": [LEGACY_SP], "violations": "Revoke"}),
     )
     .await;
     wait_for(&rds, "owner", "True", "Ready", 30).await;
@@ -427,7 +412,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         &admin,
         &ns.name,
         "team",
-        json!({"scopes": [rg], "roles": ["Reader"]}),
+        json!({"scopes": [rg], "roles": ["Reader"], "principals": [LEGACY_SP]}),
     )
     .await;
     let kept = wait_for(&rds, "owner", "False", "DeniedByPolicy", 30).await;
@@ -444,7 +429,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
         &admin,
         &ns.name,
         "labelled",
-        json!({"namespaceSelector": {"matchLabels": {label.clone(): "yes"}}, "scopes": [rg], "roles": ["Owner"]}),
+        json!({"namespaceSelector": {"matchLabels": {label.clone(): "yes"}}, "scopes": [rg], "roles": ["Owner"], "principals": [LEGACY_SP]}),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -637,7 +622,7 @@ async fn bad_input_and_failures_get_their_own_reasons() {
         &admin,
         &ns.name,
         "team",
-        json!({"scopes": [SUB, foreign], "roles": ["*"], "customRoles": {"allowedActions": ["Microsoft.Compute/disks/*"]}}),
+        json!({"scopes": [SUB, foreign], "roles": ["*"], "principals": [LEGACY_SP], "customRoles": {"allowedActions": ["Microsoft.Compute/disks/*"]}}),
     )
     .await;
     let rds: Api<RoleDelegation> = Api::namespaced(admin.clone(), &ns.name);

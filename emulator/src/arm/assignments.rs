@@ -268,6 +268,9 @@ fn put(req: &Req, scope: &str, name: &str) -> Response {
         req.ctx.touch();
         return json_response(StatusCode::OK, &body);
     }
+    // Azure keeps one assignment per (scope, role, principal): another name for the same triple is refused
+    // whatever its condition or description, so a second PUT can never rewrite, or share, the first one's
+    // grant (contract §2, "409 RoleAssignmentExists"). Only the name that holds it can change it (above).
     if let Some(other) = world.arm.role_assignments.values().find(|a| {
         a.scope.eq_ignore_ascii_case(scope)
             && a.principal_id.eq_ignore_ascii_case(&principal_id)

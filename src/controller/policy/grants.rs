@@ -37,39 +37,68 @@ pub enum RoleAsked<'a> {
         guid: &'a str,
         must_be_named: bool,
     },
-    /// A custom role's actions and data actions, and the scopes it is made assignable at.
+    /// A custom role as the spec defines it: its name, the actions and data actions it allows, the actions it
+    /// takes away again, and the scopes it is made assignable at.
     Custom {
+        role_name: &'a str,
         actions: &'a [String],
+        not_actions: &'a [String],
         data_actions: &'a [String],
         assignable_scopes: &'a [Scope],
     },
 }
 
+/// Who receives the role.
+#[derive(Clone, Copy, Debug)]
+pub enum PrincipalAsked<'a> {
+    /// A ServicePrincipal of the delegation's own namespace (spec.principalRef): the namespace's own
+    /// application, always allowed.
+    Own,
+    /// Any principal of the tenant by object id (spec.principalId): only one the allowing policy lists.
+    Id(&'a str),
+}
+
+/// The policy that allowed a delegation last time, as its status recorded it.
+#[derive(Clone, Copy, Debug)]
+pub struct AllowedBefore<'a> {
+    pub policy: &'a str,
+    /// Its `violations` setting then: what counts once the policy itself is deleted (None: recorded by an
+    /// operator that did not record it, taken as Report).
+    pub violations: Option<ViolationAction>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by the named policy.
-    Allowed { policy: String },
+    /// Allowed by the named policy, whose `violations` setting is recorded so that deleting the policy still
+    /// revokes when it said Revoke.
+    Allowed {
+        policy: String,
+        violations: ViolationAction,
+    },
     /// Denied; the message says why and names the field.
     Denied { message: String, revoke: bool },
 }
 
 /// Decides for a delegation in a namespace with `labels`. `allowed_before` is the policy that allowed it last
-/// time (from its status): its `violations` setting counts even when it no longer selects the namespace.
+/// time (from its status): its `violations` setting counts even when it no longer selects the namespace, and
+/// even when it no longer exists (then as recorded).
 pub fn decide(
     policies: &[impl Borrow<DelegationPolicy>],
     namespace: &str,
     labels: &BTreeMap<String, String>,
     scope: &Scope,
     role: RoleAsked,
-    allowed_before: Option<&str>,
+    principal: PrincipalAsked,
+    allowed_before: Option<AllowedBefore>,
 ) -> Decision {
     let selecting = selecting(policies, labels);
     let mut reasons = vec![];
     for policy in &selecting {
-        match allows(policy, scope, role) {
+        match allows(policy, scope, role, principal) {
             Ok(()) => {
                 return Decision::Allowed {
                     policy: policy.name_any(),
+                    violations: policy.spec.violations,
                 };
             }
             Err(why) => reasons.push(format!("{}: {why}", policy.name_any())),
@@ -85,21 +114,30 @@ pub fn decide(
             reasons.join("; ")
         )
     };
+    // The policy that allowed it before decides as it is now; deleted, as it was when it allowed it (else
+    // deleting a Revoke policy would be a way to keep what it no longer allows).
+    let before = allowed_before.map(|b| {
+        policies
+            .iter()
+            .map(Borrow::borrow)
+            .find(|p| p.name_any() == b.policy)
+            .map_or(b.violations.unwrap_or_default(), |p| p.spec.violations)
+    });
     let revoke = selecting
         .iter()
-        .copied()
-        .chain(
-            policies
-                .iter()
-                .map(Borrow::borrow)
-                .filter(|p| Some(p.name_any().as_str()) == allowed_before),
-        )
-        .any(|p| p.spec.violations == ViolationAction::Revoke);
+        .map(|p| p.spec.violations)
+        .chain(before)
+        .any(|v| v == ViolationAction::Revoke);
     Decision::Denied { message, revoke }
 }
 
 /// Why one policy does not allow the delegation, naming the spec field.
-fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(), String> {
+fn allows(
+    policy: &DelegationPolicy,
+    scope: &Scope,
+    role: RoleAsked,
+    principal: PrincipalAsked,
+) -> Result<(), String> {
     let within = |s: &Scope| {
         policy
             .spec
@@ -172,7 +210,9 @@ fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(
             }
         }
         RoleAsked::Custom {
+            role_name,
             actions,
+            not_actions,
             data_actions,
             assignable_scopes,
         } => {
@@ -190,7 +230,29 @@ fn allows(policy: &DelegationPolicy, scope: &Scope, role: RoleAsked) -> Result<(
                     "spec.role.custom.assignableScopes {s} is outside its scopes"
                 ));
             }
+            // Actions allowed by pattern can still add up to the right to assign roles, which is the right to
+            // everything: as with built-in roles, only a policy that names the role allows that.
+            let permission = Permission {
+                actions: actions.to_vec(),
+                not_actions: not_actions.to_vec(),
+                ..Default::default()
+            };
+            if can_assign_roles(std::slice::from_ref(&permission)) && !names(role_name) {
+                return Err(format!(
+                    "spec.role.custom '{role_name}' can assign roles (its actions cover \
+                     Microsoft.Authorization/roleAssignments/write), so it must be named in its roles"
+                ));
+            }
         }
+    }
+    if let PrincipalAsked::Id(id) = principal
+        && !policy
+            .spec
+            .principals
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(id))
+    {
+        return Err(format!("spec.principalId {id} is not in its principals"));
     }
     Ok(())
 }
@@ -226,6 +288,7 @@ mod tests {
             &labels("b"),
             &scope(""),
             RoleAsked::Name("Reader"),
+            PrincipalAsked::Own,
             None,
         );
         assert!(
@@ -240,6 +303,7 @@ mod tests {
                 &labels("a"),
                 &scope(""),
                 RoleAsked::Name("Reader"),
+                PrincipalAsked::Own,
                 None
             ),
             Decision::Denied { .. }
@@ -271,10 +335,12 @@ mod tests {
                 &labels("a"),
                 &acr,
                 RoleAsked::Name("acrpull"),
+                PrincipalAsked::Own,
                 None
             ),
             Decision::Allowed {
-                policy: "acr".into()
+                policy: "acr".into(),
+                violations: ViolationAction::Report,
             }
         );
         let d = decide(
@@ -283,6 +349,7 @@ mod tests {
             &labels("a"),
             &acr,
             RoleAsked::Name("Network Contributor"),
+            PrincipalAsked::Own,
             None,
         );
         let Decision::Denied { message, .. } = d else {
@@ -300,6 +367,7 @@ mod tests {
                 &labels("a"),
                 &scope("/resourceGroups/rg-shared2"),
                 RoleAsked::Name("AcrPull"),
+                PrincipalAsked::Own,
                 None
             ),
             Decision::Denied { .. }
@@ -311,7 +379,15 @@ mod tests {
         let wildcard = [policy("any", "a", &[SUB], &["*"])];
         for (name, guid) in PRIVILEGED {
             for asked in [RoleAsked::Name(name), RoleAsked::Id(guid)] {
-                let d = decide(&wildcard, "ns", &labels("a"), &scope(""), asked, None);
+                let d = decide(
+                    &wildcard,
+                    "ns",
+                    &labels("a"),
+                    &scope(""),
+                    asked,
+                    PrincipalAsked::Own,
+                    None,
+                );
                 assert!(
                     matches!(&d, Decision::Denied { message, .. } if message.contains("privileged")),
                     "{name}: {d:?}"
@@ -325,6 +401,7 @@ mod tests {
                     &labels("a"),
                     &scope(""),
                     RoleAsked::Id(guid),
+                    PrincipalAsked::Own,
                     None
                 ),
                 Decision::Allowed { .. }
@@ -337,6 +414,7 @@ mod tests {
                 &labels("a"),
                 &scope(""),
                 RoleAsked::Name("Contributor"),
+                PrincipalAsked::Own,
                 None
             ),
             Decision::Allowed { .. }
@@ -358,7 +436,9 @@ mod tests {
         let inside = [scope("/resourceGroups/rg-disks")];
         let outside = [scope("")];
         let custom = |actions, assignable_scopes| RoleAsked::Custom {
+            role_name: "disks",
             actions,
+            not_actions: &[],
             data_actions: &[],
             assignable_scopes,
         };
@@ -369,6 +449,7 @@ mod tests {
                 &labels("a"),
                 &inside[0],
                 role,
+                PrincipalAsked::Own,
                 None,
             )
         };
@@ -414,16 +495,43 @@ mod tests {
         let ps = [strict, lenient];
         let asked = RoleAsked::Name("Contributor");
         assert!(matches!(
-            decide(&ps, "ns", &labels("a"), &scope(""), asked, None),
+            decide(
+                &ps,
+                "ns",
+                &labels("a"),
+                &scope(""),
+                asked,
+                PrincipalAsked::Own,
+                None
+            ),
             Decision::Denied { revoke: true, .. }
         ));
         assert!(matches!(
-            decide(&ps, "ns", &labels("b"), &scope(""), asked, None),
+            decide(
+                &ps,
+                "ns",
+                &labels("b"),
+                &scope(""),
+                asked,
+                PrincipalAsked::Own,
+                None
+            ),
             Decision::Denied { revoke: false, .. }
         ));
         // Moved out of the strict policy's namespaces: the policy that allowed it still decides.
         assert!(matches!(
-            decide(&ps, "ns", &labels("c"), &scope(""), asked, Some("strict")),
+            decide(
+                &ps,
+                "ns",
+                &labels("c"),
+                &scope(""),
+                asked,
+                PrincipalAsked::Own,
+                Some(AllowedBefore {
+                    policy: "strict",
+                    violations: None
+                })
+            ),
             Decision::Denied { revoke: true, .. }
         ));
     }
@@ -465,20 +573,237 @@ mod tests {
                 &labels("a"),
                 &scope(""),
                 asked(false),
+                PrincipalAsked::Own,
                 None
             ),
             Decision::Allowed { .. }
         ));
-        let d = decide(&wildcard, "ns", &labels("a"), &scope(""), asked(true), None);
+        let d = decide(
+            &wildcard,
+            "ns",
+            &labels("a"),
+            &scope(""),
+            asked(true),
+            PrincipalAsked::Own,
+            None,
+        );
         assert!(
             matches!(&d, Decision::Denied { message, .. } if message.contains("must be named")),
             "{d:?}"
         );
         let named = [policy("named", "a", &[SUB], &["team admin"])];
         assert!(matches!(
-            decide(&named, "ns", &labels("a"), &scope(""), asked(true), None),
+            decide(
+                &named,
+                "ns",
+                &labels("a"),
+                &scope(""),
+                asked(true),
+                PrincipalAsked::Own,
+                None
+            ),
             Decision::Allowed { .. }
         ));
     }
 
+    #[test]
+    fn custom_roles_that_can_assign_roles_must_be_named() {
+        let sub = [scope("")];
+        let everything = ["*".to_string()];
+        let authorization = ["Microsoft.Authorization/*".to_string()];
+        let write = ["Microsoft.Authorization/roleAssignments/write".to_string()];
+        let disks = ["Microsoft.Compute/disks/read".to_string()];
+        let no_authz_write = ["Microsoft.Authorization/*/Write".to_string()];
+        let asked = |role_name, actions, not_actions| RoleAsked::Custom {
+            role_name,
+            actions,
+            not_actions,
+            data_actions: &[],
+            assignable_scopes: &sub,
+        };
+        let mut anything = policy("anything", "a", &[SUB], &["*"]);
+        anything.spec.custom_roles = Some(CustomRolePolicy {
+            allowed_actions: vec!["*".into()],
+        });
+        let mut named = anything.clone();
+        named.metadata.name = Some("named".into());
+        named.spec.roles = vec!["Team Admin".into()];
+        // (policy, role name, actions, notActions, allowed)
+        type Row<'a> = (
+            &'a DelegationPolicy,
+            &'a str,
+            &'a [String],
+            &'a [String],
+            bool,
+        );
+        let table: [Row; 8] = [
+            (&anything, "team admin", &everything, &[], false),
+            (&anything, "team admin", &authorization, &[], false),
+            (&anything, "team admin", &write, &[], false),
+            (&anything, "disk reader", &disks, &[], true),
+            // notActions take the right away again: Contributor-like.
+            (&anything, "team admin", &everything, &no_authz_write, true),
+            (&named, "TEAM ADMIN", &everything, &[], true),
+            (&named, "team admin", &write, &[], true),
+            // "*" in roles does not name it.
+            (&named, "other admin", &everything, &[], false),
+        ];
+        for (p, name, actions, not_actions, allowed) in table {
+            let d = decide(
+                std::slice::from_ref(p),
+                "ns",
+                &labels("a"),
+                &sub[0],
+                asked(name, actions, not_actions),
+                PrincipalAsked::Own,
+                None,
+            );
+            match (&d, allowed) {
+                (Decision::Allowed { .. }, true) => {}
+                (Decision::Denied { message, .. }, false) => assert!(
+                    message.contains("spec.role.custom")
+                        && message.contains("can assign roles")
+                        && message.contains("must be named in its roles"),
+                    "{message}"
+                ),
+                _ => panic!("{name} {actions:?} - {not_actions:?}: {d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_principal_id_must_be_listed_by_the_policy_that_allows_the_grant() {
+        const MI: &str = "0a0a0a0a-0000-4000-8000-00000000a1a1";
+        const OTHER: &str = "0b0b0b0b-0000-4000-8000-00000000b2b2";
+        let mut lists = policy(
+            "lists",
+            "a",
+            &[&format!("{SUB}/resourceGroups/rg")],
+            &["Reader"],
+        );
+        lists.spec.principals = vec![MI.to_uppercase()];
+        // Lists nothing, but allows more: its scope and role do not make up for the other's principals.
+        let broad = policy("broad", "a", &[SUB], &["*"]);
+        let ps = [lists, broad];
+        let rg = scope("/resourceGroups/rg");
+        let go = |principal, at: &Scope, role| {
+            decide(&ps, "ns", &labels("a"), at, role, principal, None)
+        };
+        let reader = RoleAsked::Name("Reader");
+        // (principal, scope, role, allowed by)
+        let table: [(PrincipalAsked, &Scope, RoleAsked, Option<&str>); 6] = [
+            (PrincipalAsked::Id(MI), &rg, reader, Some("lists")),
+            (PrincipalAsked::Own, &rg, reader, Some("broad")),
+            (
+                PrincipalAsked::Own,
+                &rg,
+                RoleAsked::Name("Contributor"),
+                Some("broad"),
+            ),
+            (PrincipalAsked::Id(OTHER), &rg, reader, None),
+            (
+                PrincipalAsked::Id(MI),
+                &rg,
+                RoleAsked::Name("Contributor"),
+                None,
+            ),
+            (PrincipalAsked::Id(MI), &scope(""), reader, None),
+        ];
+        for (principal, at, role, by) in table {
+            let d = go(principal, at, role);
+            match (&d, by) {
+                (Decision::Allowed { policy, .. }, Some(by)) => assert_eq!(policy, by),
+                (Decision::Denied { .. }, None) => {}
+                _ => panic!("{principal:?} {at} {role:?}: {d:?}"),
+            }
+        }
+        let Decision::Denied { message, .. } = go(PrincipalAsked::Id(OTHER), &rg, reader) else {
+            unreachable!()
+        };
+        assert!(
+            message.contains(&format!(
+                "spec.principalId {OTHER} is not in its principals"
+            )),
+            "{message}"
+        );
+        let none: [DelegationPolicy; 0] = [];
+        assert!(matches!(
+            decide(
+                &none,
+                "ns",
+                &labels("a"),
+                &rg,
+                reader,
+                PrincipalAsked::Id(MI),
+                None
+            ),
+            Decision::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn a_deleted_revoke_policy_still_revokes_what_it_allowed() {
+        let mut strict = policy("strict", "a", &[SUB], &["Reader"]);
+        strict.spec.violations = ViolationAction::Revoke;
+        let asked = RoleAsked::Name("Reader");
+        let d = decide(
+            std::slice::from_ref(&strict),
+            "ns",
+            &labels("a"),
+            &scope(""),
+            asked,
+            PrincipalAsked::Own,
+            None,
+        );
+        assert_eq!(
+            d,
+            Decision::Allowed {
+                policy: "strict".into(),
+                violations: ViolationAction::Revoke
+            },
+            "the decision carries what the status records"
+        );
+        let gone: [DelegationPolicy; 0] = [];
+        let before = |violations| {
+            Some(AllowedBefore {
+                policy: "strict",
+                violations,
+            })
+        };
+        // (policies now, recorded violations, revoke)
+        let report = policy("strict", "a", &[], &[]);
+        let table: [(&[DelegationPolicy], Option<ViolationAction>, bool); 5] = [
+            (&gone, Some(ViolationAction::Revoke), true),
+            (&gone, Some(ViolationAction::Report), false),
+            // Recorded by an older operator: nothing to go by but Report.
+            (&gone, None, false),
+            // Still there: as it says now (changed to Report by its administrator).
+            (
+                std::slice::from_ref(&report),
+                Some(ViolationAction::Revoke),
+                false,
+            ),
+            (
+                std::slice::from_ref(&strict),
+                Some(ViolationAction::Report),
+                true,
+            ),
+        ];
+        for (policies, recorded, revoke) in table {
+            let d = decide(
+                policies,
+                "ns",
+                &labels("b"),
+                &scope(""),
+                RoleAsked::Name("Contributor"),
+                PrincipalAsked::Own,
+                before(recorded),
+            );
+            assert!(
+                matches!(&d, Decision::Denied { revoke: r, .. } if *r == revoke),
+                "{recorded:?} with {} policies: {d:?}",
+                policies.len()
+            );
+        }
+    }
 }

@@ -2,10 +2,17 @@
 //! its deterministic name, ride out principal replication, replace on change, repair drift, remove on delete.
 //!
 //! Nothing is kept in memory but a cache of role definitions: the assignment is found again by its name (a
-//! UUIDv5 of scope, role and principal), a custom role by its GUID (a UUIDv5 of cluster, namespace and role
-//! name), and what was granted before by the object's status.
+//! UUIDv5 of the owner (cluster, namespace, object) and of scope, role and principal), a custom role by its
+//! GUID (a UUIDv5 of cluster, namespace and role name), and what was granted before by the object's status.
+//!
+//! Azure allows one assignment per (scope, role, principal). The owner in the name keeps one delegation from
+//! ever PUTting over, or deleting, another's: the second delegation of a grant gets ARM's 409, and then a
+//! Conflict naming the delegation that holds it, or, if no delegation of this cluster does, records the
+//! assignment as pre-existing (never removed). An assignment under the legacy name (the grant alone, made by
+//! earlier versions) is kept by the delegation whose status records it; if several do, the oldest holds it,
+//! and none removes it while another still records it.
 
-mod plan;
+pub mod plan;
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,13 +31,18 @@ use crate::controller::reconcile::{self, Failure as _};
 use tracing::{info, warn};
 
 use super::{
-    Context, drift, naming,
-    policy::{self, Decision, RoleAsked},
+    Context,
+    claims::{self, Claimant},
+    drift, naming,
+    policy::{
+        self, Decision, RoleAsked,
+        grants::{AllowedBefore, PrincipalAsked},
+    },
     publish,
 };
 use crate::{
     api::{
-        DeletionPolicy, RoleDelegation, RoleDelegationStatus, ServicePrincipal,
+        DelegationPolicy, DeletionPolicy, RoleDelegation, RoleDelegationStatus, ServicePrincipal,
         conditions::{self, Progress},
     },
     azure::{
@@ -53,6 +65,9 @@ pub enum Error {
     Invalid(String),
     #[error("{0}")]
     DeniedByPolicy(String),
+    /// Another delegation of this cluster holds the assignment of the same grant.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     ServicePrincipalNotFound(String),
     #[error("{0}")]
@@ -89,6 +104,7 @@ impl reconcile::Failure for Error {
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::DeniedByPolicy(_) => "DeniedByPolicy",
+            Error::Conflict(_) => "Conflict",
             Error::ServicePrincipalNotFound(_) => "ServicePrincipalNotFound",
             Error::WaitingForServicePrincipal(_) => "WaitingForServicePrincipal",
             Error::RoleNotFound(_) => "RoleNotFound",
@@ -109,8 +125,11 @@ impl reconcile::Failure for Error {
             Error::ServicePrincipalNotFound(_)
             | Error::WaitingForServicePrincipal(_)
             | Error::DeniedByPolicy(_) => Duration::from_secs(600),
-            // A resource or grant made in Azure has no watch here: look again now and then.
-            Error::ScopeNotFound(_) | Error::AuthorizationFailed(_) => Duration::from_secs(120),
+            // A resource or grant made in Azure has no watch here: look again now and then. Nor does the
+            // deletion of the delegation that holds a conflicting grant.
+            Error::ScopeNotFound(_) | Error::AuthorizationFailed(_) | Error::Conflict(_) => {
+                Duration::from_secs(120)
+            }
             Error::PrincipalNotFound(_) => Duration::from_secs(900),
             Error::Invalid(_)
             | Error::RoleNotFound(_)
@@ -128,6 +147,7 @@ impl Error {
             Error::Azure(e) => reconcile::azure_stalled(e),
             Error::Invalid(_)
             | Error::DeniedByPolicy(_)
+            | Error::Conflict(_)
             | Error::RoleNotFound(_)
             | Error::RoleNotAssignable(_)
             | Error::CustomRoleConflict(_)
@@ -239,20 +259,7 @@ async fn converge(
     };
 
     // The guardrail first: a denied delegation sends nothing to Azure (except a revocation).
-    let asked = match (&role.name, &role.id, &role.custom) {
-        (Some(name), _, _) => RoleAsked::Name(name),
-        (_, Some(id), _) => RoleAsked::Id(arm::definition_guid(id)),
-        (_, _, Some(custom)) => RoleAsked::Custom {
-            actions: &custom.actions,
-            data_actions: &custom.data_actions,
-            assignable_scopes: &custom_scopes,
-        },
-        _ => {
-            return Err(Error::Invalid(
-                "spec.role: one of name, id and custom must be set".into(),
-            ));
-        }
-    };
+    let (asked, principal_asked) = asked(rd, &custom_scopes)?;
     let labels = Api::<Namespace>::all(ctx.client.clone())
         .get(&ns)
         .await?
@@ -266,9 +273,13 @@ async fn converge(
         &labels,
         &scope,
         asked,
-        status.policy.as_deref(),
+        principal_asked,
+        allowed_before(status),
     ) {
-        Decision::Allowed { policy } => status.policy = Some(policy),
+        Decision::Allowed { policy, violations } => {
+            status.policy = Some(policy);
+            status.policy_violations = Some(violations);
+        }
         Decision::Denied { message, revoke } => {
             return Err(Error::DeniedByPolicy(
                 deny(rd, ctx, status, message, revoke).await?,
@@ -297,7 +308,8 @@ async fn converge(
             &labels,
             &scope,
             resolved,
-            status.policy.as_deref(),
+            principal_asked,
+            allowed_before(status),
         ) {
             return Err(Error::DeniedByPolicy(
                 deny(rd, ctx, status, message, revoke).await?,
@@ -313,7 +325,36 @@ async fn converge(
     }
 
     let before = status.clone();
-    let name = arm::assignment_name(scope.as_str(), &role_guid, &principal_id);
+    let own = naming::assignment_name(
+        &ctx.cluster_id,
+        &ns,
+        &rd.name_any(),
+        scope.as_str(),
+        &role_guid,
+        &principal_id,
+    );
+    // An assignment an earlier version made under the legacy name stays where it is (no replacement on
+    // upgrade), held by the oldest delegation whose status records it; the others get a Conflict.
+    let legacy = arm::assignment_name(scope.as_str(), &role_guid, &principal_id);
+    let legacy_id = arm::assignment_id(scope.as_str(), &legacy);
+    let holds_legacy = before.pre_existing != Some(true)
+        && before
+            .role_assignment_id
+            .as_deref()
+            .is_some_and(|id| id.eq_ignore_ascii_case(&legacy_id));
+    if holds_legacy {
+        let claimants: Vec<Claimant> = recording(ctx, &legacy_id)
+            .iter()
+            .map(|d| Claimant::of(&**d))
+            .collect();
+        if let Err(holder) = claims::check(&Claimant::of(rd), &claimants) {
+            return Err(conflict(&holder, &legacy_id));
+        }
+    }
+    let names = Names {
+        own: &own,
+        legacy: holds_legacy.then_some(legacy.as_str()),
+    };
     let wanted = plan::Wanted {
         condition: rd.spec.condition.as_deref(),
         description: rd.spec.description.as_deref(),
@@ -322,7 +363,7 @@ async fn converge(
         rd,
         ctx,
         &scope,
-        &name,
+        names,
         &definition,
         &principal_id,
         &wanted,
@@ -330,10 +371,12 @@ async fn converge(
     )
     .await?
     {
-        Assigned::Ours { created } => {
+        Assigned::Ours { id, created } => {
             if created {
-                let drift = before.role_assignment_id.as_deref()
-                    == Some(arm::assignment_id(scope.as_str(), &name).as_str());
+                let drift = before
+                    .role_assignment_id
+                    .as_deref()
+                    .is_some_and(|known| known.eq_ignore_ascii_case(&id));
                 let (reason, note) = if drift {
                     (
                         "RoleAssignmentRecreated",
@@ -342,7 +385,7 @@ async fn converge(
                 } else {
                     ("RoleAssigned", "Assigned the role")
                 };
-                info!(object = %format!("{ns}/{}", rd.name_any()), assignment = %name, reason, "role assignment");
+                info!(object = %format!("{ns}/{}", rd.name_any()), assignment = %id, reason, "role assignment");
                 publish(
                     ctx,
                     rd,
@@ -355,7 +398,7 @@ async fn converge(
                 )
                 .await;
             }
-            (arm::assignment_id(scope.as_str(), &name), false)
+            (id, false)
         }
         Assigned::PreExisting(id) => {
             if before.role_assignment_id.as_deref() != Some(id.as_str()) {
@@ -394,16 +437,13 @@ async fn converge(
     status.principal_id = Some(principal_id);
     status.waiting_for_principal_since = None;
     while let Some(old) = status.pending_removal.first().cloned() {
-        remove_assignment(ctx, &old).await?;
+        let removed = remove_assignment(rd, ctx, &old).await?;
         status.pending_removal.remove(0);
-        publish(
-            ctx,
-            rd,
-            EventType::Normal,
-            "RoleAssignmentReplaced",
-            &format!("Removed the previous assignment {old}"),
-        )
-        .await;
+        let note = match removed {
+            Removed::Kept(why) => format!("Left the previous assignment {old}: {why}"),
+            _ => format!("Removed the previous assignment {old}"),
+        };
+        publish(ctx, rd, EventType::Normal, "RoleAssignmentReplaced", &note).await;
     }
     if let Some(old_guid) = our_custom_role(ctx, rd, &before)
         && old_guid != role_guid
@@ -412,6 +452,85 @@ async fn converge(
             .await?;
     }
     Ok(())
+}
+
+/// What the spec asks the guardrail about: the role and the principal.
+fn asked<'a>(
+    rd: &'a RoleDelegation,
+    custom_scopes: &'a [Scope],
+) -> Result<(RoleAsked<'a>, PrincipalAsked<'a>), Error> {
+    let role = &rd.spec.role;
+    let asked = match (&role.name, &role.id, &role.custom) {
+        (Some(name), _, _) => RoleAsked::Name(name),
+        (_, Some(id), _) => RoleAsked::Id(arm::definition_guid(id)),
+        (_, _, Some(custom)) => RoleAsked::Custom {
+            role_name: &custom.role_name,
+            actions: &custom.actions,
+            not_actions: &custom.not_actions,
+            data_actions: &custom.data_actions,
+            assignable_scopes: custom_scopes,
+        },
+        _ => {
+            return Err(Error::Invalid(
+                "spec.role: one of name, id and custom must be set".into(),
+            ));
+        }
+    };
+    // principalId first, as `principal` reads it: the guardrail decides about the principal that gets the role.
+    let principal = match (&rd.spec.principal_id, &rd.spec.principal_ref) {
+        (Some(id), _) => PrincipalAsked::Id(id),
+        (None, Some(_)) => PrincipalAsked::Own,
+        (None, None) => {
+            return Err(Error::Invalid(
+                "spec: one of principalRef and principalId must be set".into(),
+            ));
+        }
+    };
+    Ok((asked, principal))
+}
+
+fn allowed_before(status: &RoleDelegationStatus) -> Option<AllowedBefore<'_>> {
+    status.policy.as_deref().map(|policy| AllowedBefore {
+        policy,
+        violations: status.policy_violations,
+    })
+}
+
+/// Why a delegation deleted with deletionPolicy Orphan may not leave its assignment behind: None when a policy
+/// still allows it (as the spec asks: a spec that cannot be decided is not allowed).
+fn orphan_denied(
+    rd: &RoleDelegation,
+    policies: &[Arc<DelegationPolicy>],
+    labels: &std::collections::BTreeMap<String, String>,
+    status: &RoleDelegationStatus,
+) -> Option<String> {
+    let scope = match Scope::parse(&rd.spec.scope) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("spec.scope: {e}")),
+    };
+    let custom_scopes = match &rd.spec.role.custom {
+        Some(custom) => match plan::custom_scopes(custom, &scope) {
+            Ok(s) => s,
+            Err(e) => return Some(e),
+        },
+        None => vec![],
+    };
+    let (role, principal) = match asked(rd, &custom_scopes) {
+        Ok(a) => a,
+        Err(e) => return Some(e.to_string()),
+    };
+    match policy::decide(
+        policies,
+        &rd.namespace().unwrap_or_default(),
+        labels,
+        &scope,
+        role,
+        principal,
+        allowed_before(status),
+    ) {
+        Decision::Allowed { .. } => None,
+        Decision::Denied { message, .. } => Some(message),
+    }
 }
 
 /// Reports a denial; revokes the operator's assignment when the policy says so. Returns the message.
@@ -434,21 +553,20 @@ async fn deny(
             "{message}; the existing assignment {id} is kept (a policy with violations: Revoke removes it)"
         ));
     }
-    remove_assignment(ctx, &id).await?;
+    let removed = remove_assignment(rd, ctx, &id).await?;
     if let Some(guid) = our_custom_role(ctx, rd, status) {
         remove_custom_role_if_unused(rd, ctx, &guid, status.role_definition_id.as_deref()).await?;
     }
-    publish(
-        ctx,
-        rd,
-        EventType::Warning,
-        "Revoked",
-        &format!("Removed assignment {id}: {message}"),
-    )
-    .await;
+    let note = match &removed {
+        // A shared legacy assignment another delegation still holds: this one lets go of it.
+        Removed::Kept(why) => format!("Gave up assignment {id} (left in Azure: {why}): {message}"),
+        _ => format!("Removed assignment {id}: {message}"),
+    };
+    publish(ctx, rd, EventType::Warning, "Revoked", &note).await;
     status.role_assignment_id = None;
     status.pre_existing = None;
     status.policy = None;
+    status.policy_violations = None;
     status.role_definition_id = None;
     status.role_name = None;
     status.principal_id = None;
@@ -588,26 +706,37 @@ async fn resolve_role(
 }
 
 enum Assigned {
-    /// The operator's assignment, under its deterministic name; `created` when this reconcile PUT it.
-    Ours { created: bool },
-    /// The same grant exists under another name: someone else's, recorded and never removed.
+    /// The operator's assignment for this delegation, by its id; `created` when this reconcile PUT it.
+    Ours { id: String, created: bool },
+    /// The same grant exists under another name and no delegation of this cluster holds it: someone else's,
+    /// recorded and never removed.
     PreExisting(String),
 }
 
-/// Makes sure the grant exists: reads first, PUTs only what is missing or different.
+/// The names this delegation's assignment may have: its own, and the legacy one when its status records that
+/// (and it holds the claim).
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    own: &'a str,
+    legacy: Option<&'a str>,
+}
+
+/// Makes sure the grant exists: reads first, PUTs only what is missing or different, and only under a name
+/// this delegation holds.
 #[allow(clippy::too_many_arguments)]
 async fn assign(
     rd: &RoleDelegation,
     ctx: &Context,
     scope: &Scope,
-    name: &str,
+    names: Names<'_>,
     definition: &RoleDefinition,
     principal_id: &str,
     wanted: &plan::Wanted<'_>,
     status: &mut RoleDelegationStatus,
 ) -> Result<Assigned, Error> {
     let role_guid = arm::definition_guid(&definition.id);
-    // A grant recorded as someone else's: as long as it stands, there is nothing to do.
+    // A grant recorded as someone else's: as long as it stands, and no delegation of this cluster turns out to
+    // hold it (two created at once: the other's status came after this one's 409), there is nothing to do.
     if status.pre_existing == Some(true)
         && let Some((at, other)) = status
             .role_assignment_id
@@ -625,29 +754,46 @@ async fn assign(
             },
         )
     {
+        if let Some(holder) = holder_of(ctx, rd, scope, &found) {
+            return Err(conflict(&holder, &found.id));
+        }
         return Ok(Assigned::PreExisting(found.id));
     }
-    let id = arm::assignment_id(scope.as_str(), name);
+    let mut name = names.legacy.unwrap_or(names.own);
     let owner = || drift::Owner::RoleDelegation(ObjectRef::from_obj(rd));
     // The same assignment as when this spec was last Ready, and its subscription's listing has seen no
     // change to it since: nothing to read.
+    let known = arm::assignment_id(scope.as_str(), name);
     if status.pre_existing != Some(true)
         && status.observed_generation == rd.metadata.generation
         && conditions::is_true(&status.conditions, conditions::READY)
         && status
             .role_assignment_id
             .as_deref()
-            .is_some_and(|known| known.eq_ignore_ascii_case(&id))
-        && ctx.drift.fresh(drift::Source::Arm, &[&id])
+            .is_some_and(|recorded| recorded.eq_ignore_ascii_case(&known))
+        && ctx.drift.fresh(drift::Source::Arm, &[&known])
     {
-        return Ok(Assigned::Ours { created: false });
+        return Ok(Assigned::Ours {
+            id: known,
+            created: false,
+        });
     }
     let started = tokio::time::Instant::now();
-    let existing = ctx
+    let mut existing = ctx
         .arm
         .role_assignment(scope.as_str(), name)
         .await
         .map_err(at_scope)?;
+    if existing.is_none() && names.legacy.is_some() {
+        // The legacy assignment is gone: made again, it gets this delegation's own name.
+        name = names.own;
+        existing = ctx
+            .arm
+            .role_assignment(scope.as_str(), name)
+            .await
+            .map_err(at_scope)?;
+    }
+    let id = arm::assignment_id(scope.as_str(), name);
     if let Some(a) = existing
         .as_ref()
         .filter(|a| plan::assignment_matches(a, role_guid, principal_id, wanted))
@@ -660,7 +806,7 @@ async fn assign(
             p.description.as_deref(),
         );
         ctx.drift.verified_grant(&id, grant, started, owner());
-        return Ok(Assigned::Ours { created: false });
+        return Ok(Assigned::Ours { id, created: false });
     }
     let grant = Grant {
         role_definition_id: &definition.id,
@@ -683,6 +829,7 @@ async fn assign(
             );
             ctx.drift.verified_grant(&id, grant, started, owner());
             Ok(Assigned::Ours {
+                id,
                 created: existing.is_none(),
             })
         }
@@ -699,7 +846,10 @@ async fn assign(
                             .eq_ignore_ascii_case(role_guid)
                 });
             match found {
-                Some(a) => Ok(Assigned::PreExisting(a.id)),
+                Some(a) => match holder_of(ctx, rd, scope, &a) {
+                    Some(holder) => Err(conflict(&holder, &a.id)),
+                    None => Ok(Assigned::PreExisting(a.id)),
+                },
                 // Listed nowhere we can see: report ARM's answer rather than guess.
                 None => Err(Error::Azure(e)),
             }
@@ -736,15 +886,114 @@ async fn assign(
     }
 }
 
-/// Removes an assignment by its id; one already gone is fine.
-async fn remove_assignment(ctx: &Context, id: &str) -> Result<(), Error> {
+/// What became of an assignment this delegation recorded.
+enum Removed {
+    Deleted,
+    /// Not there any more.
+    Gone,
+    /// Left in Azure, and why: another delegation records it, or its name is not this delegation's.
+    Kept(String),
+}
+
+/// Removes an assignment this delegation recorded, if it is this delegation's to remove: its name is derived
+/// from this object (or is the legacy name of its grant) and no other delegation of this cluster records it.
+/// A status is not proof of ownership (it can be written by whoever may write the status subresource), the
+/// name is. One already gone is fine.
+async fn remove_assignment(rd: &RoleDelegation, ctx: &Context, id: &str) -> Result<Removed, Error> {
     let Some((scope, name)) = arm::split_assignment_id(id) else {
         warn!(id, "not a role assignment id; nothing removed");
-        return Ok(());
+        return Ok(Removed::Kept("not a role assignment id".into()));
     };
+    if let Some(other) = recording(ctx, id).iter().find(|d| d.uid() != rd.uid()) {
+        let why = format!("{} records it too", Claimant::of(&**other));
+        info!(id, reason = %why, "role assignment left in place");
+        return Ok(Removed::Kept(why));
+    }
+    let Some(found) = ctx.arm.role_assignment(scope, name).await? else {
+        ctx.drift.forget(&[id]);
+        return Ok(Removed::Gone);
+    };
+    let p = &found.properties;
+    let role = arm::definition_guid(&p.role_definition_id);
+    let own = naming::assignment_name(
+        &ctx.cluster_id,
+        &rd.namespace().unwrap_or_default(),
+        &rd.name_any(),
+        scope,
+        role,
+        &p.principal_id,
+    );
+    let legacy = arm::assignment_name(scope, role, &p.principal_id);
+    if !(name.eq_ignore_ascii_case(&own) || name.eq_ignore_ascii_case(&legacy)) {
+        let why = "its name is not this delegation's".to_string();
+        warn!(
+            id,
+            "role assignment recorded in status is not this delegation's; left in place"
+        );
+        return Ok(Removed::Kept(why));
+    }
     ctx.arm.delete_role_assignment(scope, name).await?;
     ctx.drift.forget(&[id]);
-    Ok(())
+    Ok(Removed::Deleted)
+}
+
+/// The delegations of this cluster whose status records `id` as their own (not as pre-existing).
+fn recording(ctx: &Context, id: &str) -> Vec<Arc<RoleDelegation>> {
+    ctx.claims
+        .delegations()
+        .into_iter()
+        .filter(|d| {
+            d.status.as_ref().is_some_and(|s| {
+                s.pre_existing != Some(true)
+                    && s.role_assignment_id
+                        .as_deref()
+                        .is_some_and(|r| r.eq_ignore_ascii_case(id))
+            })
+        })
+        .collect()
+}
+
+/// The other delegation of this cluster that holds `found` (its status records it, or its name is derived
+/// from that delegation, whose status may not be written yet); the oldest if several.
+fn holder_of(
+    ctx: &Context,
+    rd: &RoleDelegation,
+    scope: &Scope,
+    found: &arm::RoleAssignment,
+) -> Option<Claimant> {
+    let p = &found.properties;
+    let role = arm::definition_guid(&p.role_definition_id);
+    ctx.claims
+        .delegations()
+        .into_iter()
+        .filter(|d| d.uid() != rd.uid())
+        .filter(|d| {
+            let records = d.status.as_ref().is_some_and(|s| {
+                s.pre_existing != Some(true)
+                    && s.role_assignment_id
+                        .as_deref()
+                        .is_some_and(|r| r.eq_ignore_ascii_case(&found.id))
+            });
+            let named = naming::assignment_name(
+                &ctx.cluster_id,
+                &d.namespace().unwrap_or_default(),
+                &d.name_any(),
+                scope.as_str(),
+                role,
+                &p.principal_id,
+            )
+            .eq_ignore_ascii_case(&found.name);
+            records || named
+        })
+        .map(|d| Claimant::of(&*d))
+        .min_by(|a, b| (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name)))
+}
+
+fn conflict(holder: &Claimant, id: &str) -> Error {
+    Error::Conflict(format!(
+        "spec.scope, spec.role and spec.principal: {holder} already holds the role assignment {id} of this \
+         grant (Azure allows one per scope, role and principal); nothing was changed in Azure"
+    ))
 }
 
 /// The GUID of the custom role the status says was assigned, if it is this namespace's (derived from its name).
@@ -840,18 +1089,42 @@ async fn remove_custom_role_if_unused(
 }
 
 async fn cleanup(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
-    if rd.spec.deletion_policy == DeletionPolicy::Orphan {
-        publish(
-            ctx,
-            rd,
-            EventType::Normal,
-            "Orphaned",
-            "deletionPolicy Orphan: the role assignment is left in Azure",
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
     let status = rd.status.clone().unwrap_or_default();
+    if rd.spec.deletion_policy == DeletionPolicy::Orphan {
+        // Orphan keeps only what a policy still allows: otherwise setting it and deleting the object would
+        // leave in Azure, untracked, a grant the administrators took away.
+        let labels = Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(&rd.namespace().unwrap_or_default())
+            .await?
+            .and_then(|n| n.metadata.labels)
+            .unwrap_or_default();
+        match orphan_denied(rd, &ctx.policies.state(), &labels, &status) {
+            None => {
+                publish(
+                    ctx,
+                    rd,
+                    EventType::Normal,
+                    "Orphaned",
+                    "deletionPolicy Orphan: the role assignment is left in Azure",
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
+            Some(why) => {
+                publish(
+                    ctx,
+                    rd,
+                    EventType::Warning,
+                    "OrphanRevoked",
+                    &format!(
+                        "deletionPolicy Orphan, but no DelegationPolicy allows this grant any more ({why}): the \
+                         role assignment is removed"
+                    ),
+                )
+                .await;
+            }
+        }
+    }
     let current = status
         .role_assignment_id
         .as_deref()
@@ -860,8 +1133,10 @@ async fn cleanup(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
         .into_iter()
         .chain(status.pending_removal.iter().map(String::as_str))
     {
-        remove_assignment(ctx, id).await?;
-        info!(object = %format!("{}/{}", rd.namespace().unwrap_or_default(), rd.name_any()), assignment = %id, "removed role assignment");
+        let removed = remove_assignment(rd, ctx, id).await?;
+        if matches!(removed, Removed::Deleted) {
+            info!(object = %format!("{}/{}", rd.namespace().unwrap_or_default(), rd.name_any()), assignment = %id, "removed role assignment");
+        }
     }
     // The custom role the status names, and the one the spec names (it may have been defined before a failure
     // kept the assignment from being made).
@@ -898,6 +1173,7 @@ async fn write_status(
             "preExisting",
             "pendingRemoval",
             "policy",
+            "policyViolations",
             "waitingForPrincipalSince",
             "roleDefinitionId",
             "roleName",
@@ -910,4 +1186,92 @@ async fn write_status(
 
 fn now() -> Time {
     Time(Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::policy::test_support::{labels, policy};
+
+    const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
+    const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
+    const P: &str = "5a5a5a5a-0000-4000-8000-00000000b5b5";
+
+    #[test]
+    fn assignment_names_carry_the_owner_and_the_grant() {
+        let rg = format!("{SUB}/resourceGroups/rg");
+        let a = naming::assignment_name("c1", "team-a", "pull", &rg, ACR_PULL, P);
+        assert_eq!(
+            a,
+            naming::assignment_name(
+                "c1",
+                "team-a",
+                "pull",
+                &format!("{}/", rg.to_uppercase()),
+                &ACR_PULL.to_uppercase(),
+                &P.to_uppercase()
+            ),
+            "found again whatever the case ARM echoes"
+        );
+        let others = [
+            naming::assignment_name("c2", "team-a", "pull", &rg, ACR_PULL, P),
+            naming::assignment_name("c1", "team-b", "pull", &rg, ACR_PULL, P),
+            naming::assignment_name("c1", "team-a", "pull-2", &rg, ACR_PULL, P),
+            naming::assignment_name("c1", "team-a", "pull", SUB, ACR_PULL, P),
+            arm::assignment_name(&rg, ACR_PULL, P),
+        ];
+        for other in &others {
+            assert_ne!(&a, other);
+        }
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "ARM wants a GUID");
+        // The legacy formula is unchanged: assignments made before the upgrade are still recognised.
+        assert_eq!(
+            arm::assignment_name(&rg, ACR_PULL, P),
+            arm::assignment_name(&rg.to_uppercase(), ACR_PULL, P)
+        );
+    }
+
+    fn delegation(ns: &str, spec: serde_json::Value) -> RoleDelegation {
+        let mut rd: RoleDelegation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "RoleDelegation",
+            "metadata": {"name": "rd", "namespace": ns}, "spec": spec,
+        }))
+        .unwrap();
+        rd.metadata.namespace = Some(ns.into());
+        rd
+    }
+
+    #[test]
+    fn orphan_keeps_only_what_a_policy_still_allows() {
+        let rg = format!("{SUB}/resourceGroups/rg");
+        let mut listing = policy("team", "a", &[&rg], &["Reader"]);
+        listing.spec.principals = vec![P.into()];
+        let ps = [Arc::new(listing)];
+        let by_id = serde_json::json!({"principalId": P, "role": {"name": "Reader"}, "scope": rg, "deletionPolicy": "Orphan"});
+        let own = serde_json::json!({"principalRef": {"name": "app"}, "role": {"name": "Reader"}, "scope": rg, "deletionPolicy": "Orphan"});
+        let other_role = serde_json::json!({"principalRef": {"name": "app"}, "role": {"name": "Contributor"}, "scope": rg, "deletionPolicy": "Orphan"});
+        let status = RoleDelegationStatus::default();
+        // (spec, namespace labels, policies, left in Azure)
+        let none: [Arc<DelegationPolicy>; 0] = [];
+        let table: [(&serde_json::Value, &str, &[Arc<DelegationPolicy>], bool); 6] = [
+            (&by_id, "a", &ps, true),
+            (&own, "a", &ps, true),
+            (&other_role, "a", &ps, false),
+            // The namespace relabelled out of the policy, or the policy deleted.
+            (&own, "b", &ps, false),
+            (&own, "a", &none, false),
+            (&by_id, "b", &ps, false),
+        ];
+        for (spec, team, policies, kept) in table {
+            let rd = delegation("ns", spec.clone());
+            let why = orphan_denied(&rd, policies, &labels(team), &status);
+            assert_eq!(why.is_none(), kept, "{spec} in team {team}: {why:?}");
+            if let Some(why) = why {
+                assert!(
+                    why.contains("spec.") || why.contains("no DelegationPolicy selects"),
+                    "{why}"
+                );
+            }
+        }
+    }
 }
