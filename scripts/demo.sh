@@ -56,8 +56,18 @@ echo "--- examples"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # The example DelegationPolicy lets namespaces labelled team=platform grant the seed's roles.
 kubectl label namespace demo team=platform --overwrite >/dev/null
-kubectl apply -n demo -f examples/
+# The rotation last: a CredentialRotation resets only a cluster that already runs as the application it rotates.
+rotation=examples/07-credential-rotation.yaml
+for f in examples/*.yaml; do [ "$f" = "$rotation" ] || kubectl apply -n demo -f "$f"; done
 kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/aks-cluster-sp
+# The cluster is created with the ServicePrincipal's application, as `az aks create --service-principal <appId>`
+# would do (the emulator's seed cluster runs as another application until then).
+cluster=/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/prod
+app_id=$(kubectl -n demo get serviceprincipal aks-cluster-sp -o jsonpath='{.status.appId}')
+curl_emulator -X POST "$AZURE_EMULATOR_URL/_emulator/seed" -H 'Content-Type: application/json' \
+    -d "{\"aksClusters\": [{\"id\": \"$cluster\", \"clientId\": \"$app_id\"}]}" >/dev/null
+echo "AKS cluster prod runs as application $app_id"
+kubectl apply -n demo -f "$rotation"
 kubectl -n demo wait --for=condition=Ready --timeout=90s roledelegation --all
 kubectl -n demo wait --for=condition=Ready --timeout=90s credentialrotation --all
 kubectl get delegationpolicies
@@ -75,7 +85,7 @@ echo "token issued for $(secret_value AZURE_CLIENT_ID)"
 
 echo "--- the AKS cluster holds the delivered secret (the CredentialRotation reset its service principal profile)"
 curl_emulator -X POST "$AZURE_EMULATOR_URL/_emulator/aks/check" -H 'Content-Type: application/json' \
-    -d "{\"clusterId\": \"/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/prod\", \"secret\": \"$(secret_value AZURE_CLIENT_SECRET)\"}"
+    -d "{\"clusterId\": \"$cluster\", \"secret\": \"$(secret_value AZURE_CLIENT_SECRET)\"}"
 echo
 
 echo "--- the role assignments in (emulated) Azure"

@@ -148,6 +148,13 @@ pub struct RotationTargets {
                   /subscriptions/{id}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{name}"))]
     pub aks_clusters: Vec<String>,
 
+    /// Move each cluster in aksClusters to this application even when it uses another one now (its
+    /// servicePrincipalProfile.clientId differs). A DelegationPolicy that lists the cluster must also set
+    /// aksClusterReassignment. Default false: a cluster is reset only with a new secret of the application it
+    /// already uses, so a rotation can never take over a cluster by naming it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reassign_aks_clusters: bool,
+
     /// Workloads in this namespace to restart (through a pod-template annotation) once per rotation, after the
     /// Secret holds the new secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

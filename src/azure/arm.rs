@@ -349,9 +349,10 @@ impl ArmClient {
     }
 }
 
-/// The name of the assignment for (scope, role, principal): a UUIDv5, so that the same grant always PUTs to the
-/// same name and a crash between PUT and status cannot create a second one. Scope and role compare
-/// case-insensitively, as ARM does.
+/// The legacy name of the assignment for (scope, role, principal): a UUIDv5 of the grant alone, which is what
+/// operators before the tenancy boundary PUT, so that every delegation of one grant shared it. New assignments
+/// are named by `naming::assignment_name` (owner included); this one is only recognised, so that an assignment
+/// made under it keeps working after an upgrade (and is never deleted while another delegation records it).
 pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &str) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2d6c_0b1e_8f3a_4e57_a1c9_7b4d_e6f0_1a23);
     let key = format!(
@@ -363,7 +364,42 @@ pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &s
     uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
 }
 
+/// What a managed cluster's GET says about the identity it runs as.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedCluster {
+    #[serde(default)]
+    pub properties: ManagedClusterProperties,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterProperties {
+    /// Absent on a cluster that runs with a managed identity (ARM then reports clientId "msi").
+    #[serde(default)]
+    pub service_principal_profile: Option<ServicePrincipalProfile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePrincipalProfile {
+    #[serde(default)]
+    pub client_id: String,
+}
+
 impl ArmClient {
+    /// The cluster, as GET managedClusters returns it (never with a secret); None if it does not exist.
+    pub async fn managed_cluster(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<ManagedCluster>, AzureError> {
+        let path = format!(
+            "{}?api-version={AKS_API_VERSION}",
+            cluster_id.trim_end_matches('/')
+        );
+        self.service.get_opt("arm get managedCluster", &path).await
+    }
+
     /// Starts `resetServicePrincipalProfile` on an AKS cluster (`az aks update-credentials
     /// --reset-service-principal`). Returns the URL to poll, or None when ARM finished it at once (200).
     pub async fn reset_service_principal_profile(

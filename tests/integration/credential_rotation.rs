@@ -81,8 +81,15 @@ async fn cluster_holds_with(http: &(reqwest::Client, String), secret: &str) -> b
     answer["secretMatches"] == true
 }
 
+/// A policy letting the namespace rotate the legacy application and reset the clusters of rg-aks.
 async fn allow_application(admin: &kube::Client, ns: &str) -> String {
-    crate::harness::put_policy(admin, ns, "rotation", json!({"applications": [LEGACY_APP]})).await
+    crate::harness::put_policy(
+        admin,
+        ns,
+        "rotation",
+        json!({"applications": [LEGACY_APP], "aksClusters": [CLUSTER.replace("/providers/Microsoft.ContainerService/managedClusters/prod", "")]}),
+    )
+    .await
 }
 
 // Four workers: the test blocks one reading the operator's log while the probe and the emulator run.
@@ -103,6 +110,7 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
     let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let policy = allow_application(&admin, &ns.name).await;
     sps.create(
         &PostParams::default(),
         &object(
@@ -113,6 +121,14 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
     )
     .await
     .unwrap();
+    // The cluster runs as the ServicePrincipal's application (as `az aks create --service-principal` sets it
+    // up): only such a cluster is reset with its secrets.
+    let probe_sp = wait_reason(&sps, "probe", "True", "Ready", 60).await;
+    seed(
+        &azure,
+        json!({"aksClusters": [{"id": CLUSTER, "clientId": probe_sp.status.unwrap().app_id.unwrap()}]}),
+    )
+    .await;
     crots
         .create(
             &PostParams::default(),
@@ -287,6 +303,10 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
         "no Secret data in the log"
     );
     sps.delete("probe", &DeleteParams::default()).await.unwrap();
+    Api::<DelegationPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await
+        .unwrap();
     teardown(rbac, azure, ns).await;
 }
 
@@ -615,9 +635,12 @@ async fn bad_targets_are_reported_on_their_field() {
             "objectId": "6b6b6b6b-0000-4000-8000-00000000a6a6", "servicePrincipalId": "6b6b6b6b-0000-4000-8000-00000000b6b6"}]}),
     )
     .await;
+    // Each rotation its own Secret: a deleted rotation leaves its Secret behind (orphaned), and a later one
+    // writing the same name would be a SecretConflict.
     let spec = |app: &str, clusters: Vec<String>| {
+        let secret = format!("{}-{}-secret", &app[..8], clusters.len());
         json!({"applicationId": app, "renewBefore": "1m", "overlap": "1s", "credentialLifetime": "1h",
-            "targets": {"secret": {"name": format!("{}-secret", &app[..8])}, "aksClusters": clusters}})
+            "targets": {"secret": {"name": secret}, "aksClusters": clusters}})
     };
     crots
         .create(
@@ -665,6 +688,18 @@ async fn bad_targets_are_reported_on_their_field() {
         .delete("not-allowed", &DeleteParams::default())
         .await
         .unwrap();
+    // Gone before the next rotation of the same application, which it would otherwise hold.
+    eventually(30, "not-allowed deleted", || async {
+        match crots
+            .get_opt("not-allowed")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
     crots
         .create(
             &PostParams::default(),

@@ -8,7 +8,7 @@
 //! whose text never reached the Secret is removed, and the previous one is never removed before every target
 //! holds its successor. At most two of the operator's passwords exist on the application at any time.
 
-mod plan;
+pub mod plan;
 mod targets;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -29,7 +29,9 @@ use crate::controller::reconcile::{self, Failure as _};
 use tracing::info;
 
 use super::{
-    Context, naming, policy, publish, secret_format, secrets,
+    Context,
+    claims::{self, Claimant},
+    naming, policy, publish, secret_format, secrets,
     service_principal::{self, ROTATED_BY_ANNOTATION},
 };
 use crate::{
@@ -83,6 +85,12 @@ pub enum Error {
     /// Another CredentialRotation already manages the ServicePrincipal's password.
     #[error("{0}")]
     Conflict(String),
+    /// Another object holds what this rotation names (an AKS cluster, an application): reason Conflict.
+    #[error("{0}")]
+    Claimed(String),
+    /// An AKS cluster runs as another application than the one rotated, and moving it is not asked for.
+    #[error("{0}")]
+    AksClusterNotUsingApplication(String),
     /// The new secret does not sign in yet.
     #[error("{0}")]
     Verifying(String),
@@ -116,6 +124,8 @@ impl reconcile::Failure for Error {
             Error::Verifying(_) => "VerifyingCredential",
             Error::Waiting { reason, .. } => reason,
             Error::Conflict(_) => "RotationConflict",
+            Error::Claimed(_) => "Conflict",
+            Error::AksClusterNotUsingApplication(_) => "AKSClusterNotUsingApplication",
             Error::Publishing { reason, .. } => reason,
             Error::Expiry { reason, .. } => reason,
         }
@@ -134,6 +144,8 @@ impl reconcile::Failure for Error {
                 Duration::from_secs(30)
             }
             Error::Kube(_) => Duration::from_secs(5),
+            // Nothing tells a claimant that the holder is gone: look again soon.
+            Error::Claimed(_) => Duration::from_secs(30),
             _ => Duration::from_secs(300),
         }
     }
@@ -148,6 +160,8 @@ impl Error {
             | Error::ApplicationNotOwned(_)
             | Error::ApplicationNotFound(_)
             | Error::Conflict(_)
+            | Error::Claimed(_)
+            | Error::AksClusterNotUsingApplication(_)
             | Error::SecretConflict(_) => true,
             Error::Expiry { cause, .. } => cause.stalled(),
             _ => false,
@@ -261,6 +275,8 @@ async fn converge(
     let ns = crot.namespace().unwrap_or_default();
     let subject = subject(crot, ctx).await?;
     let app = &subject.app;
+    // Before anything is written: a rotation whose clusters are denied or held by another rotates nothing.
+    let cleared = targets::authorize_clusters(crot, ctx, &app.app_id).await?;
     let ours = service_principal::ours(app, &ns, &subject.owner);
     let serial = |key: &str| {
         ours.iter()
@@ -474,6 +490,7 @@ async fn converge(
     targets::publish_all(
         crot,
         ctx,
+        &cleared,
         &subject.secret.name,
         &subject.app.app_id,
         &current.key_id,
@@ -735,6 +752,7 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         .unwrap_or_default();
     policy::may_rotate(&ctx.policies.state(), &ns, &labels, app_id)
         .map_err(Error::DeniedByPolicy)?;
+    claim_application(crot, ctx, app_id).await?;
     let app = match ctx.graph.application_by_app_id(app_id).await {
         Ok(Some(app)) => app,
         Ok(None) => {
@@ -751,6 +769,13 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         }
         Err(e) => return Err(e.into()),
     };
+    // Another cluster's operator manages it: rotating here would cut that cluster's consumers off.
+    if let Some(other) = other_cluster(&app.tags, &ctx.cluster_id) {
+        return Err(Error::Claimed(format!(
+            "spec.applicationId: application {app_id} belongs to the entra-operator of another cluster (its tag \
+             {CLUSTER_TAG}{other}); it is left to that cluster"
+        )));
+    }
     let secret = crot.spec.targets.secret.clone().unwrap_or(SecretTarget {
         name: format!("{}-credential", crot.name_any()),
         format: SecretFormat::Env,
@@ -763,6 +788,84 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         secret,
         lifetime: spec_lifetime.unwrap_or(DEFAULT_LIFETIME),
         sp: None,
+    })
+}
+
+/// How `naming::ownership_tags` names the cluster an application was created for.
+const CLUSTER_TAG: &str = "entra-operator/cluster=";
+
+/// The other cluster whose operator's ownership tags an application carries, if any.
+fn other_cluster<'a>(tags: &'a [String], cluster_id: &str) -> Option<&'a str> {
+    tags.iter()
+        .filter_map(|t| t.strip_prefix(CLUSTER_TAG))
+        .find(|c| *c != cluster_id)
+}
+
+/// An application rotated by id is held by one object: a ServicePrincipal of this cluster that created or
+/// adopted it (whose rotation goes through servicePrincipalRef, in its namespace), else the oldest
+/// CredentialRotation naming it. Decided from the stores, so every reconcile of every claimant agrees. An
+/// object that names an application its namespace may not take holds nothing: naming it first blocks no one.
+async fn claim_application(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    app_id: &str,
+) -> Result<(), Error> {
+    let same = |id: Option<&str>| id.is_some_and(|id| id.eq_ignore_ascii_case(app_id));
+    let policies = ctx.policies.state();
+    let mut labels_of = BTreeMap::new();
+    let mut holders = vec![];
+    for sp in ctx.claims.service_principals().iter() {
+        let has = same(sp.status.as_ref().and_then(|s| s.app_id.as_deref()));
+        let adopts = same(sp.spec.adopt.as_ref().map(|a| a.app_id.as_str()));
+        if !has && !adopts {
+            continue;
+        }
+        let claimant = Claimant::of(sp.as_ref());
+        // status.appId is set only for an application it created or was allowed to adopt; spec.adopt counts
+        // where a policy lists the application for its namespace.
+        if !has {
+            let labels =
+                targets::namespace_labels(ctx, &mut labels_of, &claimant.namespace).await?;
+            if policy::may_rotate(&policies, &claimant.namespace, &labels, app_id).is_err() {
+                continue;
+            }
+        }
+        holders.push(claimant);
+    }
+    // The oldest, so that the message does not change from one reconcile to the next.
+    if let Some(sp) =
+        holders
+            .into_iter()
+            .reduce(|a, b| match claims::check(&a, std::slice::from_ref(&b)) {
+                Ok(()) => a,
+                Err(_) => b,
+            })
+    {
+        return Err(Error::Claimed(format!(
+            "spec.applicationId: application {app_id} belongs to {sp}; rotate its secret with a CredentialRotation \
+             in namespace {} whose servicePrincipalRef names {} instead",
+            sp.namespace, sp.name
+        )));
+    }
+    let me = Claimant::of(crot);
+    let mut claimants = vec![];
+    for other in ctx.claims.rotations().iter() {
+        let claimant = Claimant::of(other.as_ref());
+        if !same(other.spec.application_id.as_deref())
+            || (claimant.namespace == me.namespace && claimant.name == me.name)
+        {
+            continue;
+        }
+        let labels = targets::namespace_labels(ctx, &mut labels_of, &claimant.namespace).await?;
+        if policy::may_rotate(&policies, &claimant.namespace, &labels, app_id).is_ok() {
+            claimants.push(claimant);
+        }
+    }
+    claims::check(&me, &claimants).map_err(|holder| {
+        Error::Claimed(format!(
+            "spec.applicationId: application {app_id} is rotated by {holder}, the oldest rotation naming it; this rotation \
+             changes nothing until {holder} is deleted"
+        ))
     })
 }
 
@@ -779,7 +882,9 @@ async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Err
                 Error::ServicePrincipalNotFound(_)
                 | Error::ApplicationNotFound(_)
                 | Error::ApplicationNotOwned(_)
-                | Error::DeniedByPolicy(_),
+                | Error::DeniedByPolicy(_)
+                | Error::Claimed(_)
+                | Error::AksClusterNotUsingApplication(_),
             ) => status.previous_key_id = None,
             Err(e) => {
                 write_status(crot, ctx, status).await?;
@@ -891,4 +996,22 @@ fn set_target(status: &mut CredentialRotationStatus, entry: TargetStatus) {
 async fn signs_in(ctx: &Context, client_id: &str, secret: &str) -> Result<(), String> {
     credential::client_secret_signs_in(&ctx.cloud, &ctx.http, &ctx.tenant_id, client_id, secret)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_application_tagged_for_another_cluster_is_left_to_it() {
+        let tags = |cluster: &str| naming::ownership_tags(cluster, "ns", "sp");
+        assert_eq!(other_cluster(&tags("here"), "here"), None);
+        assert_eq!(other_cluster(&tags("there"), "here"), Some("there"));
+        assert_eq!(
+            other_cluster(&[], "here"),
+            None,
+            "untagged: no cluster claims it"
+        );
+        assert_eq!(other_cluster(&["entra-operator".into()], "here"), None);
+    }
 }

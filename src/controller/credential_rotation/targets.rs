@@ -3,10 +3,13 @@
 //! target's result is kept in status, so a crash or a failure resumes where it stood, and nothing is done
 //! twice for one key.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::apps::v1::{DaemonSet, Deployment, StatefulSet},
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        core::v1::Namespace,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -20,14 +23,18 @@ use serde_json::json;
 use super::{Context, Error, set_target, signs_in, write_status};
 use crate::{
     api::{
-        CredentialRotation, CredentialRotationStatus,
+        CredentialRotation, CredentialRotationStatus, ServicePrincipal,
         credential_rotation::{TargetStatus, WorkloadKind},
     },
     azure::{
         arm::Operation,
         error::{AzureError, ErrorClass},
     },
-    controller::publish,
+    controller::{
+        claims::{self, Claimant},
+        policy::aks,
+        publish,
+    },
 };
 
 pub const PUBLISHED: &str = "Published";
@@ -96,11 +103,163 @@ pub fn kind_name(kind: WorkloadKind) -> &'static str {
     }
 }
 
+/// The clusters of spec.targets.aksClusters that this reconcile may reset. Only `authorize_clusters` makes
+/// one, and `publish_all` resets no other cluster: nothing reaches resetServicePrincipalProfile undecided.
+pub struct ClearedClusters(Vec<String>);
+
+impl ClearedClusters {
+    fn allows(&self, cluster: &str) -> bool {
+        aks::cluster_key(cluster).is_some_and(|k| self.0.contains(&k))
+    }
+}
+
+/// Decides every cluster the rotation names before anything is done for any of them (before a password is
+/// even added): a DelegationPolicy selecting the namespace lists it, it runs as the application rotated
+/// (`app_id`) unless moving it is asked for and allowed, and no other rotation holds it.
+pub async fn authorize_clusters(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    app_id: &str,
+) -> Result<ClearedClusters, Error> {
+    let spec = &crot.spec.targets;
+    if spec.aks_clusters.is_empty() {
+        return Ok(ClearedClusters(vec![]));
+    }
+    let ns = crot.namespace().unwrap_or_default();
+    let mut labels_of: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let labels = namespace_labels(ctx, &mut labels_of, &ns).await?;
+    let policies = ctx.policies.state();
+    let refused = |r: aks::Refusal| match r {
+        aks::Refusal::DeniedByPolicy(m) => Error::DeniedByPolicy(m),
+        aks::Refusal::NotUsingApplication(m) => Error::AksClusterNotUsingApplication(m),
+    };
+    let reset = |index, cluster, current_client_id| aks::Reset {
+        index,
+        cluster,
+        current_client_id,
+        app_id,
+        reassign: spec.reassign_aks_clusters,
+    };
+    // The policy first, so that a namespace learns nothing about a cluster it may not touch (not even who
+    // else names it).
+    for (i, cluster) in spec.aks_clusters.iter().enumerate() {
+        aks::may_reset(&policies, &ns, &labels, &reset(i, cluster, None)).map_err(refused)?;
+    }
+    let mut current = Vec::with_capacity(spec.aks_clusters.len());
+    for cluster in &spec.aks_clusters {
+        // A cluster without a service principal profile runs as a managed identity, as "msi" says.
+        current.push(ctx.arm.managed_cluster(cluster).await?.map(|c| {
+            c.properties
+                .service_principal_profile
+                .map(|p| p.client_id)
+                .unwrap_or_else(|| "msi".into())
+        }));
+    }
+    for (i, cluster) in spec.aks_clusters.iter().enumerate() {
+        aks::may_reset(
+            &policies,
+            &ns,
+            &labels,
+            &reset(i, cluster, current[i].as_deref()),
+        )
+        .map_err(refused)?;
+    }
+    // Then the claims: among the rotations that would be allowed this same reset, the oldest holds the
+    // cluster. Decided the same way on every reconcile of every claimant, so two rotations never take turns;
+    // one that names a cluster it may not reset holds nothing, so naming a cluster first does not block it.
+    let me = Claimant::of(crot);
+    let rotations = ctx.claims.rotations();
+    let principals = ctx.claims.service_principals();
+    let mut cleared = vec![];
+    for (i, cluster) in spec.aks_clusters.iter().enumerate() {
+        let Some(key) = aks::cluster_key(cluster) else {
+            continue;
+        };
+        let mut claimants = vec![];
+        for other in rotations.iter().filter(|r| {
+            r.spec
+                .targets
+                .aks_clusters
+                .iter()
+                .any(|c| aks::cluster_key(c).as_ref() == Some(&key))
+        }) {
+            let claimant = Claimant::of(other.as_ref());
+            if claimant.namespace == me.namespace && claimant.name == me.name {
+                continue;
+            }
+            // An application not known yet (its ServicePrincipal not in the store, as just after a restart)
+            // keeps the claim on the policy alone: a gap in the stores must not hand the cluster over.
+            let other_app = rotated_application(other, &principals);
+            let other_labels = namespace_labels(ctx, &mut labels_of, &claimant.namespace).await?;
+            let may = aks::may_reset(
+                &policies,
+                &claimant.namespace,
+                &other_labels,
+                &aks::Reset {
+                    index: 0,
+                    cluster,
+                    current_client_id: other_app.as_ref().and(current[i].as_deref()),
+                    app_id: other_app.as_deref().unwrap_or_default(),
+                    reassign: other.spec.targets.reassign_aks_clusters,
+                },
+            );
+            if may.is_ok() {
+                claimants.push(claimant);
+            }
+        }
+        if let Err(holder) = claims::check(&me, &claimants) {
+            return Err(Error::Claimed(format!(
+                "spec.targets.aksClusters[{i}]: cluster {cluster} is claimed by {holder}, the oldest rotation allowed \
+                 to reset it; this rotation changes nothing until {holder} no longer names it"
+            )));
+        }
+        cleared.push(key);
+    }
+    Ok(ClearedClusters(cleared))
+}
+
+/// The application a rotation rotates, as far as the stores know: None for one whose ServicePrincipal is not
+/// known or has no application yet.
+fn rotated_application(
+    crot: &CredentialRotation,
+    principals: &[Arc<ServicePrincipal>],
+) -> Option<String> {
+    if let Some(app) = &crot.spec.application_id {
+        return Some(app.clone());
+    }
+    let reference = crot.spec.service_principal_ref.as_ref()?;
+    principals
+        .iter()
+        .find(|sp| sp.namespace() == crot.namespace() && sp.name_any() == reference.name)
+        .and_then(|sp| sp.status.as_ref()?.app_id.clone())
+}
+
+/// A namespace's labels, read once per reconcile.
+pub(super) async fn namespace_labels(
+    ctx: &Context,
+    seen: &mut BTreeMap<String, BTreeMap<String, String>>,
+    ns: &str,
+) -> Result<BTreeMap<String, String>, Error> {
+    if let Some(labels) = seen.get(ns) {
+        return Ok(labels.clone());
+    }
+    let labels = Api::<Namespace>::all(ctx.client.clone())
+        .get(ns)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    seen.insert(ns.to_string(), labels.clone());
+    Ok(labels)
+}
+
 /// Publishes `key_id` (whose text is `secret`, already in the Secret) everywhere the spec says; Err says
 /// what is still missing.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_all(
     crot: &CredentialRotation,
     ctx: &Context,
+    cleared: &ClearedClusters,
     secret_name: &str,
     client_id: &str,
     key_id: &str,
@@ -145,6 +304,12 @@ pub async fn publish_all(
     for (i, cluster) in spec.aks_clusters.iter().enumerate() {
         if holds(status, "AKSCluster", cluster, key_id) {
             continue;
+        }
+        if !cleared.allows(cluster) {
+            return Err(Error::DeniedByPolicy(format!(
+                "spec.targets.aksClusters[{i}]: cluster {cluster} was not authorized by a DelegationPolicy's \
+                 aksClusters in this reconcile"
+            )));
         }
         if let Err(why) = reset_cluster(crot, ctx, status, cluster, client_id, key_id, secret).await
         {

@@ -4,8 +4,10 @@
 //! table-tested. One file per kind of action:
 //!
 //! - `grants`: role assignments (RoleDelegation scope, role, custom role);
-//! - `applications`: existing applications (rotation by applicationId).
+//! - `applications`: existing applications (adoption by a ServicePrincipal, rotation by applicationId);
+//! - `aks`: AKS clusters (resetting a cluster's service principal profile).
 
+pub mod aks;
 pub mod applications;
 pub mod grants;
 
