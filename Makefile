@@ -142,3 +142,6 @@ demo-stop:
 
 .PHONY: demo-down
 demo-down: demo-stop testenv-down ## Stop the demo's operator and the control plane
+	@# The emulator's Azure belongs to the cluster just removed (its cluster id, the uid of kube-system, names
+	@# every application and custom role there): kept, the next demo's custom role would collide with it.
+	@rm -rf $(DEMO_DIR)/emulator

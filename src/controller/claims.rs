@@ -89,7 +89,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn add_service_principals(&self, store: Store<ServicePrincipal>) {
-        self.service_principals.write().expect("claims lock").push(store);
+        self.service_principals
+            .write()
+            .expect("claims lock")
+            .push(store);
     }
 
     pub fn add_rotations(&self, store: Store<CredentialRotation>) {
@@ -146,7 +149,11 @@ mod tests {
         assert_eq!(check(&second, &all), Err(first.clone()));
         // The same answer whichever order the store lists them in: no tug of war.
         assert_eq!(check(&second, &[second.clone(), first.clone()]), Err(first));
-        assert_eq!(check(&second, std::slice::from_ref(&second)), Ok(()), "alone");
+        assert_eq!(
+            check(&second, std::slice::from_ref(&second)),
+            Ok(()),
+            "alone"
+        );
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 secrets,
                 service_principal::OWNER_LABEL,
             ))
+            // An adoption that a policy (no longer) lists is decided again at once.
+            .reconcile_all_on(changes(policy_changes.clone()))
             // Azure changed under it (found by the drift feeds).
             .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
                 drift::Owner::ServicePrincipal(r) => Some(r),
@@ -207,6 +209,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ctx.claims.add_rotations(rotation_store.clone());
         let rotations = Controller::for_stream(rotation_changes, rotation_store.clone())
             .with_config(config.clone())
+            // Which applications and AKS clusters a rotation may touch is a policy's to say.
+            .reconcile_all_on(changes(policy_changes.clone()))
             // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
             .owns_stream(watches::owned_secrets(
                 namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),

@@ -19,7 +19,7 @@ use entra_operator::api::{CredentialRotation, ServicePrincipal};
 
 use crate::{
     chart::template,
-    harness::{eventually, text, token_status, wait_condition},
+    harness::{all_gone, eventually, text, token_status, wait_condition},
     operator_run::{Azure, Operator},
     support::{
         TestNamespace, admin_client, apply_chart_rbac, client_from, install_crds,
@@ -338,26 +338,9 @@ async fn with_watch_namespaces_the_operator_needs_only_roles_there() {
 
     crots.delete("web", &DeleteParams::default()).await.unwrap();
     sps.delete("web", &DeleteParams::default()).await.unwrap();
-    eventually(60, "the operator's finalizers done", || async {
-        let left = sps
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len()
-            + crots
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} left"))
-        }
-    })
-    .await;
+    // The operator's finalizers done.
+    all_gone(&sps, 60).await;
+    all_gone(&crots, 60).await;
     let log = operator.stop();
     assert!(
         !log.iter().any(|l| l.contains("forbidden")),

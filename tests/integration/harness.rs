@@ -37,11 +37,16 @@ where
     panic!("{what} not reached within {secs}s; last: {last}");
 }
 
-/// Waits until every ServicePrincipal in the namespace is gone (the operator's finalizer done).
-pub async fn all_gone(sps: &Api<ServicePrincipal>, secs: u64) {
-    eventually(secs, "all ServicePrincipals deleted", || async {
-        let left = sps
-            .list(&Default::default())
+/// Waits until every object of `api` is gone (the operator's finalizers done).
+pub async fn all_gone<K>(api: &Api<K>, secs: u64)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&Default::default()).into_owned();
+    eventually(secs, &format!("every {kind} deleted"), || async {
+        let left = api
+            .list_metadata(&Default::default())
             .await
             .map_err(|e| e.to_string())?
             .items

@@ -2,8 +2,10 @@
 //! the large dependency graph is linked once.
 
 mod admission;
+mod admission_fuzz;
 mod alerts;
 mod chart;
+mod chart_namespaced;
 mod crdgen;
 mod credential_rotation;
 mod explain;
@@ -14,4 +16,7 @@ mod role_delegation;
 mod service_principal;
 mod soak;
 mod support;
+mod tenancy_credential_rotation;
+mod tenancy_role_delegation;
+mod tenancy_service_principal;
 mod workload_identity;
