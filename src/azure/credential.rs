@@ -104,3 +104,48 @@ pub async fn client_secret_signs_in(
         // Only the kind of failure: azure_identity's message may quote the request.
         .map_err(|e| format!("Entra refused the new secret ({:?})", e.kind()))
 }
+
+/// The object id (`oid` claim) of the principal an Entra access token was issued to: the operator's own
+/// identity, which no tenant may be granted a role for. The token is not verified here: it is the operator's
+/// own, just issued to it by Entra over TLS, and only read. (No JWT crate is needed for reading one claim of a
+/// token the operator trusts already: base64url and JSON are.)
+pub fn object_id(access_token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = access_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["oid"].as_str().map(str::to_ascii_lowercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::object_id;
+
+    fn token(claims: serde_json::Value) -> String {
+        let part = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.signature",
+            part(&serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+            part(&claims)
+        )
+    }
+
+    #[test]
+    fn the_object_id_is_read_from_the_token() {
+        let t =
+            token(serde_json::json!({"oid": "ABCDEF01-0000-4000-8000-000000000001", "appid": "x"}));
+        assert_eq!(
+            object_id(&t).as_deref(),
+            Some("abcdef01-0000-4000-8000-000000000001")
+        );
+        assert_eq!(object_id(&token(serde_json::json!({"appid": "x"}))), None);
+        assert_eq!(object_id("not a token"), None);
+        assert_eq!(object_id("a.%%%.c"), None);
+    }
+}

@@ -72,6 +72,9 @@ pub struct Context {
     pub status_writes: reconcile::StatusWrites,
     /// Every object that may claim an AKS cluster, an application or a role assignment (see claims.rs).
     pub claims: claims::Registry,
+    /// The object id of the operator's own identity (from its token), never granted a role for a tenant; None
+    /// when Entra gave no token at start-up.
+    pub operator_principal: Option<String>,
 }
 
 /// Runs the operator until it is told to stop.
@@ -430,15 +433,18 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
     let http = credential::http_client(&args.azure)?;
     // Bounded: a slow or unreachable Entra must not hold up start-up (and the health endpoints behind it).
     let credential = credential::build(&args.azure, &cloud, &http)?;
-    if tokio::time::timeout(
+    let operator_principal = match tokio::time::timeout(
         std::time::Duration::from_secs(10),
         check_azure(&args.azure, &cloud, credential.as_ref()),
     )
     .await
-    .is_err()
     {
-        warn!("azure credential not ready: no token within 10s");
-    }
+        Ok(principal) => principal,
+        Err(_) => {
+            warn!("azure credential not ready: no token within 10s");
+            None
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let graph =
         GraphClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
@@ -471,6 +477,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             absences: Default::default(),
             status_writes: Default::default(),
             claims: Default::default(),
+            operator_principal,
         },
         policy_writer,
     ))
@@ -478,22 +485,27 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
 
 /// Obtains a Graph token once, so that a misconfigured identity shows in the log at start-up rather than on
 /// the first object. Not fatal: Entra may be briefly unreachable, and each object reports its own failures.
-/// The operator's own credential is used, so the token is cached for the first Graph request.
+/// The operator's own credential is used, so the token is cached for the first Graph request. Returns the
+/// operator's object id, read from the token.
 async fn check_azure(
     args: &AzureArgs,
     cloud: &Cloud,
     credential: &dyn azure_core::credentials::TokenCredential,
-) {
+) -> Option<String> {
     let result = credential
         .get_token(&[cloud.graph_scope.as_str()], None)
         .await
         .map_err(anyhow::Error::from);
     match result {
-        Ok(_) => {
-            info!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, "azure credential ready")
+        Ok(token) => {
+            let principal = crate::azure::credential::object_id(token.token.secret());
+            info!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential,
+                principal = principal.as_deref().unwrap_or("unknown"), "azure credential ready");
+            principal
         }
         Err(e) => {
-            warn!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, error = format!("{e:#}"), "azure credential not ready")
+            warn!(cloud = ?cloud.name, authority = %cloud.authority_host, credential = ?args.azure_credential, error = format!("{e:#}"), "azure credential not ready");
+            None
         }
     }
 }

@@ -582,3 +582,74 @@ async fn another_clusters_grant_and_legacy_assignments_are_never_taken_over() {
     other.cleanup().await;
     teardown(rbac, azure, ns).await;
 }
+
+/// Finding 9's worst case: the operator's own identity holds every tenant's rights, so no namespace may grant
+/// it a role, not even where a policy lists it in principals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_identity_is_never_a_grantee() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("rdt-self").await;
+    let world = state(&azure).await;
+    let operator_principal = world["directory"]["servicePrincipals"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|s| s["appId"] == crate::support::OPERATOR_APP)
+        .and_then(|s| s["id"].as_str())
+        .expect("the operator's service principal is seeded")
+        .to_string();
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let shared = rg("rg-shared");
+    // As wide as a policy gets, and naming the operator's principal.
+    let policy = put_policy(
+        &admin,
+        &ns.name,
+        "lists-the-operator",
+        json!({"scopes": [SUB], "roles": ["*"], "principals": [operator_principal, LEGACY_SP]}),
+    )
+    .await;
+    let rds: Api<RoleDelegation> = Api::namespaced(admin.clone(), &ns.name);
+    for (name, principal) in [("self", operator_principal.as_str()), ("other", LEGACY_SP)] {
+        rds.create(
+            &PostParams::default(),
+            &rd(
+                name,
+                json!({"principalId": principal, "role": {"name": "Reader"}, "scope": shared}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let denied = wait_for(&rds, "self", "False", "DeniedByPolicy", 30).await;
+    let message = ready(&denied).unwrap().2;
+    assert!(
+        message.contains(&format!(
+            "spec.principalId {operator_principal} is the operator's own identity"
+        )),
+        "{message}"
+    );
+    // The same policy grants the other principal it lists: only the operator is refused.
+    wait_for(&rds, "other", "True", "Ready", 60).await;
+    assert!(
+        granted(&azure, &operator_principal, &shared)
+            .await
+            .is_empty(),
+        "nothing granted to the operator"
+    );
+    assert_eq!(granted(&azure, LEGACY_SP, &shared).await.len(), 1);
+
+    let _ = rds
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await;
+    all_gone(&rds, 60).await;
+    operator.stop();
+    delete_policy(&admin, &policy).await;
+    teardown(rbac, azure, ns).await;
+}

@@ -56,6 +56,22 @@ pub enum PrincipalAsked<'a> {
     Own,
     /// Any principal of the tenant by object id (spec.principalId): only one the allowing policy lists.
     Id(&'a str),
+    /// The operator's own identity, by its object id (spec.principalId): never, whatever a policy lists, since
+    /// a tenant holding the operator's roles would hold every tenant's.
+    Operator(&'a str),
+}
+
+impl<'a> PrincipalAsked<'a> {
+    /// What spec.principalId (or, without it, a principalRef) asks for, given the operator's own object id.
+    pub fn of(principal_id: Option<&'a str>, operator: Option<&str>) -> PrincipalAsked<'a> {
+        match principal_id {
+            Some(id) if operator.is_some_and(|o| o.eq_ignore_ascii_case(id)) => {
+                PrincipalAsked::Operator(id)
+            }
+            Some(id) => PrincipalAsked::Id(id),
+            None => PrincipalAsked::Own,
+        }
+    }
 }
 
 /// The policy that allowed a delegation last time, as its status recorded it.
@@ -93,7 +109,14 @@ pub fn decide(
 ) -> Decision {
     let selecting = selecting(policies, labels);
     let mut reasons = vec![];
-    for policy in &selecting {
+    let operator = matches!(principal, PrincipalAsked::Operator(_));
+    if let PrincipalAsked::Operator(id) = principal {
+        reasons.push(format!(
+            "spec.principalId {id} is the operator's own identity, which is never granted a role for a \
+             namespace (whatever a policy's principals list)"
+        ));
+    }
+    for policy in selecting.iter().filter(|_| !operator) {
         match allows(policy, scope, role, principal) {
             Ok(()) => {
                 return Decision::Allowed {
@@ -104,7 +127,9 @@ pub fn decide(
             Err(why) => reasons.push(format!("{}: {why}", policy.name_any())),
         }
     }
-    let message = if selecting.is_empty() {
+    let message = if operator {
+        reasons.join("; ")
+    } else if selecting.is_empty() {
         format!(
             "no DelegationPolicy selects namespace {namespace}, so nothing may be granted from it"
         )
@@ -669,6 +694,50 @@ mod tests {
                 _ => panic!("{name} {actions:?} - {not_actions:?}: {d:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_operators_own_identity_is_never_granted_even_where_listed() {
+        const OPERATOR: &str = "0e0e0e0e-0000-4000-8000-0000000000e1";
+        let mut p = policy("lists-everything", "a", &[SUB], &["*"]);
+        p.spec.principals = vec![OPERATOR.into()];
+        let asked = PrincipalAsked::of(Some(OPERATOR), Some(&OPERATOR.to_uppercase()));
+        assert!(matches!(asked, PrincipalAsked::Operator(_)), "{asked:?}");
+        let d = decide(
+            std::slice::from_ref(&p),
+            "ns",
+            &labels("a"),
+            &scope(""),
+            RoleAsked::Name("Reader"),
+            asked,
+            None,
+        );
+        assert!(
+            matches!(&d, Decision::Denied { message, .. }
+                if message.starts_with(&format!("spec.principalId {OPERATOR} is the operator's own identity"))),
+            "{d:?}"
+        );
+        // Anyone else the policy lists is allowed, and without a known operator id nothing is special.
+        assert!(matches!(
+            PrincipalAsked::of(Some(OPERATOR), None),
+            PrincipalAsked::Id(_)
+        ));
+        assert!(matches!(
+            PrincipalAsked::of(None, Some(OPERATOR)),
+            PrincipalAsked::Own
+        ));
+        assert!(matches!(
+            decide(
+                std::slice::from_ref(&p),
+                "ns",
+                &labels("a"),
+                &scope(""),
+                RoleAsked::Name("Reader"),
+                PrincipalAsked::of(Some(OPERATOR), Some("0f0f0f0f-0000-4000-8000-000000000000")),
+                None,
+            ),
+            Decision::Allowed { .. }
+        ));
     }
 
     #[test]

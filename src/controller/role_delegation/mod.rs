@@ -259,7 +259,7 @@ async fn converge(
     };
 
     // The guardrail first: a denied delegation sends nothing to Azure (except a revocation).
-    let (asked, principal_asked) = asked(rd, &custom_scopes)?;
+    let (asked, principal_asked) = asked(rd, &custom_scopes, ctx.operator_principal.as_deref())?;
     let labels = Api::<Namespace>::all(ctx.client.clone())
         .get(&ns)
         .await?
@@ -458,6 +458,7 @@ async fn converge(
 fn asked<'a>(
     rd: &'a RoleDelegation,
     custom_scopes: &'a [Scope],
+    operator: Option<&str>,
 ) -> Result<(RoleAsked<'a>, PrincipalAsked<'a>), Error> {
     let role = &rd.spec.role;
     let asked = match (&role.name, &role.id, &role.custom) {
@@ -477,15 +478,12 @@ fn asked<'a>(
         }
     };
     // principalId first, as `principal` reads it: the guardrail decides about the principal that gets the role.
-    let principal = match (&rd.spec.principal_id, &rd.spec.principal_ref) {
-        (Some(id), _) => PrincipalAsked::Id(id),
-        (None, Some(_)) => PrincipalAsked::Own,
-        (None, None) => {
-            return Err(Error::Invalid(
-                "spec: one of principalRef and principalId must be set".into(),
-            ));
-        }
-    };
+    if rd.spec.principal_id.is_none() && rd.spec.principal_ref.is_none() {
+        return Err(Error::Invalid(
+            "spec: one of principalRef and principalId must be set".into(),
+        ));
+    }
+    let principal = PrincipalAsked::of(rd.spec.principal_id.as_deref(), operator);
     Ok((asked, principal))
 }
 
@@ -503,6 +501,7 @@ fn orphan_denied(
     policies: &[Arc<DelegationPolicy>],
     labels: &std::collections::BTreeMap<String, String>,
     status: &RoleDelegationStatus,
+    operator: Option<&str>,
 ) -> Option<String> {
     let scope = match Scope::parse(&rd.spec.scope) {
         Ok(s) => s,
@@ -515,7 +514,7 @@ fn orphan_denied(
         },
         None => vec![],
     };
-    let (role, principal) = match asked(rd, &custom_scopes) {
+    let (role, principal) = match asked(rd, &custom_scopes, operator) {
         Ok(a) => a,
         Err(e) => return Some(e.to_string()),
     };
@@ -1098,7 +1097,13 @@ async fn cleanup(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
             .await?
             .and_then(|n| n.metadata.labels)
             .unwrap_or_default();
-        match orphan_denied(rd, &ctx.policies.state(), &labels, &status) {
+        match orphan_denied(
+            rd,
+            &ctx.policies.state(),
+            &labels,
+            &status,
+            ctx.operator_principal.as_deref(),
+        ) {
             None => {
                 publish(
                     ctx,
@@ -1264,7 +1269,7 @@ mod tests {
         ];
         for (spec, team, policies, kept) in table {
             let rd = delegation("ns", spec.clone());
-            let why = orphan_denied(&rd, policies, &labels(team), &status);
+            let why = orphan_denied(&rd, policies, &labels(team), &status, None);
             assert_eq!(why.is_none(), kept, "{spec} in team {team}: {why:?}");
             if let Some(why) = why {
                 assert!(
