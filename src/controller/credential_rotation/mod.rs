@@ -770,10 +770,10 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         Err(e) => return Err(e.into()),
     };
     // Another cluster's operator manages it: rotating here would cut that cluster's consumers off.
-    if let Some(other) = other_cluster(&app.tags, &ctx.cluster_id) {
+    if let Some(other) = naming::ownership_marks(&app.tags).other_cluster(&ctx.cluster_id) {
         return Err(Error::Claimed(format!(
             "spec.applicationId: application {app_id} belongs to the entra-operator of another cluster (its tag \
-             {CLUSTER_TAG}{other}); it is left to that cluster"
+             entra-operator/cluster={other}); it is left to that cluster"
         )));
     }
     let secret = crot.spec.targets.secret.clone().unwrap_or(SecretTarget {
@@ -789,16 +789,6 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         lifetime: spec_lifetime.unwrap_or(DEFAULT_LIFETIME),
         sp: None,
     })
-}
-
-/// How `naming::ownership_tags` names the cluster an application was created for.
-const CLUSTER_TAG: &str = "entra-operator/cluster=";
-
-/// The other cluster whose operator's ownership tags an application carries, if any.
-fn other_cluster<'a>(tags: &'a [String], cluster_id: &str) -> Option<&'a str> {
-    tags.iter()
-        .filter_map(|t| t.strip_prefix(CLUSTER_TAG))
-        .find(|c| *c != cluster_id)
 }
 
 /// An application rotated by id is held by one object: a ServicePrincipal of this cluster that created or
@@ -996,22 +986,4 @@ fn set_target(status: &mut CredentialRotationStatus, entry: TargetStatus) {
 async fn signs_in(ctx: &Context, client_id: &str, secret: &str) -> Result<(), String> {
     credential::client_secret_signs_in(&ctx.cloud, &ctx.http, &ctx.tenant_id, client_id, secret)
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_application_tagged_for_another_cluster_is_left_to_it() {
-        let tags = |cluster: &str| naming::ownership_tags(cluster, "ns", "sp");
-        assert_eq!(other_cluster(&tags("here"), "here"), None);
-        assert_eq!(other_cluster(&tags("there"), "here"), Some("there"));
-        assert_eq!(
-            other_cluster(&[], "here"),
-            None,
-            "untagged: no cluster claims it"
-        );
-        assert_eq!(other_cluster(&["entra-operator".into()], "here"), None);
-    }
 }
