@@ -144,14 +144,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         let (sp_store, sp_changes) = watches::primary(sps.clone(), watcher::Config::default());
         ctx.claims.add_service_principals(sp_store.clone());
+        let adopting = sp_store.clone();
         let service_principals = Controller::for_stream(sp_changes, sp_store)
             .with_config(config.clone())
             .owns_stream(watches::owned_secrets(
                 secrets,
                 service_principal::OWNER_LABEL,
             ))
-            // An adoption that a policy (no longer) lists is decided again at once.
-            .reconcile_all_on(changes(policy_changes.clone()))
+            // An adoption that a policy (no longer) lists is decided again at once; nothing else a
+            // ServicePrincipal does depends on a policy, so the others are left alone.
+            .reconcile_on(on_policy_change(&policy_changes, adopting, |sp| {
+                sp.spec.adopt.is_some()
+            }))
             // Azure changed under it (found by the drift feeds).
             .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
                 drift::Owner::ServicePrincipal(r) => Some(r),
@@ -212,8 +216,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ctx.claims.add_rotations(rotation_store.clone());
         let rotations = Controller::for_stream(rotation_changes, rotation_store.clone())
             .with_config(config.clone())
-            // Which applications and AKS clusters a rotation may touch is a policy's to say.
-            .reconcile_all_on(changes(policy_changes.clone()))
+            // Which applications and AKS clusters a rotation may touch is a policy's to say; a rotation of
+            // its own namespace's ServicePrincipal that publishes to no cluster asks no policy.
+            .reconcile_on(on_policy_change(
+                &policy_changes,
+                rotation_store.clone(),
+                |c| c.spec.application_id.is_some() || !c.spec.targets.aks_clusters.is_empty(),
+            ))
             // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
             .owns_stream(watches::owned_secrets(
                 namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),
@@ -379,6 +388,28 @@ where
             .and_then(pick)
             .filter(|r| ns.is_none() || r.namespace == ns);
         futures::future::ready(found)
+    })
+}
+
+/// On every DelegationPolicy change, the objects of `store` whose actions a policy decides (`asks`): a policy
+/// edit must not re-reconcile thousands of objects that no policy concerns.
+fn on_policy_change<K>(
+    policy_changes: &tokio::sync::watch::Receiver<u64>,
+    store: Store<K>,
+    asks: fn(&K) -> bool,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    changes(policy_changes.clone()).flat_map(move |()| {
+        futures::stream::iter(
+            store
+                .state()
+                .iter()
+                .filter(|o| asks(o))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>(),
+        )
     })
 }
 
