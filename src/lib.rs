@@ -5,4 +5,6 @@ pub mod api;
 pub mod azure;
 pub mod cli;
 pub mod controller;
+#[cfg(test)]
+pub mod fixtures;
 pub mod telemetry;

@@ -8,6 +8,7 @@ pub mod common;
 pub mod conditions;
 pub mod credential_rotation;
 pub mod delegation_policy;
+pub mod protocol;
 pub mod role_delegation;
 pub mod service_principal;
 

@@ -13,6 +13,8 @@ pub struct TestAzure {
     pub cloud: Cloud,
     pub http: reqwest::Client,
     pub credential: Arc<dyn TokenCredential>,
+    /// The emulator's tenant, which the credential signs in to.
+    pub tenant_id: String,
     _dir: tempfile::TempDir,
 }
 
@@ -42,7 +44,7 @@ impl TestAzure {
             azure_ca_file: Some(emulator.ca_file.clone()),
             azure_credential: CredentialKind::ClientSecret,
             azure_client_id: Some(client_id),
-            azure_tenant_id: Some(tenant),
+            azure_tenant_id: Some(tenant.clone()),
             azure_federated_token_file: None,
             azure_client_secret: Some(Redacted(SECRET.into())),
         };
@@ -54,6 +56,7 @@ impl TestAzure {
             cloud,
             http,
             credential,
+            tenant_id: tenant,
             _dir: dir,
         }
     }

@@ -2,9 +2,12 @@
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
 pub mod claims;
+pub mod clock;
 pub mod credential_rotation;
+pub mod credentials;
 pub mod drift;
 pub mod events;
+pub mod failure;
 pub mod leader;
 pub mod naming;
 pub mod policy;

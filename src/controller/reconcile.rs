@@ -9,11 +9,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{
-    NamespaceResourceScope,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, CustomResourceExt, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -27,21 +23,12 @@ use serde_json::Value;
 use tracing::{Instrument, warn};
 
 use super::Context;
-use crate::{
-    api::{Duration as SpecDuration, common::DURATION_PATTERN, conditions},
-    azure::error::{AzureError, ErrorClass},
-};
+use crate::api::{Duration as SpecDuration, common::DURATION_PATTERN, conditions};
 
 /// The finalizer every kind carries while it has something in Azure to clean up.
 pub const FINALIZER: &str = "entra-operator.io/cleanup";
 
-/// What a controller's error tells the shared plumbing.
-pub trait Failure: std::error::Error + Send + Sync + 'static {
-    /// The condition reason (and metrics result) it shows as.
-    fn reason(&self) -> &'static str;
-    /// How long until the next try.
-    fn retry_after(&self) -> Duration;
-}
+pub use super::failure::Failure;
 
 /// Runs one reconcile of `object` through the finalizer (`step` gets Apply or Cleanup), in its span, and
 /// counts it by result. A spec that cannot be used (see [`spec_problems`]) is reported InvalidSpec on the
@@ -249,7 +236,7 @@ where
         message,
         true,
         generation,
-        Time(Timestamp::now()),
+        super::clock::now_time(),
     );
     let observed = value["status"]["observedGeneration"].as_i64();
     if updated != current || observed != generation {
@@ -296,32 +283,6 @@ fn retry_after<E: Failure>(error: &FinalizerError<E>) -> Duration {
         FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry_after(),
         _ => Duration::from_secs(5),
     }
-}
-
-/// The condition reason an Azure failure shows as, the same for every kind.
-pub fn azure_reason(e: &AzureError) -> &'static str {
-    match e.class() {
-        ErrorClass::Throttled(_) => "Throttled",
-        ErrorClass::Forbidden => "AzurePermissionDenied",
-        ErrorClass::Invalid => "AzureRejected",
-        ErrorClass::NotFound => "WaitingForReplication",
-        ErrorClass::Transient | ErrorClass::Conflict => "AzureUnavailable",
-    }
-}
-
-/// When to try again after an Azure failure: as told when throttled, soon when it may pass, rarely when only
-/// a grant or a spec change can help.
-pub fn azure_retry(e: &AzureError) -> Duration {
-    match e.class() {
-        ErrorClass::Throttled(d) => d,
-        ErrorClass::Forbidden | ErrorClass::Invalid => Duration::from_secs(300),
-        _ => Duration::from_secs(5),
-    }
-}
-
-/// Whether only a grant or a spec change can help.
-pub fn azure_stalled(e: &AzureError) -> bool {
-    matches!(e.class(), ErrorClass::Forbidden | ErrorClass::Invalid)
 }
 
 /// Writes `status` with a merge patch, unless it is what the object has. The fields named in `clear` are sent

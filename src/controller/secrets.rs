@@ -16,10 +16,7 @@ use kube::{
 
 use crate::api::SecretTarget;
 
-/// Annotations on the Secret: which password it holds, in which format, from which templates.
-pub const KEY_ID_ANNOTATION: &str = "entra-operator.io/key-id";
-pub const FORMAT_ANNOTATION: &str = "entra-operator.io/format";
-pub const TEMPLATES_ANNOTATION: &str = "entra-operator.io/templates-digest";
+pub use crate::api::protocol::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTATION};
 
 /// The object a Secret belongs to, and the label that names it on the Secret.
 pub struct Owner<'a, K> {

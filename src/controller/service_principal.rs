@@ -27,14 +27,17 @@ use tracing::{info, warn};
 use super::{
     Context,
     claims::{self, Claimant},
-    drift, naming,
+    clock,
+    credentials::{self, Held},
+    drift, failure, naming,
     policy::{self, applications::Adoption},
-    publish, secret_format, secrets,
+    publish, secrets,
 };
 use crate::{
     api::{
-        DeletionPolicy, SecretFormat, ServicePrincipal, ServicePrincipalStatus,
+        DeletionPolicy, ServicePrincipal, ServicePrincipalStatus,
         conditions::{self, Progress},
+        protocol,
         service_principal::CredentialStatus,
     },
     azure::{
@@ -45,12 +48,9 @@ use crate::{
 
 pub use super::reconcile::FINALIZER;
 pub use super::secrets::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTATION};
-pub const OWNER_LABEL: &str = "entra-operator.io/service-principal";
-/// On a ServicePrincipal whose password a CredentialRotation manages (the value names it): this controller
-/// then removes none of the object's passwords, since the previous one stays valid for the rotation's overlap
-/// and a new one may be on its way into the Secret.
-pub const ROTATED_BY_ANNOTATION: &str = "entra-operator.io/rotated-by";
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::api::protocol::{
+    ROTATED_BY_ANNOTATION, SERVICE_PRINCIPAL_OWNER_LABEL as OWNER_LABEL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,13 +101,13 @@ impl reconcile::Failure for Error {
     /// The condition reason this failure shows as.
     fn reason(&self) -> &'static str {
         match self {
-            Error::Azure(e) => reconcile::azure_reason(e),
+            Error::Azure(e) => failure::azure_reason(e, &failure::APPLICATIONS),
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::SecretConflict(_) => "SecretConflict",
             Error::Adoption(_) => "AdoptionDenied",
-            Error::NotYetVisible(..) => "WaitingForReplication",
-            Error::ManagedByRotation(_) => "WaitingForRotation",
+            Error::NotYetVisible(..) => protocol::WAITING_FOR_REPLICATION,
+            Error::ManagedByRotation(_) => protocol::WAITING_FOR_ROTATION,
             Error::DeniedByPolicy(_) => "DeniedByPolicy",
             Error::Conflict(_) => "Conflict",
         }
@@ -116,7 +116,7 @@ impl reconcile::Failure for Error {
     /// How long until the next try.
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => reconcile::azure_retry(e),
+            Error::Azure(e) => failure::azure_retry(e),
             Error::Invalid(_) | Error::SecretConflict(_) | Error::Adoption(_) => {
                 Duration::from_secs(300)
             }
@@ -128,13 +128,11 @@ impl reconcile::Failure for Error {
             Error::DeniedByPolicy(_) | Error::Conflict(_) => Duration::from_secs(120),
         }
     }
-}
 
-impl Error {
     /// Whether only a change from outside (spec, grant, conflicting object) can help.
     fn stalled(&self) -> bool {
         match self {
-            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Azure(e) => failure::azure_stalled(e),
             Error::Invalid(_)
             | Error::SecretConflict(_)
             | Error::Adoption(_)
@@ -188,26 +186,12 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                 // Written before they were created; a failure after must not forget them.
                 status.federated_credentials = names;
             }
-            let message = err.to_string();
-            let changed = conditions::record_failure(
-                &mut status.conditions,
-                err.reason(),
-                &message,
-                err.stalled(),
-                sp.metadata.generation,
-                now(),
-            );
+            let changed = err.record(&mut status.conditions, sp.metadata.generation);
             write_status(sp, ctx, status).await?;
-            if changed {
-                publish(ctx, sp, EventType::Warning, err.reason(), &message).await;
-            }
+            failure::announce(ctx, sp, &err, changed).await;
             Err(err)
         }
     }
-}
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 fn owned_by(secret: &Secret, sp: &ServicePrincipal) -> bool {
@@ -253,14 +237,17 @@ async fn unchanged(
             {
                 return Ok(None);
             }
-            match held(&secret, target, credential.hint.as_deref()) {
+            match credentials::held(&secret, target, credential.hint.as_deref()) {
                 Some(Held { text: None, .. }) => {}
-                Some(Held {
-                    text: Some(text),
-                    format,
-                    data,
-                }) if format == target.format
-                    && renders_as(sp, ctx, app_id, target, &text, &data)? => {}
+                Some(held @ Held { text: Some(_), .. })
+                    if held.format == target.format
+                        && render(
+                            sp,
+                            ctx,
+                            app_id,
+                            target,
+                            held.text.as_deref().unwrap_or_default(),
+                        )? == held.as_text() => {}
                 _ => return Ok(None),
             }
         }
@@ -365,7 +352,7 @@ async fn converge(
         }
         None => {
             // No Secret asked for: no password either; remove any the operator issued before.
-            for p in ours(&app, &ns, &name) {
+            for p in credentials::ours(&app, &ns, &name) {
                 ctx.graph.remove_password(&app.id, &p.key_id).await?;
             }
             status.secret_name = None;
@@ -377,7 +364,7 @@ async fn converge(
         &mut status.conditions,
         Progress::Ready(&message),
         sp.metadata.generation,
-        now(),
+        clock::now_time(),
     );
     ctx.drift.verified(
         &[&app.id, &principal.id],
@@ -716,22 +703,6 @@ fn app_matches(
     app.display_name == display_name && app.notes.as_deref() == notes && have == want
 }
 
-/// The passwords this object issued, oldest first.
-pub(crate) fn ours<'a>(app: &'a Application, ns: &str, name: &str) -> Vec<&'a PasswordCredential> {
-    let mut found: Vec<(u64, &PasswordCredential)> = app
-        .password_credentials
-        .iter()
-        .filter_map(|p| {
-            p.display_name
-                .as_deref()
-                .and_then(|d| naming::password_serial(d, ns, name))
-                .map(|s| (s, p))
-        })
-        .collect();
-    found.sort_by_key(|(serial, _)| *serial);
-    found.into_iter().map(|(_, p)| p).collect()
-}
-
 /// Makes the application's federated credentials the spec's; returns the names this object holds there. On
 /// an application created for this object (`all_ours`) every other credential goes; on an adopted one only
 /// those it added before (listed in status), so that credentials someone else put there survive, and a
@@ -831,25 +802,18 @@ async fn converge_password(
     {
         return Err(Error::SecretConflict(format!("{ns}/{}", target.name)));
     }
-    let ours = ours(app, &ns, &name);
-    let delivered = existing.as_ref().and_then(|s| {
-        let key_id = s.annotations().get(KEY_ID_ANNOTATION)?;
-        let password = ours.iter().find(|p| &p.key_id == key_id)?;
-        held(s, target, password.hint.as_deref()).map(|h| ((*password).clone(), h))
-    });
+    let ours = credentials::ours(app, &ns, &name);
+    let delivered = existing
+        .as_ref()
+        .and_then(|s| credentials::delivered(s, &ours, target, true))
+        .map(|(p, h)| (p.clone(), h));
 
     let password = match delivered {
         Some((password, Held { text: None, .. })) => password,
-        Some((
-            password,
-            Held {
-                text: Some(text),
-                format,
-                data,
-            },
-        )) => {
-            let rendered = render(sp, ctx, &app.app_id, target, &text)?;
-            if format != target.format || rendered != as_text(&data) {
+        Some((password, held @ Held { text: Some(_), .. })) => {
+            let text = held.text.as_deref().unwrap_or_default();
+            let rendered = render(sp, ctx, &app.app_id, target, text)?;
+            if held.format != target.format || rendered != held.as_text() {
                 write_secret(sp, ctx, target, &password.key_id, rendered).await?;
                 publish(
                     ctx,
@@ -874,29 +838,18 @@ async fn converge_password(
                     target.name
                 )));
             }
-            let serial = ours
-                .iter()
-                .filter_map(|p| p.display_name.as_deref())
-                .filter_map(|d| naming::password_serial(d, &ns, &name))
-                .max()
-                .unwrap_or(0)
-                + 1;
+            let serial = credentials::next_serial(&ours, &ns, &name);
             let lifetime = sp
                 .spec
                 .credential_lifetime
                 .as_ref()
                 .map(|d| d.as_std())
-                .unwrap_or(DEFAULT_LIFETIME);
-            // Checked: a lifetime past the end of time must not panic the reconcile (admission bounds it, but a
-            // stored object may predate the bound).
-            let now = k8s_openapi::jiff::Timestamp::now();
-            let end = k8s_openapi::jiff::SignedDuration::try_from(lifetime)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok())
-                .unwrap_or_else(|| now + k8s_openapi::jiff::SignedDuration::from_hours(8760));
-            // Rendered before the password exists: a spec that cannot be delivered must not add a password on
-            // every retry. The stand-in is as long as Entra's secrets (40 characters) and then some.
-            deliverable(&render(sp, ctx, &app.app_id, target, &"x".repeat(64))?)?;
+                .unwrap_or(credentials::DEFAULT_LIFETIME);
+            let end = credentials::expiry(k8s_openapi::jiff::Timestamp::now(), lifetime);
+            // Before the password exists: a spec that cannot be delivered must not add one on every retry.
+            delivery(sp, ctx, &app.app_id, target)
+                .check()
+                .map_err(Error::Invalid)?;
             let new = ctx
                 .graph
                 .add_password(&app.id, &naming::password_name(&ns, &name, serial), end)
@@ -953,79 +906,20 @@ async fn converge_password(
     Ok(password)
 }
 
-/// Kubernetes refuses a Secret whose data exceeds 1 MiB.
-const MAX_SECRET_BYTES: usize = 1024 * 1024;
-
-/// Whether Kubernetes would take a Secret holding `data`: refused here, before a password is added for it.
-fn deliverable(data: &BTreeMap<String, String>) -> Result<(), Error> {
-    let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > MAX_SECRET_BYTES {
-        return Err(Error::Invalid(format!(
-            "spec.secret.templates: the Secret would hold {size} bytes, over Kubernetes' limit of {MAX_SECRET_BYTES}"
-        )));
+/// How this object's Secret renders a password of `client_id`.
+fn delivery<'a>(
+    sp: &'a ServicePrincipal,
+    ctx: &'a Context,
+    client_id: &'a str,
+    target: &'a crate::api::SecretTarget,
+) -> credentials::Delivery<'a> {
+    credentials::Delivery {
+        target,
+        client_id,
+        tenant_id: &ctx.tenant_id,
+        display_name: &sp.spec.display_name,
+        cloud: &ctx.cloud,
     }
-    Ok(())
-}
-
-/// What a Secret holds of the password it names (by its key-id annotation), if it still holds it.
-struct Held {
-    /// The secret text; None for a template, whose text cannot be read back.
-    text: Option<String>,
-    format: SecretFormat,
-    data: BTreeMap<String, Vec<u8>>,
-}
-
-/// Whether `secret` still holds the password it names, whose hint (its first characters, from Entra) is
-/// `hint`: an edited Secret no longer does. A template Secret stands as long as it was rendered from the
-/// templates the spec still has.
-fn held(secret: &Secret, target: &crate::api::SecretTarget, hint: Option<&str>) -> Option<Held> {
-    let annotation = |key: &str| secret.annotations().get(key).cloned();
-    let format: SecretFormat =
-        serde_json::from_value(json!(annotation(FORMAT_ANNOTATION)?)).ok()?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    match secret_format::extract_secret(format, &data) {
-        Some(text) if hint.is_some_and(|hint| !text.starts_with(hint)) => None,
-        Some(text) => Some(Held {
-            text: Some(text),
-            format,
-            data,
-        }),
-        None if format == SecretFormat::Template
-            && target.format == SecretFormat::Template
-            && annotation(TEMPLATES_ANNOTATION) == Some(secrets::templates_digest(target)) =>
-        {
-            Some(Held {
-                text: None,
-                format,
-                data,
-            })
-        }
-        None => None,
-    }
-}
-
-/// Whether `data` is exactly what the spec renders for this secret text.
-fn renders_as(
-    sp: &ServicePrincipal,
-    ctx: &Context,
-    client_id: &str,
-    target: &crate::api::SecretTarget,
-    text: &str,
-    data: &BTreeMap<String, Vec<u8>>,
-) -> Result<bool, Error> {
-    Ok(render(sp, ctx, client_id, target, text)? == as_text(data))
-}
-
-fn as_text(data: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
-    data.iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
 }
 
 fn render(
@@ -1035,15 +929,9 @@ fn render(
     target: &crate::api::SecretTarget,
     secret: &str,
 ) -> Result<BTreeMap<String, String>, Error> {
-    let credential = secret_format::Credential {
-        client_id,
-        client_secret: secret,
-        tenant_id: &ctx.tenant_id,
-        display_name: &sp.spec.display_name,
-        cloud: &ctx.cloud,
-    };
-    secret_format::render(target.format, target.templates.as_ref(), &credential)
-        .map_err(|e| Error::Invalid(e.to_string()))
+    delivery(sp, ctx, client_id, target)
+        .render(secret)
+        .map_err(Error::Invalid)
 }
 
 async fn write_secret(
@@ -1115,7 +1003,7 @@ async fn wait_out_replication(
     let replicating = status.is_some_and(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == conditions::READY && c.reason == "WaitingForReplication")
+            .any(|c| c.type_ == conditions::READY && c.reason == protocol::WAITING_FOR_REPLICATION)
     });
     let young = sp.metadata.creation_timestamp.as_ref().is_some_and(|t| {
         k8s_openapi::jiff::Timestamp::now()
@@ -1185,7 +1073,7 @@ async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> 
                     if naming::ownership_marks(&app.tags).object_of(&ctx.cluster_id)
                         == Some(&format!("{ns}/{name}")) =>
                 {
-                    for p in ours(&app, &ns, &name) {
+                    for p in credentials::ours(&app, &ns, &name) {
                         ctx.graph.remove_password(&app.id, &p.key_id).await?;
                     }
                     for fic in sp
@@ -1369,21 +1257,6 @@ mod tests {
             foreign_credential(&adopter, APP, &[fic("theirs")]),
             None,
             "no name taken"
-        );
-    }
-
-    #[test]
-    fn a_secret_kubernetes_would_refuse_is_refused_before_a_password_exists() {
-        let small = BTreeMap::from([("k".to_string(), "v".repeat(1000))]);
-        assert!(deliverable(&small).is_ok());
-        let big = BTreeMap::from([
-            ("a".to_string(), "v".repeat(600 * 1024)),
-            ("b".to_string(), "v".repeat(600 * 1024)),
-        ]);
-        let e = deliverable(&big).unwrap_err().to_string();
-        assert!(
-            e.starts_with("spec.secret.templates") && e.contains("1048576"),
-            "{e}"
         );
     }
 }

@@ -31,14 +31,14 @@ use tracing::info;
 use super::{
     Context,
     claims::{self, Claimant},
-    naming, policy, publish, secret_format, secrets,
-    service_principal::{self, ROTATED_BY_ANNOTATION},
+    clock, credentials, failure, naming, policy, publish, secrets, service_principal,
 };
 use crate::{
     api::{
         CredentialRotation, CredentialRotationStatus, SecretFormat, SecretTarget, ServicePrincipal,
         conditions::{self, Progress},
         credential_rotation::TargetStatus,
+        protocol::{self, ROTATED_BY_ANNOTATION},
     },
     azure::{
         credential,
@@ -48,9 +48,7 @@ use crate::{
 };
 
 pub use super::reconcile::FINALIZER;
-/// Label on a Secret a CredentialRotation writes itself (with applicationId).
-pub const OWNER_LABEL: &str = "entra-operator.io/credential-rotation";
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::api::protocol::CREDENTIAL_ROTATION_OWNER_LABEL as OWNER_LABEL;
 /// How long a password may exist unpublished before it counts as left behind by a crash: far longer than
 /// adding it and writing the Secret take, short enough that the next rotation is not held up for long.
 const DELIVERY_GRACE: Duration = Duration::from_secs(15);
@@ -112,7 +110,7 @@ pub enum Error {
 impl reconcile::Failure for Error {
     fn reason(&self) -> &'static str {
         match self {
-            Error::Azure(e) => reconcile::azure_reason(e),
+            Error::Azure(e) => failure::azure_reason(e, &failure::APPLICATIONS),
             Error::Kube(_) => "KubernetesError",
             Error::Invalid(_) => "InvalidSpec",
             Error::DeniedByPolicy(_) => "DeniedByPolicy",
@@ -133,7 +131,7 @@ impl reconcile::Failure for Error {
 
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => reconcile::azure_retry(e),
+            Error::Azure(e) => failure::azure_retry(e),
             Error::Verifying(_) => Duration::from_secs(2),
             Error::Waiting { until, .. } => {
                 plan::wake_in(Timestamp::now(), &[Some(*until)], Duration::from_secs(3600))
@@ -149,12 +147,15 @@ impl reconcile::Failure for Error {
             _ => Duration::from_secs(300),
         }
     }
-}
 
-impl Error {
+    /// Waiting for a sign-in to replicate or an overlap to end is not news.
+    fn announced(&self) -> bool {
+        !matches!(self, Error::Verifying(_) | Error::Waiting { .. })
+    }
+
     fn stalled(&self) -> bool {
         match self {
-            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Azure(e) => failure::azure_stalled(e),
             Error::Invalid(_)
             | Error::DeniedByPolicy(_)
             | Error::ApplicationNotOwned(_)
@@ -211,7 +212,7 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
                 &mut status.conditions,
                 Progress::Ready(&message),
                 crot.metadata.generation,
-                now(),
+                clock::now_time(),
             );
             write_status(crot, ctx, status).await?;
             Ok(Action::requeue(wake))
@@ -221,22 +222,12 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
             let refused = matches!(err.reason(), "AKSResetFailed" | "PublishFailed");
             // A failing rotation is an emergency only as the current secret runs out.
             let err = with_expiry(err, crot, &status);
-            let message = err.to_string();
-            let changed = conditions::record_failure(
-                &mut status.conditions,
-                err.reason(),
-                &message,
-                err.stalled(),
-                crot.metadata.generation,
-                now(),
-            );
+            let changed = err.record(&mut status.conditions, crot.metadata.generation);
             write_status(crot, ctx, status).await?;
             if changed && refused {
                 ctx.metrics.rotated("failed");
             }
-            if changed && !matches!(err, Error::Verifying(_) | Error::Waiting { .. }) {
-                publish(ctx, crot, EventType::Warning, err.reason(), &message).await;
-            }
+            failure::announce(ctx, crot, &err, changed).await;
             Err(err)
         }
     }
@@ -277,12 +268,11 @@ async fn converge(
     let app = &subject.app;
     // Before anything is written: a rotation whose clusters are denied or held by another rotates nothing.
     let cleared = targets::authorize_clusters(crot, ctx, &app.app_id).await?;
-    let ours = service_principal::ours(app, &ns, &subject.owner);
+    let ours = credentials::ours(app, &ns, &subject.owner);
     let serial = |key: &str| {
         ours.iter()
             .find(|p| p.key_id == key)
-            .and_then(|p| p.display_name.as_deref())
-            .and_then(|d| naming::password_serial(d, &ns, &subject.owner))
+            .and_then(|p| credentials::serial(p, &ns, &subject.owner))
     };
     let known = |key: &Option<String>| key.clone().filter(|k| serial(k).is_some());
     let schedule = plan::Schedule {
@@ -322,19 +312,8 @@ async fn converge(
         }
     }
     let published: Option<(PasswordCredential, String)> = existing.as_ref().and_then(|s| {
-        let key_id = s.annotations().get(secrets::KEY_ID_ANNOTATION)?;
-        let password = ours.iter().find(|p| &p.key_id == key_id)?;
-        let format: SecretFormat =
-            serde_json::from_value(json!(s.annotations().get(secrets::FORMAT_ANNOTATION)?)).ok()?;
-        let data: BTreeMap<String, Vec<u8>> = s
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        let text = secret_format::extract_secret(format, &data)?;
-        Some(((*password).clone(), text))
+        let (password, held) = credentials::delivered(s, &ours, &subject.secret, false)?;
+        Some((password.clone(), held.text?))
     });
 
     // Bring status in line with the Secret. A rotation records its intent (previous = current) before it
@@ -555,20 +534,14 @@ async fn rotate(
     status: &mut CredentialRotationStatus,
 ) -> Result<(PasswordCredential, String), Error> {
     let ns = crot.namespace().unwrap_or_default();
-    let render = |secret: &str| {
-        secret_format::render(
-            subject.secret.format,
-            subject.secret.templates.as_ref(),
-            &secret_format::Credential {
-                client_id: &subject.app.app_id,
-                client_secret: secret,
-                tenant_id: &ctx.tenant_id,
-                display_name: &subject.display_name,
-                cloud: &ctx.cloud,
-            },
-        )
-        .map_err(|e| Error::Invalid(e.to_string()))
+    let delivery = credentials::Delivery {
+        target: &subject.secret,
+        client_id: &subject.app.app_id,
+        tenant_id: &ctx.tenant_id,
+        display_name: &subject.display_name,
+        cloud: &ctx.cloud,
     };
+    let render = |secret: &str| delivery.render(secret).map_err(Error::Invalid);
     // A template that does not render fails before a password exists, not after.
     render("placeholder")?;
     if status.current_key_id.is_some() {
@@ -576,18 +549,8 @@ async fn rotate(
         status.previous_key_removal_time = None;
         write_status(crot, ctx, status.clone()).await?;
     }
-    let serial = ours
-        .iter()
-        .filter_map(|p| p.display_name.as_deref())
-        .filter_map(|d| naming::password_serial(d, &ns, &subject.owner))
-        .max()
-        .unwrap_or(0)
-        + 1;
-    let end = Timestamp::now()
-        .checked_add(
-            SignedDuration::try_from(subject.lifetime).unwrap_or(SignedDuration::from_hours(8760)),
-        )
-        .unwrap_or(Timestamp::MAX);
+    let serial = credentials::next_serial(ours, &ns, &subject.owner);
+    let end = credentials::expiry(Timestamp::now(), subject.lifetime);
     let new = ctx
         .graph
         .add_password(
@@ -706,9 +669,9 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         let ready = sp.status.as_ref().is_some_and(|s| {
             conditions::is_true(&s.conditions, conditions::READY)
                 || (s.app_id.is_some()
-                    && s.conditions
-                        .iter()
-                        .any(|c| c.type_ == conditions::READY && c.reason == "WaitingForRotation"))
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == conditions::READY && c.reason == protocol::WAITING_FOR_ROTATION
+                    }))
         });
         let Some(app_id) = sp
             .status
@@ -737,7 +700,7 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
             display_name: sp.spec.display_name.clone(),
             lifetime: spec_lifetime
                 .or(sp.spec.credential_lifetime.as_ref().map(|d| d.as_std()))
-                .unwrap_or(DEFAULT_LIFETIME),
+                .unwrap_or(credentials::DEFAULT_LIFETIME),
             sp: Some(sp),
         });
     }
@@ -786,7 +749,7 @@ async fn subject(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Er
         app,
         owner: crot.name_any(),
         secret,
-        lifetime: spec_lifetime.unwrap_or(DEFAULT_LIFETIME),
+        lifetime: spec_lifetime.unwrap_or(credentials::DEFAULT_LIFETIME),
         sp: None,
     })
 }
@@ -953,10 +916,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-fn now() -> Time {
-    Time(Timestamp::now())
 }
 
 /// A target's entry, updated in place (or added).

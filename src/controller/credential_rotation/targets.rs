@@ -42,7 +42,7 @@ pub const PENDING: &str = "Pending";
 pub const FAILED: &str = "Failed";
 /// Pod-template annotation that restarts a workload: its value is the key id the workload was restarted for,
 /// so one rotation restarts it once, however often this runs.
-pub const RESTART_ANNOTATION: &str = "entra-operator.io/restarted-for-key";
+pub use crate::api::protocol::RESTART_ANNOTATION;
 /// AKS refuses longer secrets.
 const AKS_MAX_SECRET_BYTES: usize = 190;
 /// How long one reconcile follows an AKS operation before leaving it to the next.

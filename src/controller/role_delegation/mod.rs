@@ -16,9 +16,7 @@ pub mod plan;
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -33,7 +31,7 @@ use tracing::{info, warn};
 use super::{
     Context,
     claims::{self, Claimant},
-    drift, naming,
+    clock, drift, failure, naming,
     policy::{
         self, Decision, RoleAsked,
         grants::{AllowedBefore, PrincipalAsked},
@@ -119,7 +117,7 @@ impl reconcile::Failure for Error {
 
     fn retry_after(&self) -> Duration {
         match self {
-            Error::Azure(e) => reconcile::azure_retry(e),
+            Error::Azure(e) => failure::azure_retry(e),
             Error::PrincipalReplicating { retry, .. } => *retry,
             // The ServicePrincipal and policy watches bring these back as soon as something changes.
             Error::ServicePrincipalNotFound(_)
@@ -138,13 +136,11 @@ impl reconcile::Failure for Error {
             Error::Kube(_) => Duration::from_secs(5),
         }
     }
-}
 
-impl Error {
     /// Whether only a change from outside (spec, policy, grant, an Azure resource) can help.
     fn stalled(&self) -> bool {
         match self {
-            Error::Azure(e) => reconcile::azure_stalled(e),
+            Error::Azure(e) => failure::azure_stalled(e),
             Error::Invalid(_)
             | Error::DeniedByPolicy(_)
             | Error::Conflict(_)
@@ -212,7 +208,7 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
                 &mut status.conditions,
                 Progress::Ready(&message),
                 rd.metadata.generation,
-                now(),
+                clock::now_time(),
             );
             write_status(rd, ctx, status).await?;
             // An assignment removed in Azure is found at the next resync.
@@ -226,19 +222,9 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
                 // The wait is for one run of PrincipalNotFound answers: anything else starts it afresh.
                 status.waiting_for_principal_since = None;
             }
-            let message = err.to_string();
-            let changed = conditions::record_failure(
-                &mut status.conditions,
-                err.reason(),
-                &message,
-                err.stalled(),
-                rd.metadata.generation,
-                now(),
-            );
+            let changed = err.record(&mut status.conditions, rd.metadata.generation);
             write_status(rd, ctx, status).await?;
-            if changed {
-                publish(ctx, rd, EventType::Warning, err.reason(), &message).await;
-            }
+            failure::announce(ctx, rd, &err, changed).await;
             Err(err)
         }
     }
@@ -857,7 +843,7 @@ async fn assign(
             let since = status
                 .waiting_for_principal_since
                 .clone()
-                .unwrap_or_else(now);
+                .unwrap_or_else(clock::now_time);
             let elapsed = Timestamp::now()
                 .duration_since(since.0)
                 .try_into()
@@ -1187,10 +1173,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-fn now() -> Time {
-    Time(Timestamp::now())
 }
 
 #[cfg(test)]
