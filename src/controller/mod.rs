@@ -22,16 +22,15 @@ use anyhow::Context as _;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
     api::ListParams,
     config::{KubeConfigOptions, Kubeconfig},
-    core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        WatchStreamExt,
         events::{Event, EventType, Reporter},
-        reflector::{self, ObjectRef, Store, store::Writer},
+        reflector::{self, ObjectRef, ReflectHandle, Store, store::Writer},
         watcher,
     },
 };
@@ -115,15 +114,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
-    // One controller per watched namespace (or one for all), merged into one stream.
-    let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.watch_namespaces
-            .iter()
-            .map(|n| Some(n.as_str()))
-            .collect()
-    };
     let ctx = Arc::new(ctx);
     // Drift is looked for only by the replica that acts on it, and before its first reconciles.
     let mut feeds = drift::feeds::Feeds::new(ctx.drift.clone(), ctx.graph.clone(), ctx.arm.clone());
@@ -139,128 +129,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .wait_until_ready()
         .await
         .context("the DelegationPolicy watch ended before its first list")?;
-    let controllers = scopes.into_iter().flat_map(|ns| {
-        let (sps, secrets, rds) = (
-            namespaced::<api::ServicePrincipal>(&ctx.client, ns),
-            namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),
-            namespaced::<api::RoleDelegation>(&ctx.client, ns),
-        );
-        let (sp_store, sp_changes) = watches::primary(sps.clone(), watcher::Config::default());
-        ctx.claims.add_service_principals(sp_store.clone());
-        let adopting = sp_store.clone();
-        let service_principals = Controller::for_stream(sp_changes, sp_store)
-            .with_config(config.clone())
-            .owns_stream(watches::owned_secrets(
-                secrets,
-                service_principal::OWNER_LABEL,
-            ))
-            // An adoption that a policy (no longer) lists is decided again at once; nothing else a
-            // ServicePrincipal does depends on a policy, so the others are left alone.
-            .reconcile_on(on_policy_change(&policy_changes, adopting, |sp| {
-                sp.spec.adopt.is_some()
-            }))
-            // Azure changed under it (found by the drift feeds).
-            .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
-                drift::Owner::ServicePrincipal(r) => Some(r),
-                drift::Owner::RoleDelegation(_) => None,
-            }))
-            .run(
-                service_principal::reconcile,
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .map(|_| ())
-            .boxed();
-        let (rd_store, rd_changes) = watches::primary(rds, watcher::Config::default());
-        ctx.claims.add_delegations(rd_store.clone());
-        let (store, in_namespace) = (rd_store.clone(), rd_store.clone());
-        let delegations = Controller::for_stream(rd_changes, rd_store).with_config(config.clone());
-        let namespaces = match ns {
-            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-            None => watcher::Config::default(),
-        };
-        let delegations = delegations
-            // A delegation waiting for its ServicePrincipal goes on as soon as that one changes (becomes Ready).
-            .watches_stream(
-                watches::changes_of(sps, watcher::Config::default(), principal_state),
-                move |sp| waiting_on(&store, &sp),
-            )
-            // Policies select namespaces by label: a relabelled namespace is re-evaluated at once.
-            .watches_stream(
-                watches::changes_of(Api::<Namespace>::all(ctx.client.clone()), namespaces, |n| {
-                    watches::hashed(&n.metadata.labels)
-                }),
-                move |namespace| {
-                    in_namespace
-                        .state()
-                        .iter()
-                        .filter(|rd| rd.namespace() == namespace.metadata.name)
-                        .map(|rd| ObjectRef::from_obj(rd.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
-            // Any policy change re-evaluates every delegation.
-            .reconcile_all_on(changes(policy_changes.clone()))
-            .reconcile_on(drifted(&ctx.drift, ns, |owner| match owner {
-                drift::Owner::RoleDelegation(r) => Some(r),
-                drift::Owner::ServicePrincipal(_) => None,
-            }))
-            .run(
-                role_delegation::reconcile,
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .map(|_| ())
-            .boxed();
-        let (rotation_store, rotation_changes) = watches::primary(
-            namespaced::<api::CredentialRotation>(&ctx.client, ns),
-            watcher::Config::default(),
-        );
-        ctx.claims.add_rotations(rotation_store.clone());
-        let rotations = Controller::for_stream(rotation_changes, rotation_store.clone())
-            .with_config(config.clone())
-            // Which applications and AKS clusters a rotation may touch is a policy's to say; a rotation of
-            // its own namespace's ServicePrincipal that publishes to no cluster asks no policy.
-            .reconcile_on(on_policy_change(
-                &policy_changes,
-                rotation_store.clone(),
-                |c| c.spec.application_id.is_some() || !c.spec.targets.aks_clusters.is_empty(),
-            ))
-            // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
-            .owns_stream(watches::owned_secrets(
-                namespaced::<PartialObjectMeta<Secret>>(&ctx.client, ns),
-                credential_rotation::OWNER_LABEL,
-            ))
-            // A rotation waiting for its ServicePrincipal, or whose Secret it re-issued, goes on at once.
-            .watches_stream(
-                watches::changes_of(
-                    namespaced::<api::ServicePrincipal>(&ctx.client, ns),
-                    watcher::Config::default(),
-                    principal_state,
-                ),
-                move |sp| {
-                    rotation_store
-                        .state()
-                        .iter()
-                        .filter(|c| {
-                            c.namespace() == sp.namespace()
-                                && c.spec
-                                    .service_principal_ref
-                                    .as_ref()
-                                    .is_some_and(|r| r.name == sp.name_any())
-                        })
-                        .map(|c| ObjectRef::from_obj(c.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .run(
-                credential_rotation::reconcile,
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .map(|_| ())
-            .boxed();
-        [service_principals, delegations, rotations]
+    // One controller per kind and watched namespace (or one per kind for all), merged into one stream.
+    let controllers = watched_scopes(&args).into_iter().flat_map(|ns| {
+        let (scope, service_principals) =
+            Scope::new(&ctx.client, ns, config.clone(), policy_changes.clone());
+        let controllers = [
+            service_principal::wiring::controller(ctx.clone(), &scope, service_principals),
+            role_delegation::wiring::controller(ctx.clone(), &scope),
+            credential_rotation::wiring::controller(ctx.clone(), &scope),
+        ];
+        // Dropped before the controllers run: its own handle on the shared ServicePrincipal watch would
+        // never be read, and the watch waits for every handle.
+        drop(scope);
+        controllers
     });
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
@@ -287,6 +168,90 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the controllers of one watched scope (a namespace, or the whole cluster) share.
+pub struct Scope {
+    client: Client,
+    /// The namespace watched; None for all.
+    pub ns: Option<String>,
+    pub config: kube::runtime::controller::Config,
+    /// Counts DelegationPolicy changes (see [`watch_policies`]).
+    pub policy_changes: tokio::sync::watch::Receiver<u64>,
+    /// The scope's ServicePrincipals, from the one watch all three kinds share.
+    pub service_principals: Store<api::ServicePrincipal>,
+    principals: ReflectHandle<api::ServicePrincipal>,
+}
+
+/// The ServicePrincipals whose `acted_on` changed: the ServicePrincipal controller's trigger, which drives
+/// the watch the other kinds subscribe to.
+pub type ServicePrincipalChanges = futures::stream::BoxStream<
+    'static,
+    Result<api::ServicePrincipal, kube::runtime::watcher::Error>,
+>;
+
+impl Scope {
+    /// The scope of `ns`, with its ServicePrincipal watch (the stream that drives it is returned beside).
+    pub fn new(
+        client: &Client,
+        ns: Option<&str>,
+        config: kube::runtime::controller::Config,
+        policy_changes: tokio::sync::watch::Receiver<u64>,
+    ) -> (Scope, ServicePrincipalChanges) {
+        let (service_principals, changes, principals) =
+            watches::shared_primary(namespaced(client, ns), watcher::Config::default());
+        let scope = Scope {
+            client: client.clone(),
+            ns: ns.map(str::to_string),
+            config,
+            policy_changes,
+            service_principals,
+            principals,
+        };
+        (scope, changes.boxed())
+    }
+
+    /// An Api for the scope's objects of kind `K`.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        namespaced(&self.client, self.ns.as_deref())
+    }
+
+    /// ServicePrincipals as triggers for another kind, when what it reads of one changed
+    /// ([`watches::principal_state`]).
+    pub fn principal_changes(
+        &self,
+    ) -> impl futures::Stream<Item = Result<api::ServicePrincipal, kube::runtime::watcher::Error>>
+    + Send
+    + 'static {
+        watches::shared_changes_of(self.principals.clone(), watches::principal_state)
+    }
+
+    /// Objects of one kind in this scope whose Azure state the drift feeds saw change.
+    pub fn drifted<K>(
+        &self,
+        drift: &drift::Drift,
+        pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
+    ) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()> + 'static,
+    {
+        watches::drifted(drift, self.ns.as_deref(), pick)
+    }
+}
+
+/// The namespaces watched, each as Some; or None alone for the whole cluster.
+fn watched_scopes(args: &RunArgs) -> Vec<Option<&str>> {
+    if args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespaces
+            .iter()
+            .map(|n| Some(n.as_str()))
+            .collect()
+    }
+}
+
 /// An Api for one namespace, or for all.
 fn namespaced<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
@@ -296,44 +261,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// The delegations that name `sp` as their principal.
-/// What other controllers read from a ServicePrincipal: its identity in Azure, its delivered key, whether it
-/// is Ready, and its spec and annotations.
-fn principal_state(sp: &api::ServicePrincipal) -> Option<u64> {
-    let status = sp.status.as_ref();
-    watches::hashed((
-        sp.metadata.uid.as_deref(),
-        sp.metadata.generation,
-        &sp.metadata.annotations,
-        sp.metadata.deletion_timestamp.is_some(),
-        status.and_then(|s| s.app_id.as_deref()),
-        status.and_then(|s| s.service_principal_id.as_deref()),
-        status
-            .and_then(|s| s.credential.as_ref())
-            .map(|c| &c.key_id),
-        status.is_some_and(|s| api::conditions::is_true(&s.conditions, api::conditions::READY)),
-    ))
-}
-
-fn waiting_on(
-    store: &Store<api::RoleDelegation>,
-    sp: &api::ServicePrincipal,
-) -> Vec<ObjectRef<api::RoleDelegation>> {
-    store
-        .state()
-        .iter()
-        .filter(|rd| {
-            rd.namespace() == sp.namespace()
-                && rd
-                    .spec
-                    .principal_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == sp.name_any())
-        })
-        .map(|rd| ObjectRef::from_obj(rd.as_ref()))
-        .collect()
 }
 
 /// Keeps the DelegationPolicy store current, and counts the changes so that controllers can react to them.
@@ -365,64 +292,6 @@ fn watch_policies(
     rx
 }
 
-/// One item per change seen on `rx` (changes in quick succession coalesce).
-/// The objects of one kind (in one namespace, or all) whose Azure state the drift feeds saw change.
-fn drifted<K>(
-    drift: &drift::Drift,
-    ns: Option<&str>,
-    pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
-) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + 'static,
-{
-    let ns = ns.map(str::to_string);
-    futures::stream::unfold(drift.triggers(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(owner) => return Some((Some(owner), rx)),
-                // Missed triggers only cost reads: those objects are no longer verified.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .filter_map(move |owner| {
-        let found = owner
-            .and_then(pick)
-            .filter(|r| ns.is_none() || r.namespace == ns);
-        futures::future::ready(found)
-    })
-}
-
-/// On every DelegationPolicy change, the objects of `store` whose actions a policy decides (`asks`): a policy
-/// edit must not re-reconcile thousands of objects that no policy concerns.
-fn on_policy_change<K>(
-    policy_changes: &tokio::sync::watch::Receiver<u64>,
-    store: Store<K>,
-    asks: fn(&K) -> bool,
-) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    changes(policy_changes.clone()).flat_map(move |()| {
-        futures::stream::iter(
-            store
-                .state()
-                .iter()
-                .filter(|o| asks(o))
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>(),
-        )
-    })
-}
-
-fn changes(rx: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
-}
-
 /// Connects and checks that every kind is served and readable; then the operator is ready.
 async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::DelegationPolicy>)> {
     let client = connect(args).await?;
@@ -433,15 +302,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
     // Each namespaced kind is checked where it is watched: with WATCH_NAMESPACES the operator may hold
     // nothing but Roles in those namespaces (the chart's least-privilege RBAC), and a cluster-wide list
     // would be refused.
-    let scopes: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.watch_namespaces
-            .iter()
-            .map(|n| Some(n.as_str()))
-            .collect()
-    };
-    for ns in scopes {
+    for ns in watched_scopes(args) {
         check_served(namespaced::<api::ServicePrincipal>(&client, ns), ns).await?;
         check_served(namespaced::<api::RoleDelegation>(&client, ns), ns).await?;
         check_served(namespaced::<api::CredentialRotation>(&client, ns), ns).await?;

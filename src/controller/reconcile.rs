@@ -58,39 +58,14 @@ where
     async move {
         let started = std::time::Instant::now();
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-        let object = if ctx.status_writes.stale(object.as_ref()) {
-            match api.get_opt(&object.name_any()).await {
-                Ok(Some(fresh)) => Arc::new(fresh),
-                Ok(None) => {
-                    ctx.status_writes.forget(object.as_ref());
-                    return Ok(Action::await_change());
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot read the object afresh; retrying");
-                    return Ok(Action::requeue(Duration::from_secs(1)));
-                }
-            }
-        } else {
-            object
+        let object = match fresh(&api, object, &ctx).await {
+            Ok(object) => object,
+            Err(action) => return Ok(action),
         };
-        if object.meta().deletion_timestamp.is_none() {
-            let problems = spec_problems(kind, object.as_ref());
-            if !problems.is_empty() {
-                let message = problems.join("; ");
-                warn!(reason = INVALID_SPEC, error = %message, "the spec cannot be used");
-                let action = report(
-                    &api,
-                    object.as_ref(),
-                    &ctx,
-                    INVALID_SPEC,
-                    &message,
-                    Action::await_change(),
-                )
-                .await;
-                ctx.metrics
-                    .reconciled(kind, INVALID_SPEC, started.elapsed().as_secs_f64());
-                return Ok(action);
-            }
+        if let Some(action) = refuse_invalid(kind, &api, object.as_ref(), &ctx).await {
+            ctx.metrics
+                .reconciled(kind, INVALID_SPEC, started.elapsed().as_secs_f64());
+            return Ok(action);
         }
         let reconciled = guarded(finalizer(&api, FINALIZER, object.clone(), |event| {
             step(event, ctx.clone())
@@ -138,6 +113,67 @@ where
 
 /// The condition reason of a spec the operator cannot use.
 const INVALID_SPEC: &str = "InvalidSpec";
+
+/// `object`, or the API server's copy of it when the watch cache may predate this operator's last status
+/// write to it (which the reconcile would otherwise write back older); Err with the action to take when
+/// there is nothing to reconcile now.
+async fn fresh<K>(api: &Api<K>, object: Arc<K>, ctx: &Context) -> Result<Arc<K>, Action>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    if !ctx.status_writes.stale(object.as_ref()) {
+        return Ok(object);
+    }
+    match api.get_opt(&object.name_any()).await {
+        Ok(Some(fresh)) => Ok(Arc::new(fresh)),
+        Ok(None) => {
+            ctx.status_writes.forget(object.as_ref());
+            Err(Action::await_change())
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the object afresh; retrying");
+            Err(Action::requeue(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// Reports a spec the operator cannot use (see [`spec_problems`]) on `object` and returns what to do next;
+/// None when the spec is usable or the object is being deleted (its cleanup still runs).
+async fn refuse_invalid<K>(
+    kind: &'static str,
+    api: &Api<K>,
+    object: &K,
+    ctx: &Context,
+) -> Option<Action>
+where
+    K: Resource<DynamicType = ()>
+        + CustomResourceExt
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize,
+{
+    if object.meta().deletion_timestamp.is_some() {
+        return None;
+    }
+    let problems = spec_problems(kind, object);
+    if problems.is_empty() {
+        return None;
+    }
+    let message = problems.join("; ");
+    warn!(reason = INVALID_SPEC, error = %message, "the spec cannot be used");
+    Some(
+        report(
+            api,
+            object,
+            ctx,
+            INVALID_SPEC,
+            &message,
+            Action::await_change(),
+        )
+        .await,
+    )
+}
 
 /// What in `object`'s spec the operator cannot use although admission let it in, each as "spec.field: why".
 ///

@@ -6,6 +6,8 @@
 //! crash between any two steps is repaired by the next reconcile: a password whose text was never delivered is
 //! removed, never leaked.
 
+pub mod wiring;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{

@@ -13,14 +13,21 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource,
     core::PartialObjectMeta,
-    runtime::{PredicateConfig, WatchStreamExt, reflector, reflector::Store, watcher},
+    runtime::{
+        PredicateConfig, WatchStreamExt,
+        reflector::{self, ObjectRef, ReflectHandle, Store},
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
+
+use super::drift;
+use crate::api::{self, ServicePrincipal};
 
 /// What a reconcile acts on, hashed: a change of anything else (status above all) is filtered out.
 pub fn acted_on<K: Resource>(object: &K) -> Option<u64> {
@@ -63,6 +70,134 @@ where
         .applied_objects()
         .predicate_filter(acted_on, PredicateConfig::default());
     (store, stream)
+}
+
+/// How many changes a shared watch holds for its slowest subscriber before it waits for it.
+const SHARED_BUFFER: usize = 1024;
+
+/// A primary kind that other controllers watch too, on one watch for all of them: the store, the stream of
+/// objects whose `acted_on` changed (the owning controller's trigger, which drives the watch), and a handle
+/// that the other controllers subscribe to (see [`shared_changes_of`]).
+///
+/// Every handle, this one and its clones, must be polled or dropped before the watch runs: the watch waits
+/// for the slowest subscriber once [`SHARED_BUFFER`] changes are queued for it.
+pub fn shared_primary<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    ReflectHandle<K>,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+    let handle = writer
+        .subscribe()
+        .expect("a shared store always has subscribers");
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect_shared(writer)
+        .applied_objects()
+        .predicate_filter(acted_on, PredicateConfig::default());
+    (store, stream, handle)
+}
+
+/// A shared watch's objects as another controller's triggers, only when `property` of one changed.
+pub fn shared_changes_of<K>(
+    handle: ReflectHandle<K>,
+    property: fn(&K) -> Option<u64>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    handle
+        .map(|o| Ok((*o).clone()))
+        .predicate_filter(property, PredicateConfig::default())
+}
+
+/// What other controllers read from a ServicePrincipal: its identity in Azure, its delivered key, whether it
+/// is Ready, and its spec and annotations.
+pub fn principal_state(sp: &ServicePrincipal) -> Option<u64> {
+    let status = sp.status.as_ref();
+    hashed((
+        sp.metadata.uid.as_deref(),
+        sp.metadata.generation,
+        &sp.metadata.annotations,
+        sp.metadata.deletion_timestamp.is_some(),
+        status.and_then(|s| s.app_id.as_deref()),
+        status.and_then(|s| s.service_principal_id.as_deref()),
+        status
+            .and_then(|s| s.credential.as_ref())
+            .map(|c| &c.key_id),
+        status.is_some_and(|s| api::conditions::is_true(&s.conditions, api::conditions::READY)),
+    ))
+}
+
+/// The objects of one kind (in one namespace, or all) whose Azure state the drift feeds saw change.
+pub fn drifted<K>(
+    drift: &drift::Drift,
+    ns: Option<&str>,
+    pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    let ns = ns.map(str::to_string);
+    futures::stream::unfold(drift.triggers(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(owner) => return Some((Some(owner), rx)),
+                // Missed triggers only cost reads: those objects are no longer verified.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter_map(move |owner| {
+        let found = owner
+            .and_then(pick)
+            .filter(|r| ns.is_none() || r.namespace == ns);
+        futures::future::ready(found)
+    })
+}
+
+/// On every DelegationPolicy change, the objects of `store` whose actions a policy decides (`asks`): a policy
+/// edit must not re-reconcile thousands of objects that no policy concerns.
+pub fn on_policy_change<K>(
+    policy_changes: &tokio::sync::watch::Receiver<u64>,
+    store: Store<K>,
+    asks: fn(&K) -> bool,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    changes(policy_changes.clone()).flat_map(move |()| {
+        futures::stream::iter(
+            store
+                .state()
+                .iter()
+                .filter(|o| asks(o))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+    })
+}
+
+/// One item per change seen on `rx` (changes in quick succession coalesce).
+pub fn changes(rx: tokio::sync::watch::Receiver<u64>) -> impl Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 /// Another kind's objects as triggers, only when `property` of one changed.

@@ -10,6 +10,7 @@
 
 pub mod plan;
 mod targets;
+pub mod wiring;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 

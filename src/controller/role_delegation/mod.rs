@@ -13,6 +13,7 @@
 //! and none removes it while another still records it.
 
 pub mod plan;
+pub mod wiring;
 
 use std::{sync::Arc, time::Duration};
 
