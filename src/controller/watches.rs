@@ -63,13 +63,24 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+    let stream = lean(api, config)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(acted_on, PredicateConfig::default());
     (store, stream)
+}
+
+/// A watch of `api` that retries with backoff and drops managedFields before anything caches them.
+fn lean<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
 }
 
 /// How many changes a shared watch holds for its slowest subscriber before it waits for it.
@@ -102,9 +113,7 @@ where
     let handle = writer
         .subscribe()
         .expect("a shared store always has subscribers");
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+    let stream = lean(api, config)
         .reflect_shared(writer)
         .applied_objects()
         .predicate_filter(acted_on, PredicateConfig::default());
