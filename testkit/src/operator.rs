@@ -18,7 +18,11 @@ use serde_json::Value;
 /// `target/<profile>/deps/`, a bench binary from `target/<profile>/`, and `entra-operator` sits in
 /// `target/<profile>/` for both (`cargo test` builds it for the integration tests; `make soak` builds it).
 pub fn operator_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the running executable's path");
+    beside(&std::env::current_exe().expect("the running executable's path"))
+}
+
+/// `entra-operator` in the profile directory of the executable `exe`.
+fn beside(exe: &Path) -> PathBuf {
     let mut dir = exe.parent().expect("an executable lives in a directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("deps/ has a parent");
@@ -224,5 +228,39 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_is_found_in_the_profile_directory_of_whoever_runs_it() {
+        let suffix = std::env::consts::EXE_SUFFIX;
+        let cases = [
+            (
+                "an integration test",
+                "/repo/target/debug/deps/integration-0123abcd",
+                "/repo/target/debug/entra-operator",
+            ),
+            (
+                "a bench binary",
+                "/repo/target/debug/chaos-soak",
+                "/repo/target/debug/entra-operator",
+            ),
+            (
+                "a release bench binary",
+                "/elsewhere/release/operator-scale",
+                "/elsewhere/release/entra-operator",
+            ),
+        ];
+        for (who, exe, want) in cases {
+            assert_eq!(
+                beside(Path::new(exe)),
+                PathBuf::from(format!("{want}{suffix}")),
+                "{who}"
+            );
+        }
     }
 }

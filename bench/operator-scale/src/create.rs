@@ -75,20 +75,8 @@ pub async fn scale_measure(
     let sps: Api<ServicePrincipal> = Api::namespaced(client.clone(), &stage.ns);
     let rds: Api<RoleDelegation> = Api::namespaced(client.clone(), &stage.ns);
 
-    // The least time the throttling allows for the writes N objects need, from the buckets as they are now
-    // (full: a fresh emulator).
-    let bucket = |limit| Bucket::now(&stage.emulator, limit, &stage.caller);
     let nf = n as f64;
-    let terms: Vec<_> = [
-        bucket(Limit::GraphWrites).map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * nf)),
-        bucket(Limit::GraphResourceUnits)
-            .map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * nf * GRAPH_WRITE_RU)),
-        bucket(Limit::ArmWrites).map(|b| b.term(MIN_ARM_WRITES_PER_OBJECT * nf)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let (min_seconds, minimum) = azure::minimum(terms);
+    let (min_seconds, minimum) = create_minimum(stage, n);
 
     // Creation with the default resync (1h): a short one would resync objects while others are created.
     let mut operator = Operator::spawn(bench, stage, &[])?;
@@ -103,58 +91,33 @@ pub async fn scale_measure(
     let bench_cpu_start = sys::cpu_seconds("self")?;
 
     let started = Instant::now();
-    create_all(bench, n, |i| {
-        let (sps, rds) = (sps.clone(), rds.clone());
-        async move {
-            let name = format!("app-{i}");
-            let sp: ServicePrincipal = serde_json::from_value(json!({
-                "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
-                "metadata": {"name": name},
-                "spec": {"displayName": name, "secret": {"name": format!("{name}-credentials")}},
-            }))?;
-            sps.create(&PostParams::default(), &sp).await?;
-            let rd: RoleDelegation = serde_json::from_value(json!({
-                "apiVersion": "entra-operator.io/v1alpha1", "kind": "RoleDelegation",
-                "metadata": {"name": name},
-                "spec": {"principalRef": {"name": name}, "role": {"name": "AcrPull"},
-                    "scope": format!("{SUB}/resourceGroups/rg-shared/providers/Microsoft.ContainerRegistry/registries/contosoacr")},
-            }))?;
-            rds.create(&PostParams::default(), &rd).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    create_pairs(bench, &sps, &rds, n).await?;
     let created = started.elapsed();
     eprintln!(
         "   created {n} + {n} objects in {:.1} s; throttle-limited minimum until Ready {min_seconds:.1} s",
         created.as_secs_f64()
     );
-    let timeout = timeout_for(min_seconds, n);
-    let mut last_progress = Instant::now();
-    let ready_after = loop {
-        if let (Some(a), Some(b)) = (sp_ready.all_at(), rd_ready.all_at()) {
-            break a.max(b) - started;
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "only {} ServicePrincipals and {} RoleDelegations Ready after {:?}",
-                sp_ready.count(),
-                rd_ready.count(),
-                started.elapsed()
-            );
-        }
-        operator.check()?;
-        if last_progress.elapsed() > Duration::from_secs(15) {
-            eprintln!(
-                "   {:.0} s: {} ServicePrincipals, {} RoleDelegations Ready",
-                started.elapsed().as_secs_f64(),
+    let ready_after = wait_for_all(
+        &mut operator,
+        started,
+        timeout_for(min_seconds, n),
+        || Some(sp_ready.all_at()?.max(rd_ready.all_at()?)),
+        || {
+            format!(
+                "{} ServicePrincipals, {} RoleDelegations Ready",
                 sp_ready.count(),
                 rd_ready.count()
-            );
-            last_progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            )
+        },
+        || {
+            format!(
+                "only {} ServicePrincipals and {} RoleDelegations Ready",
+                sp_ready.count(),
+                rd_ready.count()
+            )
+        },
+    )
+    .await?;
     let cpu_create = operator.cpu_seconds()? - cpu_start;
     let peak_create = sys::peak_rss_mib(operator.pid)?;
     let bench_cpu_create = sys::cpu_seconds("self")? - bench_cpu_start;
@@ -163,17 +126,7 @@ pub async fn scale_measure(
     let apiserver_create = diff(&apiserver_requests(client).await?, &apiserver_before);
     drop((sp_ready, rd_ready));
     operator.stop().await;
-    let percent = (min_seconds >= NOT_THROTTLE_BOUND_SECONDS)
-        .then(|| 100.0 * min_seconds / ready_after.as_secs_f64());
-    eprintln!(
-        "   all Ready after {:.1} s ({}); {:.2} Azure writes per object (minimum 4); peak RSS {peak_create:.1} MiB",
-        ready_after.as_secs_f64(),
-        match percent {
-            Some(p) => format!("{p:.0}% of the throttle-limited maximum rate"),
-            None => "not throttle-bound".into(),
-        },
-        calls_create.accepted_writes() as f64 / nf,
-    );
+    let percent = say_ready(ready_after, min_seconds, &calls_create, n, peak_create);
 
     let (steady, operator) = steady_state(bench, stage, n).await?;
 
@@ -204,4 +157,106 @@ pub async fn scale_measure(
         "steadyState": steady,
     });
     Ok((result, operator))
+}
+
+/// Says how soon everything was Ready; returns it as a percentage of the throttle-limited maximum rate (None
+/// when the throttling does not bound creation).
+fn say_ready(
+    ready_after: Duration,
+    min_seconds: f64,
+    calls: &Calls,
+    n: usize,
+    peak_create: f64,
+) -> Option<f64> {
+    let percent = (min_seconds >= NOT_THROTTLE_BOUND_SECONDS)
+        .then(|| 100.0 * min_seconds / ready_after.as_secs_f64());
+    eprintln!(
+        "   all Ready after {:.1} s ({}); {:.2} Azure writes per object (minimum 4); peak RSS {peak_create:.1} MiB",
+        ready_after.as_secs_f64(),
+        match percent {
+            Some(p) => format!("{p:.0}% of the throttle-limited maximum rate"),
+            None => "not throttle-bound".into(),
+        },
+        calls.accepted_writes() as f64 / n as f64,
+    );
+    percent
+}
+
+/// The least time the throttling allows for the writes N objects need, from the buckets as they are now
+/// (full: a fresh emulator).
+fn create_minimum(stage: &Stage, n: usize) -> (f64, Value) {
+    let bucket = |limit| Bucket::now(&stage.emulator, limit, &stage.caller);
+    let nf = n as f64;
+    let terms: Vec<_> = [
+        bucket(Limit::GraphWrites).map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * nf)),
+        bucket(Limit::GraphResourceUnits)
+            .map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * nf * GRAPH_WRITE_RU)),
+        bucket(Limit::ArmWrites).map(|b| b.term(MIN_ARM_WRITES_PER_OBJECT * nf)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    azure::minimum(terms)
+}
+
+/// N ServicePrincipals `app-{i}`, each with a RoleDelegation of AcrPull on the registry, created at once.
+async fn create_pairs(
+    bench: &Bench,
+    sps: &Api<ServicePrincipal>,
+    rds: &Api<RoleDelegation>,
+    n: usize,
+) -> anyhow::Result<()> {
+    create_all(bench, n, |i| {
+        let (sps, rds) = (sps.clone(), rds.clone());
+        async move {
+            let name = format!("app-{i}");
+            let sp: ServicePrincipal = serde_json::from_value(json!({
+                "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+                "metadata": {"name": name},
+                "spec": {"displayName": name, "secret": {"name": format!("{name}-credentials")}},
+            }))?;
+            sps.create(&PostParams::default(), &sp).await?;
+            let rd: RoleDelegation = serde_json::from_value(json!({
+                "apiVersion": "entra-operator.io/v1alpha1", "kind": "RoleDelegation",
+                "metadata": {"name": name},
+                "spec": {"principalRef": {"name": name}, "role": {"name": "AcrPull"},
+                    "scope": format!("{SUB}/resourceGroups/rg-shared/providers/Microsoft.ContainerRegistry/registries/contosoacr")},
+            }))?;
+            rds.create(&PostParams::default(), &rd).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Waits until `all_at` says when everything was done, failing after `timeout` (with `failure`, what was done
+/// by then) or as soon as the operator exits; says how far it got (`progress`) every 15 s. Returns the time
+/// from `started` until everything was done.
+pub async fn wait_for_all(
+    operator: &mut Operator,
+    started: Instant,
+    timeout: Duration,
+    all_at: impl Fn() -> Option<Instant>,
+    progress: impl Fn() -> String,
+    failure: impl Fn() -> String,
+) -> anyhow::Result<Duration> {
+    let mut last_progress = Instant::now();
+    loop {
+        if let Some(at) = all_at() {
+            return Ok(at - started);
+        }
+        if started.elapsed() > timeout {
+            bail!("{} after {:?}", failure(), started.elapsed());
+        }
+        operator.check()?;
+        if last_progress.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "   {:.0} s: {}",
+                started.elapsed().as_secs_f64(),
+                progress()
+            );
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -76,21 +76,7 @@ pub async fn steady_state(
     let hour = parse_duration(&bench.args.hour)?;
     let factor = HOUR.as_secs_f64() / hour.as_secs_f64();
     let intervals = scaled_intervals(&bench.args.operator, factor)?;
-    let mut env: Vec<(String, String)> = intervals
-        .iter()
-        .map(|(k, _, v)| (k.clone(), v.clone()))
-        .collect();
-    for kv in &bench.args.steady_env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--steady-env {kv}: expected KEY=VALUE"))?;
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    anyhow::ensure!(
-        env.iter().any(|(k, _)| k == "RESYNC_INTERVAL"),
-        "the operator has no RESYNC_INTERVAL flag to compress"
-    );
+    let env = steady_env(bench, &intervals)?;
     let scale = bench.args.steady_throttle_scale.unwrap_or(factor);
     let original_scale = {
         let mut knobs = stage.emulator.ctx.knobs.write();
@@ -100,32 +86,7 @@ pub async fn steady_state(
     };
 
     let mut operator = Operator::spawn(bench, stage, &env)?;
-    // Its start-up pass (every object reconciled once) is not the steady state: wait until each kind has
-    // been reconciled N times, from the operator's own metrics.
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60 + n as u64 / 10);
-    let startup = loop {
-        operator.check()?;
-        let counts = operator.reconciliations().await;
-        if let Some(c) = &counts {
-            let kinds = ["ServicePrincipal", "RoleDelegation"];
-            if kinds
-                .iter()
-                .all(|k| c.get(*k).copied().unwrap_or(0.0) >= n as f64)
-            {
-                break json!({"endedAfterSeconds": started.elapsed().as_secs_f64()});
-            }
-            if c.is_empty() && started.elapsed() > Duration::from_secs(15) {
-                // No reconciliation metric to go by: wait one compressed hour and a little.
-                tokio::time::sleep(hour + Duration::from_secs(5)).await;
-                break json!({"endedAfterSeconds": null, "note": "no entra_operator_reconciliations_total metric; waited one compressed hour"});
-            }
-        }
-        if Instant::now() > deadline {
-            break json!({"endedAfterSeconds": null, "note": format!("not every object was reconciled within {} s; measured anyway", (deadline - started).as_secs())});
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let startup = start_up_pass(&mut operator, n, hour).await?;
     Calls::take(&stage.emulator);
     bench.operator_requests();
     let cpu_start = operator.cpu_seconds()?;
@@ -198,6 +159,59 @@ pub async fn steady_state(
         }),
         operator,
     ))
+}
+
+/// The steady-state operator's environment: the scaled intervals, then `--steady-env` over them.
+fn steady_env(
+    bench: &Bench,
+    intervals: &[(String, String, String)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env: Vec<(String, String)> = intervals
+        .iter()
+        .map(|(k, _, v)| (k.clone(), v.clone()))
+        .collect();
+    for kv in &bench.args.steady_env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--steady-env {kv}: expected KEY=VALUE"))?;
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    anyhow::ensure!(
+        env.iter().any(|(k, _)| k == "RESYNC_INTERVAL"),
+        "the operator has no RESYNC_INTERVAL flag to compress"
+    );
+    Ok(env)
+}
+
+/// Its start-up pass (every object reconciled once) is not the steady state: waits until each kind has
+/// been reconciled N times, from the operator's own metrics; says when it ended, or why it was not seen to.
+async fn start_up_pass(operator: &mut Operator, n: usize, hour: Duration) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60 + n as u64 / 10);
+    let startup = loop {
+        operator.check()?;
+        let counts = operator.reconciliations().await;
+        if let Some(c) = &counts {
+            let kinds = ["ServicePrincipal", "RoleDelegation"];
+            if kinds
+                .iter()
+                .all(|k| c.get(*k).copied().unwrap_or(0.0) >= n as f64)
+            {
+                break json!({"endedAfterSeconds": started.elapsed().as_secs_f64()});
+            }
+            if c.is_empty() && started.elapsed() > Duration::from_secs(15) {
+                // No reconciliation metric to go by: wait one compressed hour and a little.
+                tokio::time::sleep(hour + Duration::from_secs(5)).await;
+                break json!({"endedAfterSeconds": null, "note": "no entra_operator_reconciliations_total metric; waited one compressed hour"});
+            }
+        }
+        if Instant::now() > deadline {
+            break json!({"endedAfterSeconds": null, "note": format!("not every object was reconciled within {} s; measured anyway", (deadline - started).as_secs())});
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    Ok(startup)
 }
 
 #[cfg(test)]

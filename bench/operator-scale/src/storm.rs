@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use azure_emulator::limits::Limit;
 use kube::{
     Api, ResourceExt,
@@ -18,7 +17,7 @@ use entra_operator::api::{CredentialRotation, ServicePrincipal};
 use crate::{
     Bench, MIN_GRAPH_WRITES_PER_OBJECT,
     azure::{self, Bucket, Calls, GRAPH_WRITE_RU},
-    create::{create_all, ready, timeout_for},
+    create::{create_all, ready, timeout_for, wait_for_all},
     metrics::{apiserver_requests, diff, parse_duration},
     operator::Operator,
     stage::{Stage, on_stage},
@@ -42,14 +41,117 @@ pub async fn storm_measure(
     stage: &Stage,
     r: usize,
 ) -> anyhow::Result<(Value, Operator)> {
-    let client = &bench.client;
-    let sps: Api<ServicePrincipal> = Api::namespaced(client.clone(), &stage.ns);
-    let crots: Api<CredentialRotation> = Api::namespaced(client.clone(), &stage.ns);
+    let crots: Api<CredentialRotation> = Api::namespaced(bench.client.clone(), &stage.ns);
     let overlap = parse_duration(&bench.args.storm_overlap)?;
-    let rf = r as f64;
+    let (mut operator, settled_after) = set_up(bench, stage, r).await?;
+    let watch = Watch::start(&crots, r).await?;
 
+    // The least time Graph's limits allow for an addPassword and a removePassword per rotation, from the
+    // buckets' level now, and the overlap that separates the two.
+    let writes = Bucket::now(&stage.emulator, Limit::GraphWrites, &stage.caller);
+    let ru = Bucket::now(&stage.emulator, Limit::GraphResourceUnits, &stage.caller);
+    let (min_seconds, minimum) = storm_minimum(writes, ru, r, overlap);
+    let (_, minimum_full) =
+        storm_minimum(writes.map(Bucket::full), ru.map(Bucket::full), r, overlap);
+    Calls::take(&stage.emulator);
+    bench.operator_requests();
+    let apiserver_before = apiserver_requests(&bench.client).await?;
+    let cpu_start = operator.cpu_seconds()?;
+    eprintln!(
+        "   Graph write bucket at {:.0} of {:.0}; minimum {min_seconds:.1} s; bumping spec.rotationToken on all {r}",
+        writes.map(|w| w.level).unwrap_or(0.0),
+        writes.map(|w| w.capacity).unwrap_or(0.0)
+    );
+
+    let started = Instant::now();
+    bump_all(bench, &crots, &watch.token, r).await?;
+    let bumped = started.elapsed();
+    let completed_after = wait_for_all(
+        &mut operator,
+        started,
+        timeout_for(min_seconds, r),
+        || watch.completed.all_at(),
+        || {
+            format!(
+                "{} new keys delivered, {} rotations completed",
+                watch.delivered.count(),
+                watch.completed.count()
+            )
+        },
+        || {
+            format!(
+                "only {} of {r} rotations completed ({} delivered)",
+                watch.completed.count(),
+                watch.delivered.count()
+            )
+        },
+    )
+    .await?;
+    let delivered_after = watch.delivered.all_at().map(|at| at - started);
+    let quantiles = quantiles(&watch.completed, started);
+    let cpu = operator.cpu_seconds()? - cpu_start;
+    let peak = sys::peak_rss_mib(operator.pid)?;
+    let calls = Calls::take(&stage.emulator);
+    let api = bench.operator_requests();
+    let apiserver = diff(&apiserver_requests(&bench.client).await?, &apiserver_before);
+    drop(watch);
+    let graph_writes = calls.accepted_writes() as f64 / r as f64;
+    eprintln!(
+        "   all {r} rotations completed after {:.1} s (minimum {min_seconds:.1} s); {graph_writes:.2} Graph writes per rotation (minimum 2); {} 429s",
+        completed_after.as_secs_f64(),
+        calls.throttled_total()
+    );
+
+    let result = json!({
+        "rotations": r,
+        "overlapSeconds": overlap.as_secs_f64(),
+        "setUp": {
+            "settledInSeconds": settled_after.as_secs_f64(),
+            "idleBeforeStormSeconds": bench.args.storm_idle,
+        },
+        "graphWriteBucketAtStart": writes.map(|w| json!({"level": w.level.floor(), "capacity": w.capacity, "refillPerSecond": w.per_second})),
+        "minimum": minimum,
+        "minimumWithFullBucket": minimum_full,
+        "rotationTokenBumpSeconds": bumped.as_secs_f64(),
+        "allNewKeysDeliveredInSeconds": delivered_after.map(|d| d.as_secs_f64()),
+        "allCompletedInSeconds": completed_after.as_secs_f64(),
+        "completedInSecondsQuantiles": quantiles,
+        "percentOfMinimum": (min_seconds > 0.0).then(|| 100.0 * min_seconds / completed_after.as_secs_f64()),
+        "azure": {
+            "graphWritesPerRotation": graph_writes,
+            "minimumGraphWritesPerRotation": 2,
+            "writesPerRotationByOperation": calls.writes_by_kind(r as f64),
+            "readsPerRotation": calls.reads() as f64 / r as f64,
+            "tokenRequests": calls.tokens(),
+            "throttled429s": calls.throttled(),
+            "callsPerRotation": calls.per(r as f64),
+        },
+        "apiServer": {"operator": api, "allClientsByVerb": apiserver},
+        "operator": {"peakRssMiB": peak, "cpuSeconds": cpu},
+    });
+    Ok((result, operator))
+}
+
+/// When the rotations completed, seconds after `started`: median, p90, p99 and the last.
+fn quantiles(completed: &Tracker, started: Instant) -> Value {
+    let mut times: Vec<f64> = completed
+        .times()
+        .into_iter()
+        .map(|t| (t - started).as_secs_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let quantile = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    json!({"p50": quantile(0.5), "p90": quantile(0.9), "p99": quantile(0.99), "max": quantile(1.0)})
+}
+
+/// The storm's set-up: an operator, and R ServicePrincipals with a CredentialRotation each created at once
+/// and waited for until every rotation is settled (Ready, holding a key, no previous one); then `--storm-idle`.
+/// Returns the operator, still running, and how long settling took.
+async fn set_up(bench: &Bench, stage: &Stage, r: usize) -> anyhow::Result<(Operator, Duration)> {
+    let sps: Api<ServicePrincipal> = Api::namespaced(bench.client.clone(), &stage.ns);
+    let crots: Api<CredentialRotation> = Api::namespaced(bench.client.clone(), &stage.ns);
     let create_min = Bucket::now(&stage.emulator, Limit::GraphWrites, &stage.caller)
-        .map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * rf).seconds)
+        .map(|b| b.term(MIN_GRAPH_WRITES_PER_OBJECT * r as f64).seconds)
         .unwrap_or(0.0);
     let mut operator = Operator::spawn(bench, stage, &[])?;
     let settled = Tracker::start(crots.clone(), r, |c: &CredentialRotation| {
@@ -81,30 +183,20 @@ pub async fn storm_measure(
         }
     })
     .await?;
-    let timeout = timeout_for(create_min, r);
-    let mut last_progress = Instant::now();
-    let settled_after = loop {
-        if let Some(at) = settled.all_at() {
-            break at - started;
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "only {} of {r} CredentialRotations settled after {:?}",
-                settled.count(),
-                started.elapsed()
-            );
-        }
-        operator.check()?;
-        if last_progress.elapsed() > Duration::from_secs(15) {
-            eprintln!(
-                "   {:.0} s: {} CredentialRotations settled",
-                started.elapsed().as_secs_f64(),
+    let settled_after = wait_for_all(
+        &mut operator,
+        started,
+        timeout_for(create_min, r),
+        || settled.all_at(),
+        || format!("{} CredentialRotations settled", settled.count()),
+        || {
+            format!(
+                "only {} of {r} CredentialRotations settled",
                 settled.count()
-            );
-            last_progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            )
+        },
+    )
+    .await?;
     drop(settled);
     eprintln!(
         "   {r} ServicePrincipals with a CredentialRotation settled after {:.1} s",
@@ -114,85 +206,102 @@ pub async fn storm_measure(
         eprintln!("   idle for {} s", bench.args.storm_idle);
         tokio::time::sleep(Duration::from_secs(bench.args.storm_idle)).await;
     }
+    Ok((operator, settled_after))
+}
 
-    // Every rotation's key before the storm, and a watch for their completion.
-    let before: std::collections::HashMap<String, String> = crots
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|c| Some((c.name_any(), c.status?.current_key_id?)))
-        .collect();
-    anyhow::ensure!(before.len() == r, "not every rotation holds a key");
-    let token = format!("storm-{}", std::process::id());
-    let before = std::sync::Arc::new(before);
-    let delivered = {
-        let before = before.clone();
-        Tracker::start(crots.clone(), r, move |c: &CredentialRotation| {
-            new_key_delivered(c, &before)
+/// Every rotation's key before the storm, the storm's rotationToken, and watches for its new keys delivered
+/// and for each rotation completed.
+struct Watch {
+    token: String,
+    delivered: Tracker,
+    completed: Tracker,
+}
+
+impl Watch {
+    async fn start(crots: &Api<CredentialRotation>, r: usize) -> anyhow::Result<Watch> {
+        let before: std::collections::HashMap<String, String> = crots
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| Some((c.name_any(), c.status?.current_key_id?)))
+            .collect();
+        anyhow::ensure!(before.len() == r, "not every rotation holds a key");
+        let token = format!("storm-{}", std::process::id());
+        let before = std::sync::Arc::new(before);
+        let delivered = {
+            let before = before.clone();
+            Tracker::start(crots.clone(), r, move |c: &CredentialRotation| {
+                new_key_delivered(c, &before)
+            })
+        };
+        let completed = {
+            let (before, token) = (before.clone(), token.clone());
+            Tracker::start(crots.clone(), r, move |c: &CredentialRotation| {
+                new_key_delivered(c, &before)
+                    && c.status.as_ref().is_some_and(|s| {
+                        s.previous_key_id.is_none()
+                            && s.observed_rotation_token.as_deref() == Some(token.as_str())
+                            && ready(&s.conditions)
+                    })
+            })
+        };
+        delivered.synced().await?;
+        completed.synced().await?;
+        Ok(Watch {
+            token,
+            delivered,
+            completed,
         })
-    };
-    let completed = {
-        let (before, token) = (before.clone(), token.clone());
-        Tracker::start(crots.clone(), r, move |c: &CredentialRotation| {
-            new_key_delivered(c, &before)
-                && c.status.as_ref().is_some_and(|s| {
-                    s.previous_key_id.is_none()
-                        && s.observed_rotation_token.as_deref() == Some(token.as_str())
-                        && ready(&s.conditions)
-                })
-        })
-    };
-    delivered.synced().await?;
-    completed.synced().await?;
+    }
+}
 
-    // The least time Graph's limits allow for an addPassword and a removePassword per rotation, from the
-    // buckets' level now, and the overlap that separates the two.
-    let writes = Bucket::now(&stage.emulator, Limit::GraphWrites, &stage.caller);
-    let ru = Bucket::now(&stage.emulator, Limit::GraphResourceUnits, &stage.caller);
-    let storm_minimum = |writes: Option<Bucket>, ru: Option<Bucket>| {
-        let mut terms = vec![];
-        if let Some(w) = writes {
-            terms.push(w.term(2.0 * rf));
-            let adds = ((rf - w.level) / w.per_second).max(0.0);
-            let seconds = overlap.as_secs_f64() + adds;
-            terms.push(azure::Term {
-                name: "overlap after the last addPassword".into(),
-                seconds,
-                detail: json!({"limit": "overlap after the last addPassword", "seconds": seconds,
-                    "formula": format!("{:.0} s + max(0, ({r} - {:.0}) / {}/s) = {seconds:.1} s",
-                        overlap.as_secs_f64(), w.level.floor(), w.per_second)}),
-            });
-        }
-        if let Some(u) = ru {
-            terms.push(u.term(2.0 * rf * GRAPH_WRITE_RU));
-        }
-        if terms.is_empty() {
-            terms.push(azure::Term {
-                name: "overlap".into(),
-                seconds: overlap.as_secs_f64(),
-                detail: json!({"limit": "overlap", "seconds": overlap.as_secs_f64(),
-                    "formula": "every removal waits the overlap after its addPassword (no throttling)"}),
-            });
-        }
-        azure::minimum(terms)
-    };
-    let (min_seconds, minimum) = storm_minimum(writes, ru);
-    let (_, minimum_full) = storm_minimum(writes.map(Bucket::full), ru.map(Bucket::full));
-    Calls::take(&stage.emulator);
-    bench.operator_requests();
-    let apiserver_before = apiserver_requests(client).await?;
-    let cpu_start = operator.cpu_seconds()?;
-    eprintln!(
-        "   Graph write bucket at {:.0} of {:.0}; minimum {min_seconds:.1} s; bumping spec.rotationToken on all {r}",
-        writes.map(|w| w.level).unwrap_or(0.0),
-        writes.map(|w| w.capacity).unwrap_or(0.0)
-    );
+/// The least time for the storm: Graph's write and resource-unit buckets at their level (an addPassword and
+/// a removePassword per rotation), and the overlap after the last addPassword the write bucket allows.
+fn storm_minimum(
+    writes: Option<Bucket>,
+    ru: Option<Bucket>,
+    r: usize,
+    overlap: Duration,
+) -> (f64, Value) {
+    let rf = r as f64;
+    let mut terms = vec![];
+    if let Some(w) = writes {
+        terms.push(w.term(2.0 * rf));
+        let adds = ((rf - w.level) / w.per_second).max(0.0);
+        let seconds = overlap.as_secs_f64() + adds;
+        terms.push(azure::Term {
+            name: "overlap after the last addPassword".into(),
+            seconds,
+            detail: json!({"limit": "overlap after the last addPassword", "seconds": seconds,
+                "formula": format!("{:.0} s + max(0, ({r} - {:.0}) / {}/s) = {seconds:.1} s",
+                    overlap.as_secs_f64(), w.level.floor(), w.per_second)}),
+        });
+    }
+    if let Some(u) = ru {
+        terms.push(u.term(2.0 * rf * GRAPH_WRITE_RU));
+    }
+    if terms.is_empty() {
+        terms.push(azure::Term {
+            name: "overlap".into(),
+            seconds: overlap.as_secs_f64(),
+            detail: json!({"limit": "overlap", "seconds": overlap.as_secs_f64(),
+                "formula": "every removal waits the overlap after its addPassword (no throttling)"}),
+        });
+    }
+    azure::minimum(terms)
+}
 
-    let started = Instant::now();
+/// Makes every rotation due at once: a new spec.rotationToken on all R, as fast as the API server takes them.
+async fn bump_all(
+    bench: &Bench,
+    crots: &Api<CredentialRotation>,
+    token: &str,
+    r: usize,
+) -> anyhow::Result<()> {
     create_all(bench, r, |i| {
         let crots = crots.clone();
-        let token = token.clone();
+        let token = token.to_string();
         async move {
             crots
                 .patch(
@@ -204,83 +313,7 @@ pub async fn storm_measure(
             Ok(())
         }
     })
-    .await?;
-    let bumped = started.elapsed();
-    let timeout = timeout_for(min_seconds, r);
-    let mut last_progress = Instant::now();
-    let completed_after = loop {
-        if let Some(at) = completed.all_at() {
-            break at - started;
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "only {} of {r} rotations completed ({} delivered) after {:?}",
-                completed.count(),
-                delivered.count(),
-                started.elapsed()
-            );
-        }
-        operator.check()?;
-        if last_progress.elapsed() > Duration::from_secs(15) {
-            eprintln!(
-                "   {:.0} s: {} new keys delivered, {} rotations completed",
-                started.elapsed().as_secs_f64(),
-                delivered.count(),
-                completed.count()
-            );
-            last_progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let delivered_after = delivered.all_at().map(|at| at - started);
-    let mut times: Vec<f64> = completed
-        .times()
-        .into_iter()
-        .map(|t| (t - started).as_secs_f64())
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let quantile = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    let cpu = operator.cpu_seconds()? - cpu_start;
-    let peak = sys::peak_rss_mib(operator.pid)?;
-    let calls = Calls::take(&stage.emulator);
-    let api = bench.operator_requests();
-    let apiserver = diff(&apiserver_requests(client).await?, &apiserver_before);
-    drop((delivered, completed));
-    let graph_writes = calls.accepted_writes() as f64 / rf;
-    eprintln!(
-        "   all {r} rotations completed after {:.1} s (minimum {min_seconds:.1} s); {graph_writes:.2} Graph writes per rotation (minimum 2); {} 429s",
-        completed_after.as_secs_f64(),
-        calls.throttled_total()
-    );
-
-    let result = json!({
-        "rotations": r,
-        "overlapSeconds": overlap.as_secs_f64(),
-        "setUp": {
-            "settledInSeconds": settled_after.as_secs_f64(),
-            "idleBeforeStormSeconds": bench.args.storm_idle,
-        },
-        "graphWriteBucketAtStart": writes.map(|w| json!({"level": w.level.floor(), "capacity": w.capacity, "refillPerSecond": w.per_second})),
-        "minimum": minimum,
-        "minimumWithFullBucket": minimum_full,
-        "rotationTokenBumpSeconds": bumped.as_secs_f64(),
-        "allNewKeysDeliveredInSeconds": delivered_after.map(|d| d.as_secs_f64()),
-        "allCompletedInSeconds": completed_after.as_secs_f64(),
-        "completedInSecondsQuantiles": {"p50": quantile(0.5), "p90": quantile(0.9), "p99": quantile(0.99), "max": quantile(1.0)},
-        "percentOfMinimum": (min_seconds > 0.0).then(|| 100.0 * min_seconds / completed_after.as_secs_f64()),
-        "azure": {
-            "graphWritesPerRotation": graph_writes,
-            "minimumGraphWritesPerRotation": 2,
-            "writesPerRotationByOperation": calls.writes_by_kind(rf),
-            "readsPerRotation": calls.reads() as f64 / rf,
-            "tokenRequests": calls.tokens(),
-            "throttled429s": calls.throttled(),
-            "callsPerRotation": calls.per(rf),
-        },
-        "apiServer": {"operator": api, "allClientsByVerb": apiserver},
-        "operator": {"peakRssMiB": peak, "cpuSeconds": cpu},
-    });
-    Ok((result, operator))
+    .await
 }
 
 pub fn new_key_delivered(

@@ -429,3 +429,18 @@ pub fn write(report: &Report, dir: &Path) -> std::io::Result<()> {
     )?;
     std::fs::write(dir.join("chaos-soak.md"), markdown(&report.json))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed bench/results/chaos-soak.md is what the committed JSON renders to: the report's format is
+    /// exactly the one the results were written in.
+    #[test]
+    fn the_committed_results_render_as_committed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/results/");
+        let read = |file: &str| std::fs::read_to_string(format!("{dir}{file}")).unwrap();
+        let json: Value = serde_json::from_str(&read("chaos-soak.json")).unwrap();
+        assert_eq!(markdown(&json), read("chaos-soak.md"));
+    }
+}
