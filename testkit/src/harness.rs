@@ -69,8 +69,13 @@ pub fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
 }
 
 pub async fn state(azure: &Azure) -> Value {
-    let http = emulator_http(azure);
-    http.get(format!("{}/_emulator/state", azure.emulator.base_url))
+    emulator_get(azure, "/_emulator/state").await
+}
+
+/// One of the emulator's own endpoints (`/_emulator/...`), as JSON.
+pub async fn emulator_get(azure: &Azure, path: &str) -> Value {
+    emulator_http(azure)
+        .get(format!("{}{path}", azure.emulator.base_url))
         .send()
         .await
         .unwrap()

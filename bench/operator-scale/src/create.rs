@@ -21,7 +21,7 @@ use crate::{
     azure::{self, Bucket, Calls, GRAPH_WRITE_RU},
     metrics::{apiserver_requests, diff},
     operator::Operator,
-    stage::{Stage, on_stage},
+    stage::Stage,
     steady::steady_state,
     sys,
     track::Tracker,
@@ -57,13 +57,6 @@ where
 /// How long a phase may take before the run is called failed: generous, it only guards against a hang.
 pub fn timeout_for(min_seconds: f64, n: usize) -> Duration {
     Duration::from_secs_f64(300.0 + 3.0 * min_seconds + n as f64 / 2.0)
-}
-
-pub async fn scale_run(bench: &Bench, n: usize) -> anyhow::Result<Value> {
-    on_stage(bench, &format!("scale-{n}"), async |stage| {
-        scale_measure(bench, stage, n).await
-    })
-    .await
 }
 
 pub async fn scale_measure(
@@ -210,12 +203,7 @@ async fn create_pairs(
         let (sps, rds) = (sps.clone(), rds.clone());
         async move {
             let name = format!("app-{i}");
-            let sp: ServicePrincipal = serde_json::from_value(json!({
-                "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
-                "metadata": {"name": name},
-                "spec": {"displayName": name, "secret": {"name": format!("{name}-credentials")}},
-            }))?;
-            sps.create(&PostParams::default(), &sp).await?;
+            create_service_principal(&sps, &name).await?;
             let rd: RoleDelegation = serde_json::from_value(json!({
                 "apiVersion": "entra-operator.io/v1alpha1", "kind": "RoleDelegation",
                 "metadata": {"name": name},
@@ -227,6 +215,20 @@ async fn create_pairs(
         }
     })
     .await
+}
+
+/// A ServicePrincipal `name` with its Secret `{name}-credentials`, as every object of a run starts.
+pub async fn create_service_principal(
+    sps: &Api<ServicePrincipal>,
+    name: &str,
+) -> anyhow::Result<()> {
+    let sp: ServicePrincipal = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": name},
+        "spec": {"displayName": name, "secret": {"name": format!("{name}-credentials")}},
+    }))?;
+    sps.create(&PostParams::default(), &sp).await?;
+    Ok(())
 }
 
 /// Waits until `all_at` says when everything was done, failing after `timeout` (with `failure`, what was done

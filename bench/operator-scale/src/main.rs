@@ -38,7 +38,12 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{create::scale_run, proxy::Proxy, stage::install_crds, storm::storm_run};
+use crate::{
+    create::scale_measure,
+    proxy::Proxy,
+    stage::{install_crds, on_stage},
+    storm::storm_measure,
+};
 
 #[derive(Parser)]
 pub struct Args {
@@ -166,7 +171,8 @@ async fn scale_runs(bench: &Bench) -> anyhow::Result<Option<Value>> {
     let mut runs = vec![];
     for &n in &bench.args.sizes.0 {
         eprintln!("== {n} ServicePrincipals with a RoleDelegation each");
-        runs.push(scale_run(bench, n).await?);
+        let measure = async |stage: &stage::Stage| scale_measure(bench, stage, n).await;
+        runs.push(on_stage(bench, &format!("scale-{n}"), measure).await?);
     }
     Ok(Some(json!({
         "generatedAt": sys::now(),
@@ -188,7 +194,11 @@ async fn storm(bench: &Bench) -> anyhow::Result<Option<Value>> {
         bench.args.storm
     );
     let machine = sys::machine();
-    let mut result = storm_run(bench, bench.args.storm).await?;
+    let r = bench.args.storm;
+    let mut result = on_stage(bench, &format!("storm-{r}"), async |stage| {
+        storm_measure(bench, stage, r).await
+    })
+    .await?;
     result["generatedAt"] = json!(sys::now());
     result["machine"] = machine;
     result["throttling"] = bench.throttling();

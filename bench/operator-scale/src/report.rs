@@ -89,6 +89,16 @@ fn requests(counted: &Value) -> String {
     )
 }
 
+/// Azure's 429s: the total, then reads and writes.
+fn throttled(t: &Value) -> String {
+    format!(
+        "{} (reads {}, writes {})",
+        int(f(&t["total"])),
+        int(f(&t["reads"])),
+        int(f(&t["writes"]))
+    )
+}
+
 fn machine(m: &Value) -> String {
     let load: Vec<String> = m["loadAverageAtStart"]
         .as_array()
@@ -401,12 +411,7 @@ fn run_table(r: &Value) -> String {
                 ),
                 (
                     "Azure 429s".into(),
-                    format!(
-                        "{} (reads {}, writes {})",
-                        int(f(&a["throttled429s"]["total"])),
-                        int(f(&a["throttled429s"]["reads"])),
-                        int(f(&a["throttled429s"]["writes"]))
-                    ),
+                    throttled(&a["throttled429s"]),
                 ),
                 (
                     "API server requests by the operator".into(),
@@ -576,15 +581,7 @@ fn storm_table(storm: &Value) -> String {
             "Azure reads per rotation".into(),
             format!("{:.2}", f(&a["readsPerRotation"])),
         ),
-        (
-            "Azure 429s".into(),
-            format!(
-                "{} (reads {}, writes {})",
-                int(f(&a["throttled429s"]["total"])),
-                int(f(&a["throttled429s"]["reads"])),
-                int(f(&a["throttled429s"]["writes"]))
-            ),
-        ),
+        ("Azure 429s".into(), throttled(&a["throttled429s"])),
         (
             "API server requests by the operator".into(),
             requests(&storm["apiServer"]["operator"]),

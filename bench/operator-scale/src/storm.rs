@@ -17,10 +17,10 @@ use entra_operator::api::{CredentialRotation, ServicePrincipal};
 use crate::{
     Bench, MIN_GRAPH_WRITES_PER_OBJECT,
     azure::{self, Bucket, Calls, GRAPH_WRITE_RU},
-    create::{create_all, ready, timeout_for, wait_for_all},
+    create::{create_all, create_service_principal, ready, timeout_for, wait_for_all},
     metrics::{apiserver_requests, diff, parse_duration},
     operator::Operator,
-    stage::{Stage, on_stage},
+    stage::Stage,
     sys,
     track::Tracker,
 };
@@ -29,13 +29,6 @@ use crate::{
 /// (Ready, holding the ServicePrincipal's first password), all rotations are made due at once by a new
 /// spec.rotationToken, and each counts as done when status shows the new key delivered to the Secret, the
 /// token observed, the previous password removed (no previousKeyId) and Ready.
-pub async fn storm_run(bench: &Bench, r: usize) -> anyhow::Result<Value> {
-    on_stage(bench, &format!("storm-{r}"), async |stage| {
-        storm_measure(bench, stage, r).await
-    })
-    .await
-}
-
 pub async fn storm_measure(
     bench: &Bench,
     stage: &Stage,
@@ -166,12 +159,7 @@ async fn set_up(bench: &Bench, stage: &Stage, r: usize) -> anyhow::Result<(Opera
         let overlap = bench.args.storm_overlap.clone();
         async move {
             let name = format!("rot-{i}");
-            let sp: ServicePrincipal = serde_json::from_value(json!({
-                "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
-                "metadata": {"name": name},
-                "spec": {"displayName": name, "secret": {"name": format!("{name}-credentials")}},
-            }))?;
-            sps.create(&PostParams::default(), &sp).await?;
+            create_service_principal(&sps, &name).await?;
             let crot: CredentialRotation = serde_json::from_value(json!({
                 "apiVersion": "entra-operator.io/v1alpha1", "kind": "CredentialRotation",
                 "metadata": {"name": name},

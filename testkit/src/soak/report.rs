@@ -9,7 +9,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{Audited, Churned, Params, audit::CATEGORIES, chaos::soak_knobs};
-use crate::harness::{Azure, emulator_http};
+use crate::harness::{Azure, emulator_get};
 
 /// A finished soak: the report, the findings (empty when the audit was clean), the timeline and log lines
 /// that explain them, and where the operator's log was kept.
@@ -94,14 +94,7 @@ pub(super) fn report(
 }
 
 pub(super) async fn calls(azure: &Azure) -> Value {
-    emulator_http(azure)
-        .get(format!("{}/_emulator/calls", azure.emulator.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    emulator_get(azure, "/_emulator/calls").await
 }
 
 /// Graph and ARM answers by status class: what the operator saw of the chaos.
