@@ -72,6 +72,15 @@ pub async fn state(azure: &Azure) -> Value {
     emulator_get(azure, "/_emulator/state").await
 }
 
+/// Sets the emulator's call counts back to zero, so that `/_emulator/calls` counts from now on.
+pub async fn reset_calls(azure: &Azure) {
+    emulator_http(azure)
+        .delete(format!("{}/_emulator/calls", azure.emulator.base_url))
+        .send()
+        .await
+        .unwrap();
+}
+
 /// One of the emulator's own endpoints (`/_emulator/...`), as JSON.
 pub async fn emulator_get(azure: &Azure, path: &str) -> Value {
     emulator_http(azure)
@@ -138,6 +147,16 @@ impl Azure {
             env,
             _dir: dir,
         }
+    }
+
+    /// The cluster id the operator is given (ENTRA_OPERATOR_CLUSTER_ID), which names what it makes in Azure.
+    pub fn cluster_id(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "ENTRA_OPERATOR_CLUSTER_ID")
+            .unwrap()
+            .1
+            .clone()
     }
 }
 

@@ -50,8 +50,18 @@ pub async fn admin_client() -> Client {
 
 /// Installs the committed CRDs (what users apply) and waits until the API server serves them.
 pub async fn install_crds(client: &Client) {
+    apply_crds(client, committed_crds(), |name| format!("crds/{name}.yaml")).await;
+}
+
+/// Applies CRDs and waits until the API server serves each; `origin` says where a CRD came from when the API
+/// server rejects it.
+pub async fn apply_crds(
+    client: &Client,
+    crds: Vec<CustomResourceDefinition>,
+    origin: impl Fn(&str) -> String,
+) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in committed_crds() {
+    for crd in crds {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(
             &name,
@@ -59,7 +69,7 @@ pub async fn install_crds(client: &Client) {
             &Patch::Apply(&crd),
         )
         .await
-        .unwrap_or_else(|e| panic!("the API server rejected crds/{name}.yaml: {e}"));
+        .unwrap_or_else(|e| panic!("the API server rejected {}: {e}", origin(&name)));
         tokio::time::timeout(
             std::time::Duration::from_secs(30),
             await_condition(api.clone(), &name, conditions::is_crd_established()),

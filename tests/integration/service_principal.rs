@@ -458,13 +458,7 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
         .create(&PostParams::default(), &sp_object("orphaned", json!({})))
         .await
         .unwrap();
-    let cluster_id = azure
-        .env
-        .iter()
-        .find(|(k, _)| k == "ENTRA_OPERATOR_CLUSTER_ID")
-        .unwrap()
-        .1
-        .clone();
+    let cluster_id = azure.cluster_id();
     let unique = entra_operator::controller::naming::unique_name(
         &cluster_id,
         &ns.name,

@@ -51,7 +51,7 @@ use self::{
     report::{answers, calls},
 };
 use crate::{
-    harness::{self, Azure, Setup, emulator_http, knobs, state, teardown},
+    harness::{self, Azure, Setup, emulator_http, knobs, reset_calls, state, teardown},
     operator::Operator,
 };
 
@@ -198,17 +198,10 @@ pub async fn soak(p: Params) -> Report {
 
 /// What the audit reads through: the emulator, and the namespace's objects as admin.
 async fn audit_context<'a>(admin: &kube::Client, ns: &str, azure: &'a Azure) -> Cx<'a> {
-    let cluster_id = azure
-        .env
-        .iter()
-        .find(|(k, _)| k == "ENTRA_OPERATOR_CLUSTER_ID")
-        .unwrap()
-        .1
-        .clone();
     Cx {
         azure,
         ns: ns.to_string(),
-        cluster_id,
+        cluster_id: azure.cluster_id(),
         baseline: Baseline::of(&state(azure).await),
         identities: Arc::default(),
         sps: Api::namespaced(admin.clone(), ns),
@@ -232,11 +225,7 @@ async fn first_operator(kubeconfig: &Path, azure: &Azure, seed: u64) -> Operator
         .unwrap()
     };
     knobs(azure, soak_knobs(seed)).await;
-    emulator_http(azure)
-        .delete(format!("{}/_emulator/calls", azure.emulator.base_url))
-        .send()
-        .await
-        .unwrap();
+    reset_calls(azure).await;
     operator
 }
 
