@@ -58,6 +58,22 @@ where
     .await
 }
 
+/// Deletes the object `name` and waits until it is gone (the operator's finalizer done); fails after `secs`
+/// saying `what` was not reached.
+pub async fn delete_and_wait<K>(api: &Api<K>, name: &str, secs: u64, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(secs, what, || async {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await
+}
+
 pub fn ready_reason(sp: &ServicePrincipal) -> Option<(String, String)> {
     let c = sp
         .status

@@ -46,7 +46,7 @@ use entra_operator::{
 };
 
 use crate::{
-    harness::{Setup, eventually, ready_of, teardown, wait_condition},
+    harness::{Setup, delete_and_wait, eventually, ready_of, teardown, wait_condition},
     operator_run::Operator,
     support::{TestNamespace, admin_client, apply_crds},
 };
@@ -1018,14 +1018,7 @@ async fn a_stored_object_that_cannot_be_used_is_reported_and_the_rest_reconcile(
     .await;
 
     // Deleting it works as for any object.
-    crots.delete("bad", &Default::default()).await.unwrap();
-    eventually(30, "bad deleted", || async {
-        match crots.get_opt("bad").await {
-            Ok(None) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    delete_and_wait(&crots, "bad", 30, "bad deleted").await;
     crots
         .delete_collection(&Default::default(), &Default::default())
         .await
