@@ -703,6 +703,11 @@ fn audit_leftovers(cx: &Cx<'_>, snap: &Snapshot, accounted: &Accounted, a: &mut 
             format!("custom role {guid} ({})", role["roleName"]),
         );
     }
+    audit_orphan_secrets(snap, a);
+}
+
+/// The operator's Secrets that no live ServicePrincipal names.
+fn audit_orphan_secrets(snap: &Snapshot, a: &mut Audit) {
     for secret in &snap.secrets {
         let labels = secret.labels();
         let Some(owner) = labels
