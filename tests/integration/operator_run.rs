@@ -8,8 +8,9 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::support::{
-    AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_trusting_testenv,
-    grant_operator_rbac, install_crds, operator_azure_env, sa_token, service_account_kubeconfig,
+    AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_endpoints,
+    emulator_trusting_testenv, grant_operator_rbac, install_crds, operator_azure_env, sa_token,
+    service_account_kubeconfig,
 };
 /// The one operator launcher (testkit's, shared with the soak and the benchmarks), and the emulator set-up,
 /// where the tests have always found them.
@@ -194,28 +195,19 @@ async fn run_signs_in_with_a_managed_identity() {
     .unwrap();
     let base = emulator.base_url.clone();
     let env = |header: &str| -> Vec<(String, String)> {
-        [
-            ("AZURE_CLOUD", "custom".to_string()),
-            ("AZURE_AUTHORITY_HOST", base.clone()),
-            ("AZURE_GRAPH_ENDPOINT", format!("{base}/v1.0")),
-            ("AZURE_RESOURCE_MANAGER_ENDPOINT", base.clone()),
-            ("AZURE_CA_FILE", emulator.ca_file.display().to_string()),
-            ("AZURE_CREDENTIAL", "managed-identity".to_string()),
-            (
-                "AZURE_TENANT_ID",
-                azure_emulator::config::Config::default_seed()
-                    .seed
-                    .tenant_id,
-            ),
-            ("IDENTITY_ENDPOINT", format!("{base}/msi/token")),
-            ("IDENTITY_HEADER", header.to_string()),
-            ("ENTRA_OPERATOR_CLUSTER_ID", format!("testenv-{}", ns.name)),
-            ("WATCH_NAMESPACES", ns.name.clone()),
-            ("METRICS_ADDR", "127.0.0.1:0".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut env = emulator_endpoints(&emulator);
+        env.extend(
+            [
+                ("AZURE_CREDENTIAL", "managed-identity".to_string()),
+                ("IDENTITY_ENDPOINT", format!("{base}/msi/token")),
+                ("IDENTITY_HEADER", header.to_string()),
+                ("ENTRA_OPERATOR_CLUSTER_ID", format!("testenv-{}", ns.name)),
+                ("WATCH_NAMESPACES", ns.name.clone()),
+                ("METRICS_ADDR", "127.0.0.1:0".to_string()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        env
     };
 
     let mut operator = Operator::start_with(&admin_kubeconfig(), &env("wrong"));
