@@ -821,3 +821,100 @@ pub(super) async fn delete_everything(cx: &Cx<'_>, limit: Duration) -> Vec<Strin
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_credential_is_read_where_each_format_puts_it() {
+        let both = Some(("app".to_string(), "text".to_string()));
+        let cases = [
+            (
+                "env",
+                secret(&[("AZURE_CLIENT_ID", "app"), ("AZURE_CLIENT_SECRET", "text")]),
+                "env",
+                both.clone(),
+            ),
+            (
+                "az",
+                secret(&[("appId", "app"), ("password", "text")]),
+                "az",
+                both.clone(),
+            ),
+            (
+                "sdk-auth",
+                secret(&[(
+                    "sdk-auth.json",
+                    r#"{"clientId": "app", "clientSecret": "text"}"#,
+                )]),
+                "sdk-auth",
+                both.clone(),
+            ),
+            (
+                "azure.json",
+                secret(&[(
+                    "azure.json",
+                    r#"{"aadClientId": "app", "aadClientSecret": "text"}"#,
+                )]),
+                "azure.json",
+                both.clone(),
+            ),
+            (
+                "env keys read as az",
+                secret(&[("AZURE_CLIENT_ID", "app"), ("AZURE_CLIENT_SECRET", "text")]),
+                "az",
+                None,
+            ),
+            (
+                "the secret text missing",
+                secret(&[("AZURE_CLIENT_ID", "app")]),
+                "env",
+                None,
+            ),
+            (
+                "a document that is not JSON",
+                secret(&[("azure.json", "aadClientId: app")]),
+                "azure.json",
+                None,
+            ),
+            (
+                "an unknown format",
+                secret(&[("AZURE_CLIENT_ID", "app"), ("AZURE_CLIENT_SECRET", "text")]),
+                "ini",
+                None,
+            ),
+        ];
+        for (name, secret, format, want) in cases {
+            assert_eq!(credential_in(&secret, format), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_operators_new_items_are_audited() {
+        let baseline: BTreeSet<String> = ["seed-app".to_string()].into();
+        let map = json!({"SEED-APP": {}, "New-App": {"x": 1}});
+        let items: Vec<String> = new_items(&map, &baseline)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(items, ["new-app"]);
+        assert_eq!(
+            guid_of("/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/ABC-1"),
+            "abc-1"
+        );
+    }
+}

@@ -69,7 +69,7 @@ pub(super) struct Counts {
     pub(super) api_errors: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Step {
     CreateServicePrincipal,
     CreateAndDeleteAtOnce,
@@ -110,6 +110,37 @@ fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -
 
 fn rd_spec(sp: &str, lane: usize, role: usize, scope: usize) -> Value {
     json!({"principalRef": {"name": sp}, "role": {"name": LANES[lane].roles[role]}, "scope": LANES[lane].scopes[scope]})
+}
+/// The steps that apply to what lives now, with their weights: creations while fewer than `max` live,
+/// changes and deletions only of what exists.
+fn steps(live: &[SpSlot], max: usize) -> Vec<(Step, u32)> {
+    let n = live.len();
+    let mut steps = vec![];
+    if n < max {
+        steps.push((Step::CreateServicePrincipal, 20));
+        steps.push((Step::CreateAndDeleteAtOnce, 4));
+    }
+    if n > 0 {
+        steps.push((Step::ChangeSecretFormat, 10));
+        steps.push((Step::RenameAndRetag, 4));
+        steps.push((Step::DeleteSecret, 3));
+        steps.push((Step::DeleteServicePrincipal, 8));
+    }
+    if live.iter().any(|s| s.rds.iter().any(Option::is_none)) {
+        steps.push((Step::CreateRoleDelegation, 6));
+    }
+    if live.iter().any(|s| s.rds.iter().any(Option::is_some)) {
+        steps.push((Step::ChangeRoleOrScope, 12));
+        steps.push((Step::DeleteRoleDelegation, 5));
+    }
+    if live.iter().any(|s| s.rotation.is_none()) {
+        steps.push((Step::CreateRotation, 6));
+    }
+    if live.iter().any(|s| s.rotation.is_some()) {
+        steps.push((Step::BumpRotationToken, 12));
+        steps.push((Step::DeleteRotation, 4));
+    }
+    steps
 }
 
 impl Churn {
@@ -171,33 +202,7 @@ impl Churn {
     }
 
     fn steps(&self) -> Vec<(Step, u32)> {
-        let n = self.live.len();
-        let mut steps = vec![];
-        if n < self.max {
-            steps.push((Step::CreateServicePrincipal, 20));
-            steps.push((Step::CreateAndDeleteAtOnce, 4));
-        }
-        if n > 0 {
-            steps.push((Step::ChangeSecretFormat, 10));
-            steps.push((Step::RenameAndRetag, 4));
-            steps.push((Step::DeleteSecret, 3));
-            steps.push((Step::DeleteServicePrincipal, 8));
-        }
-        if self.live.iter().any(|s| s.rds.iter().any(Option::is_none)) {
-            steps.push((Step::CreateRoleDelegation, 6));
-        }
-        if self.live.iter().any(|s| s.rds.iter().any(Option::is_some)) {
-            steps.push((Step::ChangeRoleOrScope, 12));
-            steps.push((Step::DeleteRoleDelegation, 5));
-        }
-        if self.live.iter().any(|s| s.rotation.is_none()) {
-            steps.push((Step::CreateRotation, 6));
-        }
-        if self.live.iter().any(|s| s.rotation.is_some()) {
-            steps.push((Step::BumpRotationToken, 12));
-            steps.push((Step::DeleteRotation, 4));
-        }
-        steps
+        steps(&self.live, self.max)
     }
 
     /// One random step, drawn by weight from those that apply to what lives now.
@@ -529,6 +534,102 @@ impl Churn {
         }
         if let Some((name, _)) = slot.rotation {
             self.delete_crot(&name).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(rds: [bool; 2], rotation: bool) -> SpSlot {
+        let rd = |on: bool| {
+            on.then(|| RdSlot {
+                name: "rd".into(),
+                role: 0,
+                scope: 0,
+            })
+        };
+        SpSlot {
+            name: "sp-1".into(),
+            format: "env",
+            revision: 0,
+            rds: [rd(rds[0]), rd(rds[1])],
+            rotation: rotation.then(|| ("sp-1-rotation".into(), 0)),
+        }
+    }
+
+    #[test]
+    fn only_steps_that_apply_to_what_lives_are_drawn() {
+        use Step::*;
+        let cases: Vec<(&str, Vec<SpSlot>, usize, Vec<Step>)> = vec![
+            (
+                "nothing lives: only creations",
+                vec![],
+                2,
+                vec![CreateServicePrincipal, CreateAndDeleteAtOnce],
+            ),
+            (
+                "at the maximum, bare: no creation, a delegation or rotation may be added",
+                vec![slot([false, false], false), slot([false, false], false)],
+                2,
+                vec![
+                    ChangeSecretFormat,
+                    RenameAndRetag,
+                    DeleteSecret,
+                    DeleteServicePrincipal,
+                    CreateRoleDelegation,
+                    CreateRotation,
+                ],
+            ),
+            (
+                "fully dressed below the maximum: everything but adding a delegation or rotation",
+                vec![slot([true, true], true)],
+                2,
+                vec![
+                    CreateServicePrincipal,
+                    CreateAndDeleteAtOnce,
+                    ChangeSecretFormat,
+                    RenameAndRetag,
+                    DeleteSecret,
+                    DeleteServicePrincipal,
+                    ChangeRoleOrScope,
+                    DeleteRoleDelegation,
+                    BumpRotationToken,
+                    DeleteRotation,
+                ],
+            ),
+            (
+                "one lane taken: delegations may be added, changed and deleted",
+                vec![slot([false, true], false)],
+                1,
+                vec![
+                    ChangeSecretFormat,
+                    RenameAndRetag,
+                    DeleteSecret,
+                    DeleteServicePrincipal,
+                    CreateRoleDelegation,
+                    ChangeRoleOrScope,
+                    DeleteRoleDelegation,
+                    CreateRotation,
+                ],
+            ),
+        ];
+        for (name, live, max, want) in cases {
+            let drawn: Vec<Step> = steps(&live, max).into_iter().map(|(s, _)| s).collect();
+            assert_eq!(drawn, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn lanes_of_a_delegation_never_share_a_role() {
+        for lane in &LANES {
+            for other in &LANES {
+                if std::ptr::eq(lane, other) {
+                    continue;
+                }
+                assert!(lane.roles.iter().all(|r| !other.roles.contains(r)));
+            }
         }
     }
 }

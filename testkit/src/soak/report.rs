@@ -436,4 +436,49 @@ mod tests {
         let json: Value = serde_json::from_str(&read("chaos-soak.json")).unwrap();
         assert_eq!(markdown(&json), read("chaos-soak.md"));
     }
+
+    #[test]
+    fn graph_and_arm_answers_are_counted_by_class_and_odd_refusals_named() {
+        let calls = json!({
+            "graph POST /applications": {"201": 10, "503": 2, "429": 1},
+            "arm PUT {scope}/roleAssignments/{name}": {"201": 4, "504": 1, "403": 2},
+            "graph GET /applications/{id}": {"404": 3},
+            "token POST /{tenant}/oauth2/v2.0/token": {"200": 7, "500": 9},
+        });
+        let a = answers(&calls);
+        let cases = [
+            (
+                "every Graph and ARM call, tokens apart",
+                "graphAndArmCalls",
+                json!(23),
+            ),
+            ("5xx, timeouts included", "answered5xx", json!(3)),
+            ("429", "answered429", json!(1)),
+            ("gateway timeouts", "answered504", json!(1)),
+            (
+                "refusals other than 404 and 429, by route",
+                "other4xxByRoute",
+                json!({"arm PUT {scope}/roleAssignments/{name} 403": 2}),
+            ),
+        ];
+        for (name, key, want) in cases {
+            assert_eq!(a[key], want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_log_summary_counts_failures_by_reason_and_rotations() {
+        let log = [
+            r#"{"message": "reconcile failed", "reason": "AzureUnavailable"}"#,
+            r#"{"message": "reconcile failed", "reason": "AzureUnavailable"}"#,
+            r#"{"message": "reconcile failed"}"#,
+            r#"{"message": "rotated the client secret"}"#,
+            "--- SIGKILL at 12.0s ---",
+        ]
+        .map(String::from);
+        assert_eq!(
+            log_summary(&log),
+            json!({"reconcileFailuresByReason": {"AzureUnavailable": 2, "?": 1}, "rotationsIssued": 1})
+        );
+    }
 }
