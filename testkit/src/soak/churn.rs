@@ -495,22 +495,25 @@ impl Churn {
     }
 
     async fn delete_rd(&mut self, name: &str) {
-        match self.rds.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {
-                Self::bump(&mut self.counts.deleted, "RoleDelegation");
-                self.note(format!("RoleDelegation {name} deleted"));
-            }
-            Err(e) => self.failed(&format!("delete RoleDelegation {name}"), e),
-        }
+        self.delete(self.rds.clone(), "RoleDelegation", name).await;
     }
 
     async fn delete_crot(&mut self, name: &str) {
-        match self.crots.delete(name, &DeleteParams::default()).await {
+        self.delete(self.crots.clone(), "CredentialRotation", name)
+            .await;
+    }
+
+    /// Deletes the `kind` object `name`, counting and noting it, or the failure.
+    async fn delete<K>(&mut self, api: Api<K>, kind: &'static str, name: &str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
-                Self::bump(&mut self.counts.deleted, "CredentialRotation");
-                self.note(format!("CredentialRotation {name} deleted"));
+                Self::bump(&mut self.counts.deleted, kind);
+                self.note(format!("{kind} {name} deleted"));
             }
-            Err(e) => self.failed(&format!("delete CredentialRotation {name}"), e),
+            Err(e) => self.failed(&format!("delete {kind} {name}"), e),
         }
     }
 
