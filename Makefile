@@ -121,7 +121,8 @@ bench-storm: testenv-up ## Rotation storm: STORM=1000 CredentialRotations due at
 
 .PHONY: soak
 soak: testenv-up chart ## Chaos soak: churn, Azure faults, kill -9 (SOAK_SECONDS=300), then a leak audit; report in bench/results/
-	SOAK_SECONDS=$(or $(SOAK_SECONDS),300) $(CARGO) test --test integration -- --ignored --exact soak::chaos_soak_long --nocapture
+	$(CARGO) build -p entra-operator -p chaos-soak
+	SOAK_SECONDS=$(or $(SOAK_SECONDS),300) $(or $(CARGO_TARGET_DIR),target)/debug/chaos-soak
 
 .PHONY: emulator
 emulator: ## Run the Azure emulator in the foreground (state in target/emulator)

@@ -22,8 +22,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource,
-    api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
-    runtime::wait::{await_condition, conditions},
+    api::{ApiResource, DynamicObject, PostParams},
 };
 use proptest::{
     prelude::Rng,
@@ -47,9 +46,9 @@ use entra_operator::{
 };
 
 use crate::{
-    harness::{Setup, eventually, ready_of, teardown, wait_condition},
+    harness::{Setup, delete_and_wait, eventually, ready_of, teardown, wait_condition},
     operator_run::Operator,
-    support::{TestNamespace, admin_client},
+    support::{TestNamespace, admin_client, apply_crds},
 };
 
 /// How many objects of each kind are generated: enough to reach every optional field and boundary many times,
@@ -71,24 +70,7 @@ async fn install_generated_crds(client: &Client) {
 }
 
 async fn install(client: &Client, crds: Vec<CustomResourceDefinition>) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("entra-operator-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the API server rejected the generated CRD {name}: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{name} not Established within 30s"))
-        .unwrap();
-    }
+    apply_crds(client, crds, |name| format!("the generated CRD {name}")).await;
 }
 
 fn resource(kind: &str) -> ApiResource {
@@ -1036,14 +1018,7 @@ async fn a_stored_object_that_cannot_be_used_is_reported_and_the_rest_reconcile(
     .await;
 
     // Deleting it works as for any object.
-    crots.delete("bad", &Default::default()).await.unwrap();
-    eventually(30, "bad deleted", || async {
-        match crots.get_opt("bad").await {
-            Ok(None) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    delete_and_wait(&crots, "bad", 30, "bad deleted").await;
     crots
         .delete_collection(&Default::default(), &Default::default())
         .await

@@ -23,8 +23,8 @@ use entra_operator::api::{CredentialRotation, DelegationPolicy, ServicePrincipal
 
 use crate::{
     harness::{
-        Setup, emulator_http, eventually, knobs, ready_of as ready, seed, state, teardown, text,
-        token_status, wait_condition as wait_reason,
+        Setup, delete_and_wait, emulator_http, eventually, knobs, ready_of as ready, seed, state,
+        teardown, text, token_status, wait_condition as wait_reason,
     },
     operator_run::{Azure, Operator},
 };
@@ -315,17 +315,7 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
         }
     })
     .await;
-    crots
-        .delete("probe", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(30, "rotation deleted", || async {
-        match crots.get_opt("probe").await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".into()),
-        }
-    })
-    .await;
+    delete_and_wait(&crots, "probe", 30, "rotation deleted").await;
     let lines = operator.stop();
     assert!(
         lines.iter().all(|l| !l.contains("AZURE_CLIENT_SECRET")),
@@ -721,22 +711,8 @@ async fn bad_targets_are_reported_on_their_field() {
 
     // A cluster that does not exist: the secret is issued and kept, the failure names the entry.
     let missing = CLUSTER.replace("/prod", "/nope");
-    crots
-        .delete("not-allowed", &DeleteParams::default())
-        .await
-        .unwrap();
     // Gone before the next rotation of the same application, which it would otherwise hold.
-    eventually(30, "not-allowed deleted", || async {
-        match crots
-            .get_opt("not-allowed")
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
+    delete_and_wait(&crots, "not-allowed", 30, "not-allowed deleted").await;
     crots
         .create(
             &PostParams::default(),

@@ -1,173 +1,20 @@
 //! The operator binary against the real API server: it reports readiness, honours SIGTERM, and runs under
 //! a ServiceAccount with nothing but the RBAC it is granted.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::time::Duration;
 
 use kube::api::DeleteParams;
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::support::{
-    AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_trusting_testenv,
-    grant_operator_rbac, install_crds, operator_azure_env, sa_token, service_account_kubeconfig,
+    AUDIENCE, TestNamespace, admin_client, admin_kubeconfig, emulator_endpoints,
+    emulator_trusting_testenv, grant_operator_rbac, install_crds, operator_azure_env, sa_token,
+    service_account_kubeconfig,
 };
-
-/// A running `entra-operator run` whose JSON log lines arrive on a channel.
-pub struct Operator {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Operator {
-    /// Starts the operator with only the given Azure settings: none are inherited, so that a test never
-    /// reaches for the public cloud.
-    pub fn start_with(kubeconfig: &Path, azure_env: &[(String, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_entra-operator"));
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")) {
-            cmd.env_remove(key);
-        }
-        let mut child = cmd
-            .envs(azure_env.iter().map(|(k, v)| (k, v)))
-            .args(["run", "--log-format", "json", "--kubeconfig"])
-            .arg(kubeconfig)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Operator {
-            child,
-            lines,
-            seen: vec![],
-        }
-    }
-
-    /// Waits for a log line whose message is `message`; returns it parsed.
-    pub fn wait_for(&mut self, message: &str, timeout: Duration) -> Value {
-        let deadline = std::time::Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Ok(v) = serde_json::from_str::<Value>(&line)
-                        && v["message"] == message
-                    {
-                        return v;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no `{message}` log line within {timeout:?}; the operator said:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// The log lines read so far.
-    pub fn seen(&self) -> &[String] {
-        &self.seen
-    }
-
-    /// Takes every log line written so far, so that the next `wait_for` sees only what comes after.
-    pub fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    pub fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Stops it as Kubernetes does (SIGTERM), checks that it exited cleanly, and returns its log.
-    pub fn stop(self) -> Vec<String> {
-        self.signal(Signal::SIGTERM);
-        let (status, lines) = self.wait_exit(Duration::from_secs(10));
-        assert!(status.success(), "{}", lines.join("\n"));
-        lines
-    }
-
-    /// Waits for the process to exit and returns its status and the rest of its output.
-    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, Vec<String>) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader thread ends at EOF; collect what it still has.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return (status, std::mem::take(&mut self.seen));
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                panic!(
-                    "the operator did not exit within {timeout:?}:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A test that fails (panics) before it stops its operator must not leave the process running.
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An emulator that trusts `ns`'s entra-operator ServiceAccount, and the environment pointing the operator at it.
-pub struct Azure {
-    pub emulator: azure_emulator::Running,
-    pub env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Azure {
-    pub async fn new(admin: &kube::Client, ns: &str) -> Azure {
-        let dir = tempfile::tempdir().unwrap();
-        let emulator = emulator_trusting_testenv(ns, "entra-operator", dir.path()).await;
-        let token_file = dir.path().join("azure-identity-token");
-        std::fs::write(
-            &token_file,
-            sa_token(admin, ns, "entra-operator", AUDIENCE).await,
-        )
-        .unwrap();
-        let mut env = operator_azure_env(&emulator, &token_file);
-        env.push(("ENTRA_OPERATOR_CLUSTER_ID".into(), format!("testenv-{ns}")));
-        // Only this test's namespace: other tests' objects are not this operator's business.
-        env.push(("WATCH_NAMESPACES".into(), ns.to_string()));
-        // Tests run side by side: each operator takes a free port for its endpoints.
-        env.push(("METRICS_ADDR".into(), "127.0.0.1:0".into()));
-        Azure {
-            emulator,
-            env,
-            _dir: dir,
-        }
-    }
-}
+/// The one operator launcher (testkit's, shared with the soak and the benchmarks), and the emulator set-up,
+/// where the tests have always found them.
+pub use testkit::{harness::Azure, operator::Operator};
 
 // Multi-threaded wherever an in-process emulator serves while the test blocks reading the operator's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,28 +195,19 @@ async fn run_signs_in_with_a_managed_identity() {
     .unwrap();
     let base = emulator.base_url.clone();
     let env = |header: &str| -> Vec<(String, String)> {
-        [
-            ("AZURE_CLOUD", "custom".to_string()),
-            ("AZURE_AUTHORITY_HOST", base.clone()),
-            ("AZURE_GRAPH_ENDPOINT", format!("{base}/v1.0")),
-            ("AZURE_RESOURCE_MANAGER_ENDPOINT", base.clone()),
-            ("AZURE_CA_FILE", emulator.ca_file.display().to_string()),
-            ("AZURE_CREDENTIAL", "managed-identity".to_string()),
-            (
-                "AZURE_TENANT_ID",
-                azure_emulator::config::Config::default_seed()
-                    .seed
-                    .tenant_id,
-            ),
-            ("IDENTITY_ENDPOINT", format!("{base}/msi/token")),
-            ("IDENTITY_HEADER", header.to_string()),
-            ("ENTRA_OPERATOR_CLUSTER_ID", format!("testenv-{}", ns.name)),
-            ("WATCH_NAMESPACES", ns.name.clone()),
-            ("METRICS_ADDR", "127.0.0.1:0".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut env = emulator_endpoints(&emulator);
+        env.extend(
+            [
+                ("AZURE_CREDENTIAL", "managed-identity".to_string()),
+                ("IDENTITY_ENDPOINT", format!("{base}/msi/token")),
+                ("IDENTITY_HEADER", header.to_string()),
+                ("ENTRA_OPERATOR_CLUSTER_ID", format!("testenv-{}", ns.name)),
+                ("WATCH_NAMESPACES", ns.name.clone()),
+                ("METRICS_ADDR", "127.0.0.1:0".to_string()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        env
     };
 
     let mut operator = Operator::start_with(&admin_kubeconfig(), &env("wrong"));

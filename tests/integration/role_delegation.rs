@@ -15,8 +15,8 @@ use entra_operator::api::{DelegationPolicy, RoleDelegation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, all_gone, arm_as_operator, emulator_http, eventually, knobs, put_policy,
-        ready_of as ready, seed, state, teardown, wait_condition as wait_for,
+        Setup, all_gone, arm_as_operator, emulator_get, eventually, knobs, put_policy,
+        ready_of as ready, reset_calls, seed, state, teardown, wait_condition as wait_for,
     },
     operator_run::{Azure, Operator},
     support::MANIFEST_DIR,
@@ -117,15 +117,8 @@ async fn apply_example(admin: &kube::Client, ns: &str, file: &str) {
 
 /// How many requests the emulator answered for each operation ("arm PUT {scope}/...") since the last reset.
 async fn calls(azure: &Azure) -> Vec<(String, u64)> {
-    let calls: Value = emulator_http(azure)
-        .get(format!("{}/_emulator/calls", azure.emulator.base_url))
-        .send()
+    emulator_get(azure, "/_emulator/calls")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    calls
         .as_object()
         .unwrap()
         .iter()
@@ -292,11 +285,7 @@ async fn the_policy_decides_before_azure_is_asked_and_revokes_when_told() {
     let rg = format!("{SUB}/resourceGroups/rg-shared");
 
     // No policy selects the namespace: denied, and ARM never sees an assignment request.
-    emulator_http(&azure)
-        .delete(format!("{}/_emulator/calls", azure.emulator.base_url))
-        .send()
-        .await
-        .unwrap();
+    reset_calls(&azure).await;
     rds.create(
         &PostParams::default(),
         &rd(
@@ -830,14 +819,6 @@ async fn count_of(azure: &Azure, part: &str) -> u64 {
         .filter(|(op, _)| op.contains(part))
         .map(|(_, n)| n)
         .sum()
-}
-
-async fn reset_calls(azure: &Azure) {
-    emulator_http(azure)
-        .delete(format!("{}/_emulator/calls", azure.emulator.base_url))
-        .send()
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ use entra_operator::api::ServicePrincipal;
 
 use crate::{
     harness::{
-        Setup, all_gone, emulator_http, eventually, graph_as_operator, knobs, put_policy, ready_of,
-        ready_reason, state, teardown, text, token_status,
+        Setup, all_gone, delete_and_wait, emulator_http, eventually, graph_as_operator, knobs,
+        put_policy, ready_of, ready_reason, state, teardown, text, token_status,
     },
     operator_run::Operator,
 };
@@ -398,22 +398,7 @@ async fn drift_in_azure_and_in_the_secret_is_repaired() {
     );
 
     // Deleted while the operator runs, so that its finalizer is honoured and nothing is left behind.
-    sps.delete("drifty", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(30, "drifty gone", || async {
-        if sps
-            .get_opt("drifty")
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            Ok(())
-        } else {
-            Err("still there".into())
-        }
-    })
-    .await;
+    delete_and_wait(&sps, "drifty", 30, "drifty gone").await;
     operator.signal(Signal::SIGTERM);
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
     teardown(rbac, azure, ns).await;
@@ -458,13 +443,7 @@ async fn crashes_leave_no_second_application_and_no_orphan_password() {
         .create(&PostParams::default(), &sp_object("orphaned", json!({})))
         .await
         .unwrap();
-    let cluster_id = azure
-        .env
-        .iter()
-        .find(|(k, _)| k == "ENTRA_OPERATOR_CLUSTER_ID")
-        .unwrap()
-        .1
-        .clone();
+    let cluster_id = azure.cluster_id();
     let unique = entra_operator::controller::naming::unique_name(
         &cluster_id,
         &ns.name,

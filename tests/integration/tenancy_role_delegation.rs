@@ -17,7 +17,7 @@ use entra_operator::api::{self, DelegationPolicy, RoleDelegation};
 
 use crate::{
     harness::{
-        Setup, all_gone, arm_as_operator, eventually, put_policy, ready_of as ready, state,
+        self, Setup, all_gone, arm_as_operator, eventually, put_policy, ready_of as ready, state,
         teardown, wait_condition as wait_for,
     },
     operator_run::{Azure, Operator},
@@ -105,14 +105,7 @@ async fn poke(rds: &Api<RoleDelegation>, name: &str, n: usize) {
 }
 
 async fn delete_and_wait(rds: &Api<RoleDelegation>, name: &str) {
-    rds.delete(name, &DeleteParams::default()).await.unwrap();
-    eventually(60, &format!("{name} deleted"), || async {
-        match rds.get_opt(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
+    harness::delete_and_wait(rds, name, 60, &format!("{name} deleted")).await;
 }
 
 async fn delete_policy(admin: &kube::Client, name: &str) {
