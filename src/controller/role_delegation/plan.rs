@@ -646,45 +646,11 @@ fn assignment(
             grant: hash,
             started,
         }];
-        return decided(
-            steps,
-            Assigned::Ours {
-                id: id.to_string(),
-                created: false,
-            },
-        );
+        let id = id.to_string();
+        return decided(steps, Assigned::Ours { id, created: false });
     }
     match g.refused {
-        None => {
-            let hash = drift::grant_hash(
-                &grant.definition.id,
-                grant.principal_id,
-                grant.condition,
-                grant.description,
-            );
-            let steps = vec![
-                Step::PutAssignment {
-                    id: id.clone(),
-                    role_definition_id: grant.definition.id.clone(),
-                    principal_id: grant.principal_id.to_string(),
-                    condition: grant.condition.map(str::to_string),
-                    condition_version: spec.rd.spec.condition_version.map(|_| "2.0"),
-                    description: grant.description.map(str::to_string),
-                },
-                Step::Verified {
-                    id: id.clone(),
-                    grant: hash,
-                    started,
-                },
-            ];
-            decided(
-                steps,
-                Assigned::Ours {
-                    id: id.to_string(),
-                    created: existing.is_none(),
-                },
-            )
-        }
+        None => Ok(put(spec, grant, id, existing.is_none(), started)),
         Some(Refused::Exists) => exists(spec, g, grant),
         Some(Refused::PrincipalUnknown) => {
             let mut waiting = status.clone();
@@ -700,6 +666,42 @@ fn assignment(
                 vec![Step::Record(Box::new(waiting))],
             ))
         }
+    }
+}
+
+/// The PUT of the assignment as the spec wants it, and its verification for the drift index.
+fn put(
+    spec: &Spec,
+    grant: &Wanted,
+    id: RoleAssignmentId,
+    created: bool,
+    started: Instant,
+) -> Assignment {
+    let hash = drift::grant_hash(
+        &grant.definition.id,
+        grant.principal_id,
+        grant.condition,
+        grant.description,
+    );
+    let steps = vec![
+        Step::PutAssignment {
+            id: id.clone(),
+            role_definition_id: grant.definition.id.clone(),
+            principal_id: grant.principal_id.to_string(),
+            condition: grant.condition.map(str::to_string),
+            condition_version: spec.rd.spec.condition_version.map(|_| "2.0"),
+            description: grant.description.map(str::to_string),
+        },
+        Step::Verified {
+            id: id.clone(),
+            grant: hash,
+            started,
+        },
+    ];
+    let id = id.to_string();
+    Assignment::Decided {
+        steps,
+        assigned: Assigned::Ours { id, created },
     }
 }
 
@@ -1087,3 +1089,6 @@ pub fn cleanup(
     steps.extend(roles.into_iter().map(Step::RemoveCustomRole));
     steps
 }
+
+#[cfg(test)]
+mod tests;
