@@ -161,6 +161,10 @@ fn render(steps: &[Step]) -> Vec<String> {
     steps
         .iter()
         .map(|s| match s {
+            // A removal is recorded before it is attempted, so that a failure does not forget it.
+            Step::Record(s) if !s.pending_removal.is_empty() => {
+                format!("record, pending removal {}", s.pending_removal.join(" "))
+            }
             Step::Record(_) => "record".into(),
             Step::Event { reason, .. } => format!("event {reason}"),
             Step::Assigned { id, reason, .. } => format!("event {reason} {id}"),
@@ -346,7 +350,7 @@ fn recreation_and_replacement() -> Vec<Case> {
                 format!("put {}", own("rd", CONTRIBUTOR)),
                 format!("verified {}", own("rd", CONTRIBUTOR)),
                 format!("event RoleAssigned {}", own("rd", CONTRIBUTOR)),
-                "record".into(),
+                format!("record, pending removal {}", own("rd", READER)),
                 format!("remove replaced {}", own("rd", READER)),
                 "record".into(),
             ],
@@ -395,8 +399,14 @@ fn pending_and_principal_waits() -> Vec<Case> {
                 Some(Observed::Fresh),
             ),
             steps: vec![
-                "record".into(),
-                "record".into(),
+                format!(
+                    "record, pending removal {}",
+                    own("rd", "0a0a0a0a-0000-4000-8000-00000000000a")
+                ),
+                format!(
+                    "record, pending removal {}",
+                    own("rd", "0a0a0a0a-0000-4000-8000-00000000000a")
+                ),
                 format!(
                     "remove replaced {}",
                     own("rd", "0a0a0a0a-0000-4000-8000-00000000000a")
