@@ -10,8 +10,8 @@ use kube::{
 use tracing::{info, warn};
 
 use super::{
-    Error, at_scope,
-    plan::{self, CustomRoleRef, Step},
+    Error, at_scope, ownership,
+    plan::{CustomRoleRef, Step},
 };
 use crate::{
     api::{RoleDelegation, RoleDelegationStatus},
@@ -186,14 +186,14 @@ enum Removed {
 }
 
 /// Removes an assignment this delegation recorded, if it is this delegation's to remove
-/// ([`plan::ours_to_remove`]) and no other delegation of this cluster records it. One already gone is fine.
+/// ([`ownership::ours_to_remove`]) and no other delegation of this cluster records it. One already gone is fine.
 async fn remove_assignment(rd: &RoleDelegation, ctx: &Context, id: &str) -> Result<Removed, Error> {
     let Ok(parsed) = RoleAssignmentId::parse(id) else {
         warn!(id, "not a role assignment id; nothing removed");
         return Ok(Removed::Kept("not a role assignment id".into()));
     };
     let delegations = ctx.claims.delegations();
-    if let Some(other) = plan::recording(&delegations, &parsed)
+    if let Some(other) = ownership::recording(&delegations, &parsed)
         .into_iter()
         .find(|d| d.uid() != rd.uid())
     {
@@ -205,7 +205,7 @@ async fn remove_assignment(rd: &RoleDelegation, ctx: &Context, id: &str) -> Resu
         ctx.drift.forget(&[id]);
         return Ok(Removed::Gone);
     };
-    if !plan::ours_to_remove(&ctx.cluster_id, rd, &parsed, &found) {
+    if !ownership::ours_to_remove(&ctx.cluster_id, rd, &parsed, &found) {
         warn!(
             id,
             "role assignment recorded in status is not this delegation's; left in place"
@@ -230,10 +230,10 @@ async fn remove_custom_role_if_unused(
         Api::<RoleDelegation>::namespaced(ctx.client.clone(), &rd.namespace().unwrap_or_default())
             .list(&ListParams::default())
             .await?;
-    if plan::custom_role_used(rd, &others.items, &ctx.cluster_id, guid) {
+    if ownership::custom_role_used(rd, &others.items, &ctx.cluster_id, guid) {
         return Ok(());
     }
-    let Some(home) = plan::custom_role_home(rd, role.definition_id.as_deref())? else {
+    let Some(home) = ownership::custom_role_home(rd, role.definition_id.as_deref())? else {
         warn!(
             guid,
             "cannot tell where the custom role lives; left in place"

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{
-    Error, at_scope,
+    Error, at_scope, ownership,
     plan::{self, Gathered, Need, Observed, Role, Settings, Spec},
     rules,
 };
@@ -149,7 +149,7 @@ async fn role(spec: &Spec<'_>, ctx: &Context) -> Result<Role, Error> {
         .list(&ListParams::default())
         .await?;
     Ok(Role::CustomToDefine {
-        conflict: plan::custom_role_conflict(spec, &others.items),
+        conflict: ownership::custom_role_conflict(spec, &others.items),
     })
 }
 

@@ -14,6 +14,7 @@
 
 mod act;
 mod gather;
+pub mod ownership;
 pub mod plan;
 pub mod rules;
 

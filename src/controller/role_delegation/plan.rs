@@ -10,7 +10,11 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};
 use tokio::time::Instant;
 
-use super::{Error, rules};
+use super::{
+    Error,
+    ownership::{conflict, holder_of, our_custom_role, recording},
+    rules,
+};
 use crate::{
     api::{DelegationPolicy, DeletionPolicy, RoleDelegation, RoleDelegationStatus, conditions},
     azure::{
@@ -609,7 +613,13 @@ fn assignment(
     let decided = |steps, assigned| Ok(Assignment::Decided { steps, assigned });
     let (name, existing, started) = match observed {
         Observed::PreExistingStands(found) => {
-            return match holder_of(g, spec.rd, &spec.scope, found) {
+            return match holder_of(
+                &g.delegations,
+                &g.settings.cluster_id,
+                spec.rd,
+                &spec.scope,
+                found,
+            ) {
                 Some(holder) => Err(conflict(&holder, &found.id)),
                 None => decided(vec![], Assigned::PreExisting(found.id.clone())),
             };
@@ -716,7 +726,13 @@ fn exists(spec: &Spec, g: &Gathered, grant: &Wanted) -> Result<Assignment, Error
             && RoleDefinitionId::guid_of(&a.properties.role_definition_id) == grant.role_guid
     });
     match found {
-        Some(a) => match holder_of(g, spec.rd, &spec.scope, a) {
+        Some(a) => match holder_of(
+            &g.delegations,
+            &g.settings.cluster_id,
+            spec.rd,
+            &spec.scope,
+            a,
+        ) {
             Some(holder) => Err(conflict(&holder, &a.id)),
             None => Ok(Assignment::Decided {
                 steps: vec![],
@@ -844,164 +860,6 @@ fn settle(
     steps
 }
 
-/// The custom role the status says was assigned, if it is this namespace's (derived from its name).
-pub fn our_custom_role(
-    cluster_id: &str,
-    namespace: &str,
-    status: &RoleDelegationStatus,
-) -> Option<CustomRoleRef> {
-    let (name, id) = (
-        status.role_name.as_deref()?,
-        status.role_definition_id.as_deref()?,
-    );
-    let guid = naming::custom_role_guid(cluster_id, namespace, name);
-    (RoleDefinitionId::guid_of(id) == guid).then(|| CustomRoleRef {
-        guid,
-        definition_id: Some(id.to_string()),
-    })
-}
-
-/// Where a custom role lives, to remove it: the scope of the subscription-level id the status recorded, else
-/// the spec's first assignable scope. None when neither says.
-pub fn custom_role_home(
-    rd: &RoleDelegation,
-    definition_id: Option<&str>,
-) -> Result<Option<Scope>, Error> {
-    let recorded = definition_id
-        .and_then(|id| RoleDefinitionId::parse(id).ok())
-        .and_then(|id| id.scope().cloned())
-        .filter(|scope| scope.subscription().is_some());
-    if let Some(home) = recorded {
-        return Ok(Some(home));
-    }
-    let Some(custom) = rd.spec.role.custom.as_ref() else {
-        return Ok(None);
-    };
-    let scope = Scope::parse(&rd.spec.scope).map_err(|e| Error::Invalid(e.to_string()))?;
-    let scopes = rules::custom_scopes(custom, &scope).map_err(Error::Invalid)?;
-    Ok(Some(scopes[0].clone()))
-}
-
-/// Whether another live delegation of the namespace (from `others`) uses the custom role `guid`.
-pub fn custom_role_used(
-    rd: &RoleDelegation,
-    others: &[RoleDelegation],
-    cluster_id: &str,
-    guid: &str,
-) -> bool {
-    let ns = rd.namespace().unwrap_or_default();
-    others.iter().any(|o| {
-        o.uid() != rd.uid()
-            && o.metadata.deletion_timestamp.is_none()
-            && o.spec
-                .role
-                .custom
-                .as_ref()
-                .is_some_and(|c| naming::custom_role_guid(cluster_id, &ns, &c.role_name) == guid)
-    })
-}
-
-/// Another live delegation of the namespace (from `others`) that defines the same custom role differently.
-pub fn custom_role_conflict(spec: &Spec, others: &[RoleDelegation]) -> Option<String> {
-    let custom = spec.rd.spec.role.custom.as_ref()?;
-    others
-        .iter()
-        .find(|o| {
-            o.uid() != spec.rd.uid()
-                && o.metadata.deletion_timestamp.is_none()
-                && o.spec.role.custom.as_ref().is_some_and(|c| {
-                    let their_scopes = Scope::parse(&o.spec.scope)
-                        .ok()
-                        .and_then(|s| rules::custom_scopes(c, &s).ok());
-                    c.role_name.eq_ignore_ascii_case(&custom.role_name)
-                        && !(rules::same_custom_role(c, custom)
-                            && their_scopes.as_deref() == Some(spec.custom_scopes.as_slice()))
-                })
-        })
-        .map(|o| o.name_any())
-}
-
-/// The delegations whose status records `id` as their own (not as pre-existing).
-pub fn recording<'a>(
-    delegations: &'a [Arc<RoleDelegation>],
-    id: &RoleAssignmentId,
-) -> Vec<&'a Arc<RoleDelegation>> {
-    delegations
-        .iter()
-        .filter(|d| {
-            d.status.as_ref().is_some_and(|s| {
-                s.pre_existing != Some(true)
-                    && s.role_assignment_id.as_deref().is_some_and(|r| id.is(r))
-            })
-        })
-        .collect()
-}
-
-/// The other delegation of this cluster that holds `found` (its status records it, or its name is derived
-/// from that delegation, whose status may not be written yet); the oldest if several.
-pub fn holder_of(
-    g: &Gathered,
-    rd: &RoleDelegation,
-    scope: &Scope,
-    found: &RoleAssignment,
-) -> Option<Claimant> {
-    let p = &found.properties;
-    let role = RoleDefinitionId::guid_of(&p.role_definition_id);
-    g.delegations
-        .iter()
-        .filter(|d| d.uid() != rd.uid())
-        .filter(|d| {
-            let records = d.status.as_ref().is_some_and(|s| {
-                s.pre_existing != Some(true)
-                    && s.role_assignment_id
-                        .as_deref()
-                        .is_some_and(|r| r.eq_ignore_ascii_case(&found.id))
-            });
-            let named = naming::assignment_name(
-                &g.settings.cluster_id,
-                &d.namespace().unwrap_or_default(),
-                &d.name_any(),
-                scope,
-                &role,
-                &p.principal_id,
-            )
-            .eq_ignore_ascii_case(&found.name);
-            records || named
-        })
-        .map(|d| Claimant::of(&**d))
-        .min_by(|a, b| (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name)))
-}
-
-/// Whether the assignment `found` (read at `id`) is this delegation's to remove: its name is derived from this
-/// object, or is the legacy name of its grant. A status is not proof of ownership (whoever may write the status
-/// subresource can write it), the name is.
-pub fn ours_to_remove(
-    cluster_id: &str,
-    rd: &RoleDelegation,
-    id: &RoleAssignmentId,
-    found: &RoleAssignment,
-) -> bool {
-    let p = &found.properties;
-    let role = RoleDefinitionId::guid_of(&p.role_definition_id);
-    let own = naming::assignment_name(
-        cluster_id,
-        &rd.namespace().unwrap_or_default(),
-        &rd.name_any(),
-        id.scope(),
-        &role,
-        &p.principal_id,
-    );
-    let legacy = naming::legacy_assignment_name(id.scope(), &role, &p.principal_id);
-    id.name().eq_ignore_ascii_case(&own) || id.name().eq_ignore_ascii_case(&legacy)
-}
-
-pub fn conflict(holder: &Claimant, id: &str) -> Error {
-    Error::Conflict(format!(
-        "spec.scope, spec.role and spec.principal: {holder} already holds the role assignment {id} of this \
-         grant (Azure allows one per scope, role and principal); nothing was changed in Azure"
-    ))
-}
-
 /// Why a delegation deleted with deletionPolicy Orphan may not leave its assignment behind: None when a policy
 /// still allows it (as the spec asks: a spec that cannot be decided is not allowed).
 pub fn orphan_denied(
@@ -1034,9 +892,10 @@ pub fn orphan_denied(
 }
 
 /// The clean-up of a deleted delegation. `orphan_denied` is, under deletionPolicy Orphan, why a policy no longer
-/// allows the grant (None: it does, and everything stays in Azure; see [`orphan_denied`]). Otherwise the assignment and the ones it
-/// replaced go (each only if it is this delegation's), then the custom roles the status and the spec name, if
-/// no other delegation uses them (one may have been defined before a failure kept the assignment from being made).
+/// allows the grant (None: it does, and everything stays in Azure; see [`orphan_denied`]). Otherwise the
+/// assignment and the ones it replaced go (each only if it is this delegation's), then the custom roles the
+/// status and the spec name, if no other delegation uses them (one may have been defined before a failure kept
+/// the assignment from being made).
 pub fn cleanup(
     rd: &RoleDelegation,
     status: &RoleDelegationStatus,

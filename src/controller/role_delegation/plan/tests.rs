@@ -608,6 +608,60 @@ fn refusals() -> Vec<Case> {
     ]
 }
 
+/// The id of the assignment an earlier version made for the grant, under its legacy name.
+fn legacy() -> String {
+    RoleAssignmentId::new(rg(), &naming::legacy_assignment_name(&rg(), READER, P)).to_string()
+}
+
+fn legacy_names() -> Vec<Case> {
+    let older = {
+        let mut other = role_delegation_with("older", json!({"principalId": P}));
+        other.metadata.creation_timestamp = Some(Time(t0() - jiff_hours(1)));
+        other.status = Some(holding(&legacy(), READER, "Reader"));
+        Arc::new(other)
+    };
+    let legacy_name = RoleAssignmentId::parse(&legacy())
+        .unwrap()
+        .name()
+        .to_string();
+    vec![
+        Case {
+            name: "a legacy assignment an older delegation also records is its: Conflict, nothing read",
+            rd: delegation(json!({})),
+            status: holding(&legacy(), READER, "Reader"),
+            g: {
+                let mut g = gathered(vec![policy("Report", &["Reader"])], reader(), None);
+                g.delegations = vec![older];
+                g
+            },
+            steps: vec!["record".into()],
+            next: "Conflict (stalled: true)",
+            check: |s| assert_eq!(s.role_assignment_id, Some(legacy())),
+        },
+        Case {
+            name: "a legacy assignment this delegation holds stays under its name",
+            rd: delegation(json!({})),
+            status: holding(&legacy(), READER, "Reader"),
+            g: gathered(
+                vec![policy("Report", &["Reader"])],
+                reader(),
+                Some(Observed::Read {
+                    name: legacy_name,
+                    existing: Some(assignment(&legacy(), READER)),
+                    started: tokio::time::Instant::now(),
+                }),
+            ),
+            steps: vec![
+                "record".into(),
+                format!("verified {}", legacy()),
+                "record".into(),
+            ],
+            next: "ready",
+            check: |s| assert_eq!(s.role_assignment_id, Some(legacy())),
+        },
+    ]
+}
+
 fn custom_roles() -> Vec<Case> {
     vec![
         Case {
@@ -659,6 +713,7 @@ fn the_plan_for_a_live_delegation() {
         pre_existing_and_policy_changes(),
         refusals(),
         custom_roles(),
+        legacy_names(),
     ];
     for case in cases.into_iter().flatten() {
         let spec = Spec::of(&case.rd).unwrap_or_else(|e| panic!("{}: {e}", case.name));
