@@ -11,6 +11,12 @@
 //! assignment as pre-existing (never removed). An assignment under the legacy name (the grant alone, made by
 //! earlier versions) is kept by the delegation whose status records it; if several do, the oldest holds it,
 //! and none removes it while another still records it.
+//!
+//! Each reconcile is gather -> plan -> act: `gather` reads into one plain struct, `plan` (pure, table-tested)
+//! turns the spec, the status, what was gathered and the time into the status to record and the ordered steps,
+//! and `act` runs the steps. The plan is asked again after each read it asks for (so a denied delegation reads
+//! nothing from Azure) and after a step whose answer it needs (the custom role it defined, a PUT Azure refused).
+//! `rules` and `ownership` are the pure rules the plan is made of.
 
 mod act;
 mod gather;
