@@ -2,6 +2,9 @@
 //! of the same scope (ARM matches case-insensitively) give the same assignment name and the same policy
 //! decision. Pure: no I/O.
 //!
+//! Role assignment and role definition ids are typed here too ([`RoleAssignmentId`], [`RoleDefinitionId`]): the
+//! one place that takes an ARM id apart, so that no caller searches an id's text for `/providers/`.
+//!
 //! Written by hand: the Azure SDK for Rust (azure_core 1) has no resource-id parser, and the grammar is small.
 
 use std::fmt;
@@ -32,22 +35,7 @@ pub struct ParseError(String);
 impl Scope {
     pub fn parse(text: &str) -> Result<Scope, ParseError> {
         let err = |why: &str| ParseError(format!("'{text}' is not an ARM scope: {why}"));
-        let trimmed = text.trim().trim_end_matches('/');
-        let Some(rest) = trimmed.strip_prefix('/') else {
-            return Err(err("it must start with '/'"));
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(err("it has an empty segment"));
-        }
-        // The HTTP client resolves dot segments and percent escapes: `rg-ok/providers/X/../../../rg-other` would
-        // pass the policy as inside rg-ok and be sent to rg-other. Such a scope never names a real resource.
-        if let Some(p) = parts.iter().find(|p| {
-            matches!(**p, "." | "..")
-                || p.contains(|c: char| matches!(c, '%' | '\\' | '?' | '#') || c.is_whitespace())
-        }) {
-            return Err(err(&format!("the segment '{p}' is not allowed")));
-        }
+        let parts = segments(text).map_err(|why| err(&why))?;
         let is = |i: usize, word: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(word));
         let mut out: Vec<String> = Vec::with_capacity(parts.len());
         let (level, provider_at) = if is(0, "providers")
@@ -130,6 +118,11 @@ impl Scope {
         })
     }
 
+    /// The scope of a subscription, from its id.
+    pub fn subscription_scope(subscription: &str) -> Result<Scope, ParseError> {
+        Scope::parse(&format!("/subscriptions/{subscription}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.canonical
     }
@@ -165,6 +158,177 @@ impl Eq for Scope {}
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.canonical)
+    }
+}
+
+/// The segments of an ARM id (no leading '/', no trailing '/'), refusing what is never part of a real one.
+fn segments(text: &str) -> Result<Vec<&str>, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let Some(rest) = trimmed.strip_prefix('/') else {
+        return Err("it must start with '/'".into());
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("it has an empty segment".into());
+    }
+    // The HTTP client resolves dot segments and percent escapes: `rg-ok/providers/X/../../../rg-other` would
+    // pass the policy as inside rg-ok and be sent to rg-other. Such a scope never names a real resource.
+    if let Some(p) = parts.iter().find(|p| {
+        matches!(**p, "." | "..")
+            || p.contains(|c: char| matches!(c, '%' | '\\' | '?' | '#') || c.is_whitespace())
+    }) {
+        return Err(format!("the segment '{p}' is not allowed"));
+    }
+    Ok(parts)
+}
+
+/// Splits `{scope}/providers/Microsoft.Authorization/{kind}/{name}` (keywords in any case) into the scope's text
+/// (empty for the tenant root) and the name.
+fn authorization_child<'a>(text: &'a str, kind: &str) -> Result<(String, &'a str), String> {
+    let parts = segments(text)?;
+    let n = parts.len();
+    let is = |i: usize, word: &str| parts[i].eq_ignore_ascii_case(word);
+    if n < 4 || !(is(n - 4, "providers") && is(n - 3, "Microsoft.Authorization") && is(n - 2, kind))
+    {
+        return Err(format!(
+            "it must end in /providers/Microsoft.Authorization/{kind}/{{name}}"
+        ));
+    }
+    let scope = parts[..n - 4].iter().map(|p| format!("/{p}")).collect();
+    Ok((scope, parts[n - 1]))
+}
+
+/// A role assignment's ARM id: `{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`. Equal when ARM
+/// would take them for one assignment (case-insensitively).
+#[derive(Clone, Debug)]
+pub struct RoleAssignmentId {
+    scope: Scope,
+    name: String,
+}
+
+impl RoleAssignmentId {
+    /// The assignment `name` at `scope`.
+    pub fn new(scope: Scope, name: &str) -> RoleAssignmentId {
+        RoleAssignmentId {
+            scope,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<RoleAssignmentId, ParseError> {
+        let err = |why: &str| ParseError(format!("'{text}' is not a role assignment id: {why}"));
+        let (scope, name) =
+            authorization_child(text, "roleAssignments").map_err(|why| err(&why))?;
+        let scope = Scope::parse(&scope).map_err(|e| err(&e.0))?;
+        Ok(RoleAssignmentId::new(scope, name))
+    }
+
+    /// Where the assignment is.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Its name (a GUID when the operator or the portal made it), as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `text` is this id, as ARM compares ids (text that is no assignment id is not).
+    pub fn is(&self, text: &str) -> bool {
+        RoleAssignmentId::parse(text).is_ok_and(|other| other == *self)
+    }
+}
+
+impl PartialEq for RoleAssignmentId {
+    fn eq(&self, other: &Self) -> bool {
+        self.scope == other.scope && self.name.eq_ignore_ascii_case(&other.name)
+    }
+}
+
+impl Eq for RoleAssignmentId {}
+
+impl fmt::Display for RoleAssignmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            self.scope, self.name
+        )
+    }
+}
+
+/// A role definition's id: `[{scope}]/providers/Microsoft.Authorization/roleDefinitions/{guid}`, or the bare GUID
+/// (as spec.role.id may give it). What identifies the role is the GUID; the scope only says where it was read.
+#[derive(Clone, Debug)]
+pub struct RoleDefinitionId {
+    scope: Option<Scope>,
+    /// Lower case. Not checked to be a GUID: the name is Azure's to choose, and is compared, never built on.
+    guid: String,
+}
+
+impl RoleDefinitionId {
+    pub fn parse(text: &str) -> Result<RoleDefinitionId, ParseError> {
+        let err = |why: &str| ParseError(format!("'{text}' is not a role definition id: {why}"));
+        let bare = text.trim();
+        if !bare.starts_with('/') {
+            // A bare GUID is a one-segment id.
+            let rooted = format!("/{bare}");
+            let [guid] = segments(&rooted).map_err(|why| err(&why))?[..] else {
+                return Err(err("a bare role definition id is one GUID"));
+            };
+            return Ok(RoleDefinitionId {
+                scope: None,
+                guid: guid.to_ascii_lowercase(),
+            });
+        }
+        let (scope, name) =
+            authorization_child(text, "roleDefinitions").map_err(|why| err(&why))?;
+        let scope = match scope.as_str() {
+            "" => None,
+            s => Some(Scope::parse(s).map_err(|e| err(&e.0))?),
+        };
+        Ok(RoleDefinitionId {
+            scope,
+            guid: name.to_ascii_lowercase(),
+        })
+    }
+
+    /// Where the id says the definition lives (None for a tenant-level id or a bare GUID).
+    pub fn scope(&self) -> Option<&Scope> {
+        self.scope.as_ref()
+    }
+
+    /// The definition's GUID, lower case.
+    pub fn guid(&self) -> &str {
+        &self.guid
+    }
+
+    /// The GUID (lower case) of a role definition id as Azure or a status gives it; the text itself, lower case,
+    /// if it is not one, so that it still compares (and hashes) apart from every real GUID.
+    pub fn guid_of(text: &str) -> String {
+        RoleDefinitionId::parse(text)
+            .map(|d| d.guid)
+            .unwrap_or_else(|_| text.to_ascii_lowercase())
+    }
+}
+
+/// Two ids of one definition (read at different scopes, or spelled differently) are equal.
+impl PartialEq for RoleDefinitionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.guid == other.guid
+    }
+}
+
+impl Eq for RoleDefinitionId {}
+
+impl fmt::Display for RoleDefinitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = self.scope.as_ref().map(Scope::as_str).unwrap_or_default();
+        write!(
+            f,
+            "{scope}/providers/Microsoft.Authorization/roleDefinitions/{}",
+            self.guid
+        )
     }
 }
 
@@ -274,5 +438,197 @@ mod tests {
             "{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v"
         ));
         assert!(vnet.contains(&p(&format!("{}/subnets/s", vnet.as_str()))));
+    }
+    #[test]
+    fn role_assignment_ids_parse_at_every_level_and_compare_as_arm_does() {
+        const A: &str = "/providers/Microsoft.Authorization/roleAssignments/0f0e0d0c-0000-4000-8000-000000000001";
+        let kv = format!("{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv");
+        let subnet = format!(
+            "{SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+        );
+        let mg = "/providers/Microsoft.Management/managementGroups/platform";
+        // (name, text, scope, level)
+        let cases = [
+            (
+                "subscription",
+                format!("{SUB}{A}"),
+                SUB.to_string(),
+                Level::Subscription,
+            ),
+            (
+                "resource group, any case",
+                format!(
+                    "{}/RESOURCEGROUPS/rg/PROVIDERS/microsoft.authorization/ROLEASSIGNMENTS/0f0e0d0c-0000-4000-8000-000000000001",
+                    SUB.to_uppercase()
+                ),
+                format!("{SUB}/resourceGroups/rg"),
+                Level::ResourceGroup,
+            ),
+            ("resource", format!("{kv}{A}"), kv.clone(), Level::Resource),
+            (
+                "child resource",
+                format!("{subnet}{A}/"),
+                subnet.clone(),
+                Level::Resource,
+            ),
+            (
+                "management group",
+                format!("{mg}{A}"),
+                mg.to_string(),
+                Level::ManagementGroup,
+            ),
+        ];
+        for (case, text, scope, level) in cases {
+            let id = RoleAssignmentId::parse(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(
+                (id.scope().as_str(), id.scope().level(), id.name()),
+                (
+                    scope.as_str(),
+                    level,
+                    "0f0e0d0c-0000-4000-8000-000000000001"
+                ),
+                "{case}"
+            );
+            assert_eq!(
+                id.to_string(),
+                format!("{scope}{A}"),
+                "{case}: one canonical spelling"
+            );
+            assert_eq!(
+                RoleAssignmentId::parse(&id.to_string()).unwrap(),
+                id,
+                "{case}: round trip"
+            );
+            assert!(
+                id.is(&text.to_ascii_lowercase()),
+                "{case}: ids compare case-insensitively"
+            );
+        }
+        let rg = Scope::parse(&format!("{SUB}/resourceGroups/rg")).unwrap();
+        assert_ne!(
+            RoleAssignmentId::new(rg.clone(), "a"),
+            RoleAssignmentId::new(Scope::parse(SUB).unwrap(), "a"),
+            "the same name at another scope is another assignment"
+        );
+        assert!(!RoleAssignmentId::new(rg, "a").is("not an id"));
+    }
+
+    #[test]
+    fn role_assignment_ids_that_are_not_refuse_to_parse() {
+        for (case, text, why) in [
+            ("a scope alone", SUB.to_string(), "must end in"),
+            (
+                "no name",
+                format!("{SUB}/providers/Microsoft.Authorization/roleAssignments"),
+                "must end in",
+            ),
+            (
+                "a definition",
+                format!("{SUB}/providers/Microsoft.Authorization/roleDefinitions/x"),
+                "must end in",
+            ),
+            (
+                "a name with a path in it",
+                format!("{SUB}/providers/Microsoft.Authorization/roleAssignments/../x"),
+                "'..' is not allowed",
+            ),
+            (
+                "a query in the name",
+                format!("{SUB}/providers/Microsoft.Authorization/roleAssignments/x?y"),
+                "is not allowed",
+            ),
+            (
+                "a scope that is not one",
+                "/tenants/t/providers/Microsoft.Authorization/roleAssignments/x".into(),
+                "is not an ARM scope",
+            ),
+            (
+                "the tenant root",
+                "/providers/Microsoft.Authorization/roleAssignments/x".into(),
+                "is not an ARM scope",
+            ),
+            (
+                "relative",
+                "subscriptions/x/providers/Microsoft.Authorization/roleAssignments/x".into(),
+                "start with '/'",
+            ),
+        ] {
+            let e = RoleAssignmentId::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{case}: {e}");
+        }
+    }
+
+    #[test]
+    fn role_definition_ids_are_known_by_their_guid() {
+        const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
+        const D: &str = "/providers/Microsoft.Authorization/roleDefinitions/";
+        // (name, text, scope)
+        let cases: [(&str, String, Option<&str>); 5] = [
+            ("bare GUID", ACR_PULL.to_uppercase(), None),
+            ("tenant level", format!("{D}{ACR_PULL}"), None),
+            (
+                "subscription, any case",
+                format!(
+                    "{}{}",
+                    SUB.to_uppercase(),
+                    format!("{D}{ACR_PULL}").to_lowercase()
+                ),
+                Some(SUB),
+            ),
+            (
+                "management group",
+                format!("/providers/Microsoft.Management/managementGroups/mg{D}{ACR_PULL}"),
+                Some("/providers/Microsoft.Management/managementGroups/mg"),
+            ),
+            (
+                "resource group",
+                format!("{SUB}/resourceGroups/rg{D}{}", ACR_PULL.to_uppercase()),
+                Some("/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg"),
+            ),
+        ];
+        for (case, text, scope) in cases {
+            let id = RoleDefinitionId::parse(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(
+                (id.guid(), id.scope().map(Scope::as_str)),
+                (ACR_PULL, scope),
+                "{case}"
+            );
+            assert_eq!(
+                id,
+                RoleDefinitionId::parse(ACR_PULL).unwrap(),
+                "{case}: one role wherever read"
+            );
+            assert_eq!(
+                RoleDefinitionId::parse(&id.to_string()).unwrap().scope(),
+                id.scope(),
+                "{case}"
+            );
+        }
+        for (case, text, why) in [
+            ("a bare id with a path", format!("x/{ACR_PULL}"), "one GUID"),
+            (
+                "no GUID",
+                D.trim_end_matches('/').to_string(),
+                "must end in",
+            ),
+            (
+                "a query in the GUID",
+                format!("{D}{ACR_PULL}?x"),
+                "is not allowed",
+            ),
+            (
+                "an assignment",
+                format!("{SUB}/providers/Microsoft.Authorization/roleAssignments/{ACR_PULL}"),
+                "must end in",
+            ),
+            (
+                "a bad scope",
+                format!("/nope{D}{ACR_PULL}"),
+                "not an ARM scope",
+            ),
+        ] {
+            let e = RoleDefinitionId::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{case}: {e}");
+        }
     }
 }

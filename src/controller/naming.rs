@@ -1,7 +1,10 @@
 //! Names the operator derives instead of storing: an object's application is found again by its uniqueName,
-//! and its passwords by their displayName, so nothing depends on status surviving a crash. Pure.
+//! its passwords by their displayName, a custom role by its GUID and a role assignment by its name, so nothing
+//! depends on status surviving a crash. Pure.
 
 use uuid::Uuid;
+
+use crate::azure::scope::{RoleAssignmentId, Scope};
 
 /// Namespace of the UUIDv5 names below (a fixed random UUID: changing it would orphan every application).
 const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a9e_3b7d_4c58_9e0a_1d2b_3c4d_5e6f);
@@ -119,17 +122,56 @@ pub fn assignment_name(
     cluster_id: &str,
     namespace: &str,
     name: &str,
-    scope: &str,
+    scope: &Scope,
     role_definition_guid: &str,
     principal_id: &str,
 ) -> String {
     let key = format!(
         "assignment:{cluster_id}/{namespace}/{name}|{}|{}|{}",
-        scope.trim_end_matches('/').to_ascii_lowercase(),
+        scope.as_str().to_ascii_lowercase(),
         role_definition_guid.to_ascii_lowercase(),
         principal_id.to_ascii_lowercase()
     );
     Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// The id of the role assignment a RoleDelegation makes (see [`assignment_name`]).
+pub fn assignment_id(
+    cluster_id: &str,
+    namespace: &str,
+    name: &str,
+    scope: &Scope,
+    role_definition_guid: &str,
+    principal_id: &str,
+) -> RoleAssignmentId {
+    let own = assignment_name(
+        cluster_id,
+        namespace,
+        name,
+        scope,
+        role_definition_guid,
+        principal_id,
+    );
+    RoleAssignmentId::new(scope.clone(), &own)
+}
+
+/// The legacy name of the assignment for (scope, role, principal): a UUIDv5 of the grant alone, which is what
+/// operators before the tenancy boundary PUT, so that every delegation of one grant shared it. New assignments
+/// are named by [`assignment_name`] (owner included); this one is only recognised, so that an assignment made
+/// under it keeps working after an upgrade (and is never deleted while another delegation records it).
+pub fn legacy_assignment_name(
+    scope: &Scope,
+    role_definition_guid: &str,
+    principal_id: &str,
+) -> String {
+    const LEGACY_NAMESPACE: Uuid = Uuid::from_u128(0x2d6c_0b1e_8f3a_4e57_a1c9_7b4d_e6f0_1a23);
+    let key = format!(
+        "{}|{}|{}",
+        scope.as_str().to_ascii_lowercase(),
+        role_definition_guid.to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase()
+    );
+    Uuid::new_v5(&LEGACY_NAMESPACE, key.as_bytes()).to_string()
 }
 
 #[cfg(test)]
@@ -215,5 +257,47 @@ mod tests {
         assert_ne!(a, custom_role_guid("c", "other", "AKS disk access"));
         assert_ne!(a, custom_role_guid("c2", "ns", "AKS disk access"));
         assert!(Uuid::parse_str(&a).is_ok());
+    }
+
+    const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
+    const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
+
+    // Moved from azure::arm with the legacy name: split_assignment_id and definition_guid are now the typed ids'.
+    #[test]
+    fn assignment_names_are_stable_and_case_blind() {
+        use crate::azure::scope::RoleDefinitionId;
+        let p = |s: &str| Scope::parse(s).unwrap();
+        let a = legacy_assignment_name(&p(&format!("{SUB}/resourceGroups/RG")), ACR_PULL, "P1");
+        assert_eq!(
+            a,
+            legacy_assignment_name(
+                &p(&format!("{SUB}/resourcegroups/rg/")),
+                &ACR_PULL.to_uppercase(),
+                "p1"
+            )
+        );
+        assert_ne!(
+            a,
+            legacy_assignment_name(&p(&format!("{SUB}/resourceGroups/rg2")), ACR_PULL, "p1")
+        );
+        assert!(
+            uuid::Uuid::parse_str(&a).is_ok(),
+            "ARM requires a GUID name"
+        );
+        let id = RoleAssignmentId::new(p(&format!("{SUB}/resourceGroups/rg")), &a);
+        let parsed = RoleAssignmentId::parse(&id.to_string()).unwrap();
+        assert_eq!(
+            (parsed.scope().as_str(), parsed.name()),
+            (format!("{SUB}/resourceGroups/rg").as_str(), a.as_str())
+        );
+        assert!(RoleAssignmentId::parse(SUB).is_err());
+        assert_eq!(
+            RoleDefinitionId::parse(&format!(
+                "/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
+            ))
+            .unwrap()
+            .guid(),
+            ACR_PULL
+        );
     }
 }

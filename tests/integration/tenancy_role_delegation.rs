@@ -417,7 +417,11 @@ async fn another_clusters_grant_and_legacy_assignments_are_never_taken_over() {
 
     // Before the upgrade: two delegations of one grant shared the assignment under the legacy name, and both
     // statuses record it.
-    let legacy = entra_operator::azure::arm::assignment_name(&shared, READER, LEGACY_SP);
+    let legacy = entra_operator::controller::naming::legacy_assignment_name(
+        &entra_operator::azure::scope::Scope::parse(&shared).unwrap(),
+        READER,
+        LEGACY_SP,
+    );
     let legacy_id = format!("{shared}/providers/Microsoft.Authorization/roleAssignments/{legacy}");
     let (status, body) = arm_as_operator(
         &azure,
@@ -532,11 +536,13 @@ async fn another_clusters_grant_and_legacy_assignments_are_never_taken_over() {
     let b_net = wait_for(&b, "net", "True", "Ready", 60).await;
     let b_id = b_net.status.unwrap().role_assignment_id.unwrap();
     assert!(
-        !b_id
-            .to_ascii_lowercase()
-            .ends_with(&entra_operator::azure::arm::assignment_name(
-                &network, READER, LEGACY_SP
-            )),
+        !b_id.to_ascii_lowercase().ends_with(
+            &entra_operator::controller::naming::legacy_assignment_name(
+                &entra_operator::azure::scope::Scope::parse(&network).unwrap(),
+                READER,
+                LEGACY_SP
+            )
+        ),
         "a new assignment is not under the legacy name"
     );
     let b_before = the_assignment(&azure, &network).await;

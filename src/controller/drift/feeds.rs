@@ -20,6 +20,7 @@ use crate::azure::{
     arm::ArmClient,
     error::AzureError,
     graph::{DeltaNext, GraphClient},
+    scope::Scope,
 };
 
 const SETS: [&str; 2] = ["applications", "servicePrincipals"];
@@ -123,11 +124,14 @@ impl Feeds {
     /// listing. Others are not the operator's business.
     async fn arm_round(&mut self, sub: &str) {
         let started = Instant::now();
-        let listed = match self
-            .arm
-            .role_assignments_in(&format!("/subscriptions/{sub}"))
-            .await
-        {
+        let listed = match Scope::subscription_scope(sub) {
+            Ok(scope) => self.arm.role_assignments_in(&scope).await,
+            Err(e) => {
+                warn!(subscription = sub, error = %e, "drift feed: not a subscription; nothing listed");
+                return;
+            }
+        };
+        let listed = match listed {
             Ok(listed) => listed,
             Err(e) => {
                 warn!(subscription = sub, error = %e, "drift feed: cannot list role assignments; delegations there are read at resync");

@@ -18,7 +18,10 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 use kube::runtime::reflector::ObjectRef;
 use tokio::{sync::broadcast, time::Instant};
 
-use crate::api::{RoleDelegation, ServicePrincipal};
+use crate::{
+    api::{RoleDelegation, ServicePrincipal},
+    azure::scope::{RoleAssignmentId, RoleDefinitionId},
+};
 
 /// Where a change to an id is learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -245,7 +248,7 @@ pub fn grant_hash(
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (
-        crate::azure::arm::definition_guid(role_definition_id).to_ascii_lowercase(),
+        RoleDefinitionId::guid_of(role_definition_id),
         principal_id.to_ascii_lowercase(),
         condition,
         description,
@@ -254,15 +257,14 @@ pub fn grant_hash(
     h.finish()
 }
 
-/// "/subscriptions/{id}/..." → the subscription id, lowercase.
+/// The subscription (lower case) of a role assignment id; None for other ids (Graph's) and for assignments
+/// outside any subscription (management groups), which no subscription listing covers.
 fn subscription_of(id: &str) -> Option<String> {
-    let mut parts = id.trim_start_matches('/').split('/');
-    match (parts.next(), parts.next()) {
-        (Some(s), Some(sub)) if s.eq_ignore_ascii_case("subscriptions") && !sub.is_empty() => {
-            Some(sub.to_ascii_lowercase())
-        }
-        _ => None,
-    }
+    RoleAssignmentId::parse(id)
+        .ok()?
+        .scope()
+        .subscription()
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -273,8 +275,10 @@ mod tests {
         Owner::ServicePrincipal(ObjectRef::new("a").within("n"))
     }
 
-    const ASSIGNMENT: &str =
-        "/subscriptions/S1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/x";
+    // Subscription ids are GUIDs: the typed id parser refuses anything else.
+    const S1: &str = "00000000-0000-4000-8000-0000000000a1";
+    const S2: &str = "00000000-0000-4000-8000-0000000000a2";
+    const ASSIGNMENT: &str = "/subscriptions/00000000-0000-4000-8000-0000000000A1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/x";
 
     #[tokio::test(start_paused = true)]
     async fn a_verification_counts_only_after_its_feed_started_and_until_a_change() {
@@ -322,15 +326,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn assignments_are_vouched_for_by_their_subscriptions_listing() {
         let drift = Drift::new(Duration::from_secs(60));
-        drift.round_done(Source::Arm, "s2", Instant::now(), false);
+        drift.round_done(Source::Arm, S2, Instant::now(), false);
         tokio::time::advance(Duration::from_secs(1)).await;
         drift.verified(&[ASSIGNMENT], Instant::now(), owner());
-        assert_eq!(drift.subscriptions(), vec!["s1".to_string()]);
+        assert_eq!(drift.subscriptions(), vec![S1.to_string()]);
         assert!(
             !drift.fresh(Source::Arm, &[ASSIGNMENT]),
             "s1 was never listed"
         );
-        drift.round_done(Source::Arm, "s1", Instant::now(), false);
+        drift.round_done(Source::Arm, S1, Instant::now(), false);
         tokio::time::advance(Duration::from_secs(1)).await;
         drift.verified(&[ASSIGNMENT], Instant::now(), owner());
         assert!(drift.fresh(Source::Arm, &[&ASSIGNMENT.to_ascii_uppercase()]));

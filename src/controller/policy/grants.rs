@@ -163,113 +163,155 @@ fn allows(
     role: RoleAsked,
     principal: PrincipalAsked,
 ) -> Result<(), String> {
-    let within = |s: &Scope| {
-        policy
-            .spec
-            .scopes
-            .iter()
-            .filter_map(|allowed| Scope::parse(allowed).ok())
-            .any(|allowed| allowed.contains(s))
-    };
-    if !within(scope) {
+    if !within(policy, scope) {
         return Err(format!("spec.scope {scope} is outside its scopes"));
     }
-    let names = |want: &str| {
-        policy
-            .spec
-            .roles
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(want))
-    };
+    let names = |want: &str| names(policy, want);
     match role {
-        RoleAsked::Name(name) => {
-            let privileged = PRIVILEGED
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name));
-            let listed = match privileged {
-                Some((n, guid)) => names(n) || names(guid),
-                None => names(name) || names("*"),
-            };
-            if !listed {
-                return Err(match privileged {
-                    Some(_) => format!(
-                        "spec.role.name '{name}' is privileged and must be named in its roles"
-                    ),
-                    None => format!("spec.role.name '{name}' is not in its roles"),
-                });
-            }
-        }
-        RoleAsked::Id(guid) => {
-            let privileged = PRIVILEGED
-                .iter()
-                .find(|(_, g)| g.eq_ignore_ascii_case(guid));
-            let listed = match privileged {
-                Some((n, g)) => names(n) || names(g),
-                None => names(guid) || names("*"),
-            };
-            if !listed {
-                return Err(match privileged {
-                    Some((n, _)) => {
-                        format!(
-                            "spec.role.id {guid} ({n}) is privileged and must be named in its roles"
-                        )
-                    }
-                    None => format!("spec.role.id {guid} is not in its roles"),
-                });
-            }
-        }
+        RoleAsked::Name(name) => name_listed(name, &names),
+        RoleAsked::Id(guid) => id_listed(guid, &names),
         RoleAsked::Resolved {
             name,
             guid,
             must_be_named,
-        } => {
-            if !(names(name) || names(guid) || (!must_be_named && names("*"))) {
-                return Err(if must_be_named {
-                    format!(
-                        "spec.role '{name}' can assign roles or is a custom role of someone else, so it must be \
-                         named in its roles"
-                    )
-                } else {
-                    format!("spec.role '{name}' is not in its roles")
-                });
-            }
-        }
+        } => resolved_listed(name, guid, must_be_named, &names),
         RoleAsked::Custom {
             role_name,
             actions,
             not_actions,
             data_actions,
             assignable_scopes,
-        } => {
-            let Some(custom) = &policy.spec.custom_roles else {
-                return Err("spec.role.custom: it allows no custom roles".into());
-            };
-            let allowed = |action: &str| custom.allowed_actions.iter().any(|p| glob(p, action));
-            if let Some(a) = actions.iter().chain(data_actions).find(|a| !allowed(a)) {
-                return Err(format!(
-                    "spec.role.custom action '{a}' matches none of its customRoles.allowedActions"
-                ));
-            }
-            if let Some(s) = assignable_scopes.iter().find(|s| !within(s)) {
-                return Err(format!(
-                    "spec.role.custom.assignableScopes {s} is outside its scopes"
-                ));
-            }
-            // Actions allowed by pattern can still add up to the right to assign roles, which is the right to
-            // everything: as with built-in roles, only a policy that names the role allows that.
-            let permission = Permission {
-                actions: actions.to_vec(),
-                not_actions: not_actions.to_vec(),
-                ..Default::default()
-            };
-            if can_assign_roles(std::slice::from_ref(&permission)) && !names(role_name) {
-                return Err(format!(
-                    "spec.role.custom '{role_name}' can assign roles (its actions cover \
-                     Microsoft.Authorization/roleAssignments/write), so it must be named in its roles"
-                ));
-            }
-        }
+        } => custom_allowed(
+            policy,
+            role_name,
+            actions,
+            not_actions,
+            data_actions,
+            assignable_scopes,
+        ),
+    }?;
+    principal_listed(policy, principal)
+}
+
+/// Whether `scope` is at or below one of the policy's scopes (an entry that does not parse allows nothing).
+fn within(policy: &DelegationPolicy, scope: &Scope) -> bool {
+    policy
+        .spec
+        .scopes
+        .iter()
+        .filter_map(|allowed| Scope::parse(allowed).ok())
+        .any(|allowed| allowed.contains(scope))
+}
+
+/// Whether the policy's roles list `want` (a name, a GUID or "*"), case-insensitively.
+fn names(policy: &DelegationPolicy, want: &str) -> bool {
+    policy
+        .spec
+        .roles
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(want))
+}
+
+/// A built-in role asked for by name: a privileged one only by its own name or GUID, any other also by "*".
+fn name_listed(name: &str, names: &impl Fn(&str) -> bool) -> Result<(), String> {
+    let privileged = PRIVILEGED
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name));
+    let listed = match privileged {
+        Some((n, guid)) => names(n) || names(guid),
+        None => names(name) || names("*"),
+    };
+    if listed {
+        return Ok(());
     }
+    Err(match privileged {
+        Some(_) => format!("spec.role.name '{name}' is privileged and must be named in its roles"),
+        None => format!("spec.role.name '{name}' is not in its roles"),
+    })
+}
+
+/// A role asked for by definition GUID: as by name, a privileged one only when named.
+fn id_listed(guid: &str, names: &impl Fn(&str) -> bool) -> Result<(), String> {
+    let privileged = PRIVILEGED
+        .iter()
+        .find(|(_, g)| g.eq_ignore_ascii_case(guid));
+    let listed = match privileged {
+        Some((n, g)) => names(n) || names(g),
+        None => names(guid) || names("*"),
+    };
+    if listed {
+        return Ok(());
+    }
+    Err(match privileged {
+        Some((n, _)) => {
+            format!("spec.role.id {guid} ({n}) is privileged and must be named in its roles")
+        }
+        None => format!("spec.role.id {guid} is not in its roles"),
+    })
+}
+
+/// The role as Azure defines it: "*" covers it only when it need not be named.
+fn resolved_listed(
+    name: &str,
+    guid: &str,
+    must_be_named: bool,
+    names: &impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    if names(name) || names(guid) || (!must_be_named && names("*")) {
+        return Ok(());
+    }
+    Err(if must_be_named {
+        format!(
+            "spec.role '{name}' can assign roles or is a custom role of someone else, so it must be \
+             named in its roles"
+        )
+    } else {
+        format!("spec.role '{name}' is not in its roles")
+    })
+}
+
+/// A custom role as the spec defines it: every action within the policy's patterns, assignable only within
+/// its scopes, and named in its roles if its actions add up to the right to assign roles.
+fn custom_allowed(
+    policy: &DelegationPolicy,
+    role_name: &str,
+    actions: &[String],
+    not_actions: &[String],
+    data_actions: &[String],
+    assignable_scopes: &[Scope],
+) -> Result<(), String> {
+    let Some(custom) = &policy.spec.custom_roles else {
+        return Err("spec.role.custom: it allows no custom roles".into());
+    };
+    let allowed = |action: &str| custom.allowed_actions.iter().any(|p| glob(p, action));
+    if let Some(a) = actions.iter().chain(data_actions).find(|a| !allowed(a)) {
+        return Err(format!(
+            "spec.role.custom action '{a}' matches none of its customRoles.allowedActions"
+        ));
+    }
+    if let Some(s) = assignable_scopes.iter().find(|s| !within(policy, s)) {
+        return Err(format!(
+            "spec.role.custom.assignableScopes {s} is outside its scopes"
+        ));
+    }
+    // Actions allowed by pattern can still add up to the right to assign roles, which is the right to
+    // everything: as with built-in roles, only a policy that names the role allows that.
+    let permission = Permission {
+        actions: actions.to_vec(),
+        not_actions: not_actions.to_vec(),
+        ..Default::default()
+    };
+    if can_assign_roles(std::slice::from_ref(&permission)) && !names(policy, role_name) {
+        return Err(format!(
+            "spec.role.custom '{role_name}' can assign roles (its actions cover \
+             Microsoft.Authorization/roleAssignments/write), so it must be named in its roles"
+        ));
+    }
+    Ok(())
+}
+
+/// A principal given by object id must be listed in the policy's principals; the namespace's own is allowed.
+fn principal_listed(policy: &DelegationPolicy, principal: PrincipalAsked) -> Result<(), String> {
     if let PrincipalAsked::Id(id) = principal
         && !policy
             .spec

@@ -1,34 +1,19 @@
-//! The Azure Resource Manager calls the RoleDelegation controller makes (Microsoft.Authorization 2022-04-01):
-//! role definitions by name or id, custom roles, and role assignments PUT on a deterministic name.
+//! Microsoft.Authorization (2022-04-01), for the RoleDelegation controller: role definitions by name or id,
+//! custom roles, and role assignments PUT on a deterministic name. Scopes and assignment ids come in typed, so
+//! every path is built from a parsed id.
 
-use std::sync::Arc;
-
-use azure_core::credentials::TokenCredential;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    Cloud,
+use super::ArmClient;
+use crate::azure::{
     error::AzureError,
-    http::{Service, parse},
+    http::parse,
+    scope::{RoleAssignmentId, Scope},
 };
 
 const API_VERSION: &str = "2022-04-01";
-const AKS_API_VERSION: &str = "2025-01-01";
-
-/// Where a long-running operation stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Operation {
-    InProgress,
-    Succeeded,
-    Failed(String),
-}
-
-#[derive(Clone)]
-pub struct ArmClient {
-    service: Service,
-}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct RoleDefinition {
@@ -99,31 +84,9 @@ pub struct Grant<'a> {
     pub description: Option<&'a str>,
 }
 
-/// The scope part of a path: ARM ids start with '/', the tenant root is "/" and adds nothing.
-fn under(scope: &str) -> &str {
-    scope.trim_end_matches('/')
-}
-
 impl ArmClient {
-    pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, cloud: &Cloud) -> Self {
-        ArmClient {
-            service: Service::new(
-                http,
-                credential,
-                &cloud.resource_manager_endpoint,
-                &cloud.resource_manager_scope,
-                "arm",
-                "x-ms-request-id",
-            ),
-        }
-    }
-
-    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
-        self.service = self.service.with_metrics(metrics);
-        self
-    }
-
-    /// The role named `role_name` as the scope sees it (built-in or a custom role assignable there).
+    /// The role named `role_name` as the scope sees it (built-in or a custom role assignable there). `scope` is
+    /// a parsed [`Scope`]'s text (the role cache keys on it).
     pub async fn role_definition_by_name(
         &self,
         scope: &str,
@@ -138,7 +101,7 @@ impl ArmClient {
         .expect("encodable");
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions?{query}",
-            under(scope)
+            scope.trim_end_matches('/')
         );
         let (_, body) = self.service.send(OP, Method::GET, &path, None, &[]).await?;
         let list: Vec<RoleDefinition> = parse(OP, body.map(|b| b["value"].clone()))?;
@@ -152,8 +115,7 @@ impl ArmClient {
     /// replicated everywhere yet.
     pub async fn put_role_assignment(
         &self,
-        scope: &str,
-        name: &str,
+        id: &RoleAssignmentId,
         grant: &Grant<'_>,
     ) -> Result<RoleAssignment, AzureError> {
         const OP: &str = "arm put roleAssignment";
@@ -169,10 +131,7 @@ impl ArmClient {
         if let Some(d) = grant.description {
             properties["description"] = json!(d);
         }
-        let path = format!(
-            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
-            under(scope)
-        );
+        let path = format!("{id}?api-version={API_VERSION}");
         let (_, body) = self
             .service
             .send(
@@ -189,12 +148,12 @@ impl ArmClient {
     /// The role definition with this GUID as `scope` sees it; None if there is none.
     pub async fn role_definition(
         &self,
-        scope: &str,
+        scope: &Scope,
         guid: &str,
     ) -> Result<Option<RoleDefinition>, AzureError> {
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
-            under(scope)
+            scope
         );
         const OP: &str = "arm get roleDefinition";
         match self.service.send(OP, Method::GET, &path, None, &[]).await {
@@ -208,7 +167,7 @@ impl ArmClient {
     /// PUT a custom role under `guid` at `scope` (one of its assignable scopes); creates or updates it.
     pub async fn put_role_definition(
         &self,
-        scope: &str,
+        scope: &Scope,
         guid: &str,
         role: &CustomRoleDefinition<'_>,
     ) -> Result<RoleDefinition, AzureError> {
@@ -228,7 +187,7 @@ impl ArmClient {
         }});
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
-            under(scope)
+            scope
         );
         let (_, body) = self
             .service
@@ -239,10 +198,14 @@ impl ArmClient {
 
     /// DELETE a custom role; one already gone is success. ARM refuses (409 RoleDefinitionHasAssignments) while
     /// any assignment uses it.
-    pub async fn delete_role_definition(&self, scope: &str, guid: &str) -> Result<(), AzureError> {
+    pub async fn delete_role_definition(
+        &self,
+        scope: &Scope,
+        guid: &str,
+    ) -> Result<(), AzureError> {
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
-            under(scope)
+            scope
         );
         match self
             .service
@@ -263,7 +226,7 @@ impl ArmClient {
     /// The assignments of `principal_id` at, above or below `scope`.
     pub async fn role_assignments_of(
         &self,
-        scope: &str,
+        scope: &Scope,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, AzureError> {
         const OP: &str = "arm list roleAssignments";
@@ -275,7 +238,7 @@ impl ArmClient {
         .expect("encodable");
         let path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments?{query}",
-            under(scope)
+            scope
         );
         let (_, body) = self.service.send(OP, Method::GET, &path, None, &[]).await?;
         parse(OP, body.map(|b| b["value"].clone()))
@@ -285,12 +248,12 @@ impl ArmClient {
     /// nextLink through all pages.
     pub async fn role_assignments_in(
         &self,
-        scope: &str,
+        scope: &Scope,
     ) -> Result<Vec<RoleAssignment>, AzureError> {
         const OP: &str = "arm list roleAssignments";
         let mut path = format!(
             "{}/providers/Microsoft.Authorization/roleAssignments?api-version={API_VERSION}",
-            under(scope)
+            scope
         );
         let mut all = vec![];
         loop {
@@ -316,22 +279,15 @@ impl ArmClient {
 
     pub async fn role_assignment(
         &self,
-        scope: &str,
-        name: &str,
+        id: &RoleAssignmentId,
     ) -> Result<Option<RoleAssignment>, AzureError> {
-        let path = format!(
-            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
-            under(scope)
-        );
+        let path = format!("{id}?api-version={API_VERSION}");
         self.service.get_opt("arm get roleAssignment", &path).await
     }
 
     /// DELETE; an assignment already gone is success.
-    pub async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<(), AzureError> {
-        let path = format!(
-            "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version={API_VERSION}",
-            under(scope)
-        );
+    pub async fn delete_role_assignment(&self, id: &RoleAssignmentId) -> Result<(), AzureError> {
+        let path = format!("{id}?api-version={API_VERSION}");
         match self
             .service
             .send(
@@ -349,187 +305,18 @@ impl ArmClient {
     }
 }
 
-/// The legacy name of the assignment for (scope, role, principal): a UUIDv5 of the grant alone, which is what
-/// operators before the tenancy boundary PUT, so that every delegation of one grant shared it. New assignments
-/// are named by `naming::assignment_name` (owner included); this one is only recognised, so that an assignment
-/// made under it keeps working after an upgrade (and is never deleted while another delegation records it).
-pub fn assignment_name(scope: &str, role_definition_guid: &str, principal_id: &str) -> String {
-    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2d6c_0b1e_8f3a_4e57_a1c9_7b4d_e6f0_1a23);
-    let key = format!(
-        "{}|{}|{}",
-        scope.trim_end_matches('/').to_ascii_lowercase(),
-        role_definition_guid.to_ascii_lowercase(),
-        principal_id.to_ascii_lowercase()
-    );
-    uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
-}
-
-/// What a managed cluster's GET says about the identity it runs as.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ManagedCluster {
-    #[serde(default)]
-    pub properties: ManagedClusterProperties,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ManagedClusterProperties {
-    /// Absent on a cluster that runs with a managed identity (ARM then reports clientId "msi").
-    #[serde(default)]
-    pub service_principal_profile: Option<ServicePrincipalProfile>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ServicePrincipalProfile {
-    #[serde(default)]
-    pub client_id: String,
-}
-
-impl ArmClient {
-    /// The cluster, as GET managedClusters returns it (never with a secret); None if it does not exist.
-    pub async fn managed_cluster(
-        &self,
-        cluster_id: &str,
-    ) -> Result<Option<ManagedCluster>, AzureError> {
-        let path = format!(
-            "{}?api-version={AKS_API_VERSION}",
-            cluster_id.trim_end_matches('/')
-        );
-        self.service.get_opt("arm get managedCluster", &path).await
-    }
-
-    /// Starts `resetServicePrincipalProfile` on an AKS cluster (`az aks update-credentials
-    /// --reset-service-principal`). Returns the URL to poll, or None when ARM finished it at once (200).
-    pub async fn reset_service_principal_profile(
-        &self,
-        cluster_id: &str,
-        client_id: &str,
-        secret: &str,
-    ) -> Result<Option<String>, AzureError> {
-        const OP: &str = "arm post resetServicePrincipalProfile";
-        let path = format!(
-            "{}/resetServicePrincipalProfile?api-version={AKS_API_VERSION}",
-            cluster_id.trim_end_matches('/')
-        );
-        let body = json!({"clientId": client_id, "secret": secret});
-        let (status, headers, _) = self
-            .service
-            .send_full(OP, Method::POST, &path, Some(&body), &[])
-            .await?;
-        if status == reqwest::StatusCode::OK {
-            return Ok(None);
-        }
-        // The spec declares Location; other AKS operations send Azure-AsyncOperation too: either will do.
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        header("azure-asyncoperation")
-            .or_else(|| header("location"))
-            .map(Some)
-            .ok_or(AzureError::Unexpected {
-                operation: OP,
-                detail: "202 without Location or Azure-AsyncOperation".into(),
-            })
-    }
-
-    /// Polls a long-running operation by the URL ARM gave.
-    pub async fn operation(&self, url: &str) -> Result<Operation, AzureError> {
-        const OP: &str = "arm get operation";
-        let path = self.service.path_of(url).ok_or(AzureError::Unexpected {
-            operation: OP,
-            detail: format!("operation URL {url} is not on the Resource Manager endpoint"),
-        })?;
-        match self.service.send(OP, Method::GET, path, None, &[]).await {
-            // An Azure-AsyncOperation answer carries the status in its body.
-            Ok((_, Some(body))) if body.get("status").is_some() => {
-                Ok(match body["status"].as_str().unwrap_or_default() {
-                    "Succeeded" => Operation::Succeeded,
-                    "Failed" | "Canceled" => Operation::Failed(
-                        body["error"]["message"]
-                            .as_str()
-                            .unwrap_or("the operation failed")
-                            .to_string(),
-                    ),
-                    _ => Operation::InProgress,
-                })
-            }
-            // A Location answer: 202 while running, 200 or 204 when done.
-            Ok((reqwest::StatusCode::ACCEPTED, _)) => Ok(Operation::InProgress),
-            Ok(_) => Ok(Operation::Succeeded),
-            Err(AzureError::Api {
-                status, message, ..
-            }) if status >= 500 && !message.is_empty() => Ok(Operation::Failed(message)),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// The scope and name of a role assignment's ARM id ({scope}/providers/Microsoft.Authorization/roleAssignments/
-/// {name}).
-pub fn split_assignment_id(id: &str) -> Option<(&str, &str)> {
-    const MARK: &str = "/providers/microsoft.authorization/roleassignments/";
-    let at = id.to_ascii_lowercase().rfind(MARK)?;
-    let name = &id[at + MARK.len()..];
-    (!name.is_empty() && !name.contains('/')).then(|| (&id[..at], name))
-}
-
-/// The ARM id of the assignment `name` at `scope`.
-pub fn assignment_id(scope: &str, name: &str) -> String {
-    format!(
-        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-        under(scope)
-    )
-}
-
-/// The GUID at the end of a role definition id (or the id itself when it is a bare GUID).
-pub fn definition_guid(definition_id: &str) -> &str {
-    definition_id.rsplit('/').next().unwrap_or(definition_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::{error::ErrorClass, graph::GraphClient, testing::TestAzure};
+    use crate::{
+        azure::{
+            error::ErrorClass, graph::GraphClient, scope::RoleDefinitionId, testing::TestAzure,
+        },
+        controller::naming,
+    };
 
     const SUB: &str = "/subscriptions/11111111-2222-3333-4444-555555555555";
     const ACR_PULL: &str = "7f951dda-4ed3-4680-a7ca-43fe172d538d";
-
-    #[test]
-    fn assignment_names_are_stable_and_case_blind() {
-        let a = assignment_name(&format!("{SUB}/resourceGroups/RG"), ACR_PULL, "P1");
-        assert_eq!(
-            a,
-            assignment_name(
-                &format!("{SUB}/resourcegroups/rg/"),
-                &ACR_PULL.to_uppercase(),
-                "p1"
-            )
-        );
-        assert_ne!(
-            a,
-            assignment_name(&format!("{SUB}/resourceGroups/rg2"), ACR_PULL, "p1")
-        );
-        assert!(
-            uuid::Uuid::parse_str(&a).is_ok(),
-            "ARM requires a GUID name"
-        );
-        assert_eq!(
-            split_assignment_id(&assignment_id(&format!("{SUB}/resourceGroups/rg"), &a)),
-            Some((format!("{SUB}/resourceGroups/rg").as_str(), a.as_str()))
-        );
-        assert_eq!(split_assignment_id(SUB), None);
-        assert_eq!(
-            definition_guid(&format!(
-                "/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
-            )),
-            ACR_PULL
-        );
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn role_assignments_are_idempotent_and_errors_carry_arms_codes() {
@@ -549,23 +336,26 @@ mod tests {
             .unwrap();
         let (_, principal) = graph.upsert_service_principal(&app.app_id).await.unwrap();
 
-        let scope = format!(
+        let scope = Scope::parse(&format!(
             "{SUB}/resourceGroups/rg-shared/providers/Microsoft.ContainerRegistry/registries/contosoacr"
-        );
+        ))
+        .unwrap();
         let role = arm
-            .role_definition_by_name(&scope, "AcrPull")
+            .role_definition_by_name(scope.as_str(), "AcrPull")
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(definition_guid(&role.id), ACR_PULL);
+        let guid = |id: &str| RoleDefinitionId::parse(id).unwrap().guid().to_string();
+        assert_eq!(guid(&role.id), ACR_PULL);
         assert!(
-            arm.role_definition_by_name(&scope, "No Such Role")
+            arm.role_definition_by_name(scope.as_str(), "No Such Role")
                 .await
                 .unwrap()
                 .is_none()
         );
 
-        let name = assignment_name(&scope, definition_guid(&role.id), &principal.id);
+        let name = naming::legacy_assignment_name(&scope, &guid(&role.id), &principal.id);
+        let id = RoleAssignmentId::new(scope.clone(), &name);
         let grant = Grant {
             role_definition_id: &role.id,
             principal_id: &principal.id,
@@ -573,25 +363,16 @@ mod tests {
             condition_version: None,
             description: Some("test"),
         };
-        let created = arm
-            .put_role_assignment(&scope, &name, &grant)
-            .await
-            .unwrap();
+        let created = arm.put_role_assignment(&id, &grant).await.unwrap();
         assert_eq!(created.name, name);
-        assert_eq!(
-            definition_guid(&created.properties.role_definition_id),
-            ACR_PULL
-        );
-        let again = arm
-            .put_role_assignment(&scope, &name, &grant)
-            .await
-            .unwrap();
+        assert_eq!(guid(&created.properties.role_definition_id), ACR_PULL);
+        let again = arm.put_role_assignment(&id, &grant).await.unwrap();
         assert_eq!(
             again.id, created.id,
             "the same PUT finds the same assignment"
         );
         assert_eq!(
-            arm.role_assignment(&scope, &name)
+            arm.role_assignment(&id)
                 .await
                 .unwrap()
                 .unwrap()
@@ -600,19 +381,16 @@ mod tests {
             principal.id
         );
 
-        let other = uuid::Uuid::new_v4().to_string();
-        let err = arm
-            .put_role_assignment(&scope, &other, &grant)
-            .await
-            .unwrap_err();
+        let other = RoleAssignmentId::new(scope.clone(), &uuid::Uuid::new_v4().to_string());
+        let err = arm.put_role_assignment(&other, &grant).await.unwrap_err();
         assert_eq!(
             (err.code(), err.class()),
             ("RoleAssignmentExists", ErrorClass::Conflict),
             "{err}"
         );
-        let missing = format!("{SUB}/resourceGroups/nope");
+        let missing = Scope::parse(&format!("{SUB}/resourceGroups/nope")).unwrap();
         let err = arm
-            .put_role_assignment(&missing, &other, &grant)
+            .put_role_assignment(&RoleAssignmentId::new(missing, other.name()), &grant)
             .await
             .unwrap_err();
         assert_eq!(
@@ -621,9 +399,9 @@ mod tests {
             "{err}"
         );
 
-        arm.delete_role_assignment(&scope, &name).await.unwrap();
-        arm.delete_role_assignment(&scope, &name).await.unwrap();
-        assert!(arm.role_assignment(&scope, &name).await.unwrap().is_none());
+        arm.delete_role_assignment(&id).await.unwrap();
+        arm.delete_role_assignment(&id).await.unwrap();
+        assert!(arm.role_assignment(&id).await.unwrap().is_none());
         azure.emulator.shutdown().await.unwrap();
     }
 }
