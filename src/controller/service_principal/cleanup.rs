@@ -261,3 +261,194 @@ async fn execute(sp: &ServicePrincipal, ctx: &Context, step: Step) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        apimachinery::pkg::apis::meta::v1::{Condition, Time},
+        jiff::SignedDuration,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        api::ServicePrincipalStatus,
+        fixtures::{
+            CLUSTER_ID, NAMESPACE, application, key_id, password, service_principal_with, t0,
+        },
+    };
+
+    /// An hour after the fixtures' objects were created: no longer young.
+    fn later() -> Timestamp {
+        t0() + SignedDuration::from_hours(1)
+    }
+
+    fn status(object_id: Option<&str>, federated: &[&str]) -> ServicePrincipalStatus {
+        ServicePrincipalStatus {
+            object_id: object_id.map(str::to_string),
+            service_principal_id: Some("principal-web".into()),
+            federated_credentials: federated.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn web(spec: serde_json::Value, status: Option<ServicePrincipalStatus>) -> ServicePrincipal {
+        let mut sp = service_principal_with("web", spec);
+        sp.status = status;
+        sp
+    }
+
+    #[test]
+    fn a_delete_under_each_deletion_policy() {
+        let adopt = json!({"adopt": {"appId": "app-web"}});
+        let ours = application(
+            "web",
+            vec![
+                password("web", 1, t0(), 365),
+                password("other", 1, t0(), 365),
+            ],
+        );
+        let theirs = application("someone", vec![password("web", 1, t0(), 365)]);
+        let mut replicating = status(None, &[]);
+        replicating.conditions = vec![Condition {
+            type_: conditions::READY.into(),
+            status: "False".into(),
+            reason: protocol::WAITING_FOR_REPLICATION.into(),
+            message: String::new(),
+            last_transition_time: Time(t0()),
+            observed_generation: Some(1),
+        }];
+        let delete_app = || Step::DeleteApplication {
+            id: "object-web".into(),
+            unique_name: naming::unique_name(CLUSTER_ID, NAMESPACE, "web", "uid-web"),
+        };
+        let table = [
+            (
+                "Orphan",
+                web(json!({"deletionPolicy": "Orphan"}), None),
+                Some(&ours),
+                later(),
+                vec![Step::Orphaned],
+            ),
+            (
+                "Orphan, adopted",
+                web(
+                    json!({"deletionPolicy": "Orphan", "adopt": {"appId": "app-web"}}),
+                    None,
+                ),
+                Some(&ours),
+                later(),
+                vec![Step::Orphaned],
+            ),
+            (
+                "Delete: the application found",
+                web(json!({}), None),
+                Some(&ours),
+                later(),
+                vec![delete_app()],
+            ),
+            (
+                "Delete and purge: the service principal first",
+                web(
+                    json!({"purgeOnDelete": true}),
+                    Some(status(Some("object-web"), &[])),
+                ),
+                Some(&ours),
+                later(),
+                vec![
+                    delete_app(),
+                    Step::Purge("principal-web".into()),
+                    Step::Purge("object-web".into()),
+                ],
+            ),
+            (
+                "Delete: not found, old, nothing recorded",
+                web(json!({}), None),
+                None,
+                later(),
+                vec![],
+            ),
+            (
+                "Delete: not found, young",
+                web(json!({}), None),
+                None,
+                t0(),
+                vec![Step::WaitOutReplication { recorded: None }],
+            ),
+            (
+                "Delete: not found, an id recorded",
+                web(json!({}), Some(status(Some("object-web"), &[]))),
+                None,
+                later(),
+                vec![Step::WaitOutReplication {
+                    recorded: Some("object-web".into()),
+                }],
+            ),
+            (
+                "Delete: not found, waiting for replication",
+                web(json!({}), Some(replicating)),
+                None,
+                later(),
+                vec![Step::WaitOutReplication { recorded: None }],
+            ),
+            (
+                "Delete, adopted and held: only what this object added",
+                web(adopt.clone(), Some(status(Some("object-web"), &["mine"]))),
+                Some(&ours),
+                later(),
+                vec![
+                    Step::RemovePassword {
+                        object_id: "object-web".into(),
+                        key_id: key_id("web", 1),
+                    },
+                    Step::DeleteFederatedCredential {
+                        object_id: "object-web".into(),
+                        name: "mine".into(),
+                    },
+                ],
+            ),
+            (
+                "Delete, adopted but held by another: nothing",
+                web(adopt.clone(), Some(status(None, &["mine"]))),
+                Some(&theirs),
+                later(),
+                vec![],
+            ),
+            (
+                "Delete, adopted, gone",
+                web(adopt, None),
+                None,
+                t0(),
+                vec![],
+            ),
+        ];
+        for (name, sp, found, now, want) in table {
+            let teardown = teardown(&sp, CLUSTER_ID);
+            assert_eq!(
+                steps(&sp, &teardown, found, CLUSTER_ID, now),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn teardown_looks_up_the_application_by_how_the_object_holds_it() {
+        assert_eq!(
+            teardown(&web(json!({"deletionPolicy": "Orphan"}), None), CLUSTER_ID),
+            Teardown::Orphan
+        );
+        assert_eq!(
+            teardown(&web(json!({}), None), CLUSTER_ID),
+            Teardown::Created {
+                unique_name: naming::unique_name(CLUSTER_ID, NAMESPACE, "web", "uid-web")
+            }
+        );
+        assert_eq!(
+            teardown(&web(json!({"adopt": {"appId": "app-x"}}), None), CLUSTER_ID),
+            Teardown::Adopted {
+                app_id: "app-x".into()
+            }
+        );
+    }
+}
