@@ -209,3 +209,74 @@ async fn write_secret(
     secrets::write(&ctx.client, &owner, target, key_id, data).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        controller::{naming, reconcile::Failure as _, service_principal::gather::Gathered},
+        fixtures::{self, NAMESPACE, t0},
+    };
+
+    /// The Context's API server is unreachable, so the Secret write fails after addPassword: the new password
+    /// is removed in the same reconcile, and the one delivered before stays (nothing stale is removed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_password_whose_secret_write_fails_is_removed_in_the_same_reconcile() {
+        let (ctx, _azure) = fixtures::context().await;
+        let sp = fixtures::service_principal("web");
+        let key = naming::unique_name(&ctx.cluster_id, NAMESPACE, "web", "uid-web");
+        ctx.graph
+            .upsert_application_id(&key, &json!({"displayName": "web-app"}))
+            .await
+            .expect("created");
+        let app = ctx
+            .graph
+            .application_by_unique_name(&key)
+            .await
+            .unwrap()
+            .expect("visible");
+        let end = t0() + k8s_openapi::jiff::SignedDuration::from_hours(24 * 365 * 10);
+        let before = ctx
+            .graph
+            .add_password(&app.id, &naming::password_name(NAMESPACE, "web", 1), end)
+            .await
+            .expect("added");
+        let planned = Plan {
+            principal: Principal::Found("principal-web".into()),
+            federated: Ok(FederatedPlan::default()),
+            password: Ok(PasswordPlan::Deliver {
+                deliver: Deliver::Issue {
+                    display_name: naming::password_name(NAMESPACE, "web", 2),
+                    end,
+                },
+                stale: vec![before.credential.key_id.clone()],
+            }),
+        };
+        let gathered = Gathered {
+            app: app.clone(),
+            all_ours: true,
+            principal: None,
+            federated: vec![],
+            secret: None,
+            rotated_by: None,
+        };
+        let err = act(&sp, &ctx, &gathered, planned, &mut None)
+            .await
+            .expect_err("the Secret cannot be written");
+        assert_eq!(err.reason(), "KubernetesError");
+        let after = ctx
+            .graph
+            .application_by_unique_name(&key)
+            .await
+            .unwrap()
+            .expect("visible");
+        let keys: Vec<&str> = after
+            .password_credentials
+            .iter()
+            .map(|p| p.key_id.as_str())
+            .collect();
+        assert_eq!(keys, [before.credential.key_id.as_str()]);
+    }
+}
