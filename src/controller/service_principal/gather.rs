@@ -13,8 +13,8 @@ use crate::{
     controller::Context,
 };
 
-/// Everything the plans decide from, besides the spec and the time.
-#[derive(Clone, Debug)]
+/// Everything the plans decide from, besides the spec and the time. No Debug: the Secret holds a password.
+#[derive(Clone)]
 pub struct Gathered {
     pub app: Application,
     /// Whether every credential on the application is this object's (see `application::Found`).
