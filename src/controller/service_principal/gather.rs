@@ -1,0 +1,85 @@
+//! What a reconcile reads once the application is as the spec says, into one plain struct: the service
+//! principal, the federated credentials, the delivered Secret and, only when a password of this object's is
+//! not the one the Secret holds, whether a CredentialRotation manages them. No more reads than the decisions
+//! need: the plans in `plan` take it from here.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::{Error, application::Found, password, plan::Setting};
+use crate::{
+    api::{SecretTarget, ServicePrincipal, protocol::ROTATED_BY_ANNOTATION},
+    azure::graph::{self, Application, FederatedIdentityCredential},
+    controller::Context,
+};
+
+/// Everything the plans decide from, besides the spec and the time. No Debug: the Secret holds a password.
+#[derive(Clone)]
+pub struct Gathered {
+    pub app: Application,
+    /// Whether every credential on the application is this object's (see `application::Found`).
+    pub all_ours: bool,
+    /// Its service principal, if Graph shows one.
+    pub principal: Option<graph::ServicePrincipal>,
+    pub federated: Vec<FederatedIdentityCredential>,
+    /// The Secret spec.secret names; None when it is absent or none is asked for.
+    pub secret: Option<Secret>,
+    /// The CredentialRotation that manages this object's password, read only when `password::asks_rotation`.
+    pub rotated_by: Option<String>,
+}
+
+pub async fn gather(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    found: Found,
+    setting: &Setting<'_>,
+) -> Result<Gathered, Error> {
+    let app = found.app;
+    let principal = ctx.graph.service_principal_by_app_id(&app.app_id).await?;
+    let federated = match found.federated {
+        Some(read) => read,
+        None => ctx.graph.federated_credentials(&app.id).await?,
+    };
+    let secret = secret(sp, ctx, sp.spec.secret.as_ref()).await?;
+    let rotated_by = if password::asks_rotation(sp, &app, secret.as_ref(), setting) {
+        rotated_by(sp, ctx).await?
+    } else {
+        None
+    };
+    Ok(Gathered {
+        app,
+        all_ours: found.all_ours,
+        principal,
+        federated,
+        secret,
+        rotated_by,
+    })
+}
+
+/// The Secret `target` names, if a target is given.
+pub async fn secret(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    target: Option<&SecretTarget>,
+) -> Result<Option<Secret>, Error> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    Ok(secrets.get_opt(&target.name).await?)
+}
+
+/// The CredentialRotation that manages this object's password, read from the API server (not the cache): the
+/// watch cache may not show the annotation the rotation set a moment ago.
+async fn rotated_by(sp: &ServicePrincipal, ctx: &Context) -> Result<Option<String>, Error> {
+    if sp.spec.secret.is_none() {
+        return Ok(None);
+    }
+    let api: Api<ServicePrincipal> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    Ok(api
+        .get_metadata_opt(&sp.name_any())
+        .await?
+        .and_then(|m| m.annotations().get(ROTATED_BY_ANNOTATION).cloned()))
+}

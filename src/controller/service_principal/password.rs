@@ -1,0 +1,183 @@
+//! The one password a ServicePrincipal delivers to its Secret, decided from what the Secret holds and the
+//! passwords this object issued: keep it, re-render the Secret (a format change: same password), or issue a
+//! new one; then remove every other password of this object's (those a crash left undelivered, or one the
+//! Secret no longer holds), unless a CredentialRotation manages them. Pure; `act` carries it out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::ResourceExt;
+
+use super::{Error, gather::Gathered, plan::Setting};
+use crate::{
+    api::{SecretTarget, ServicePrincipal},
+    azure::graph::{Application, PasswordCredential},
+    controller::{
+        credentials::{self, Held},
+        naming, secrets,
+    },
+};
+
+/// A Secret's data rendered from a password's text. Its Debug names the keys only: the values hold the text.
+#[derive(Clone, PartialEq)]
+pub struct Rendered(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// What the Secret gets.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deliver {
+    /// It holds this password, rendered as the spec says.
+    Keep(PasswordCredential),
+    /// It holds this password, rendered otherwise (the format or the templates changed): written again.
+    Rerender(PasswordCredential, Rendered),
+    /// It holds none of this object's passwords (lost, edited, never written, or a crash after addPassword):
+    /// a new one, named and dated so, goes straight into it.
+    Issue {
+        display_name: String,
+        end: Timestamp,
+    },
+}
+
+impl Deliver {
+    /// The password the Secret already holds, if it is to keep holding it.
+    pub fn kept(&self) -> Option<&PasswordCredential> {
+        match self {
+            Deliver::Keep(p) | Deliver::Rerender(p, _) => Some(p),
+            Deliver::Issue { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum PasswordPlan {
+    /// No Secret asked for: no password either; every one this object issued goes (key ids).
+    Withdraw(Vec<String>),
+    /// `deliver`, then remove `stale` (key ids): this object's other passwords.
+    Deliver {
+        deliver: Deliver,
+        stale: Vec<String>,
+    },
+}
+
+/// The password plan. Under a CredentialRotation (`gathered.rotated_by`) nothing is removed, since the rotation
+/// keeps its previous password through the overlap and may be adding the next one; and a lost or edited
+/// Secret is the rotation's to repair (WaitingForRotation): issuing here could make a third password, or
+/// replace one an AKS cluster still uses. The first password is still issued here.
+pub fn plan(
+    sp: &ServicePrincipal,
+    gathered: &Gathered,
+    setting: &Setting,
+) -> Result<PasswordPlan, Error> {
+    let ours = credentials::ours(
+        &gathered.app,
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+    );
+    let Some(target) = &sp.spec.secret else {
+        return Ok(PasswordPlan::Withdraw(
+            ours.iter().map(|p| p.key_id.clone()).collect(),
+        ));
+    };
+    let app_id = &gathered.app.app_id;
+    let deliver = choose(sp, target, app_id, &ours, gathered.secret.as_ref(), setting)?;
+    if let Deliver::Issue { .. } = &deliver {
+        if !ours.is_empty()
+            && let Some(rotation) = &gathered.rotated_by
+        {
+            return Err(Error::ManagedByRotation(format!(
+                "CredentialRotation {rotation} manages this object's password; it re-issues Secret {}",
+                target.name
+            )));
+        }
+        // Before the password exists: a spec that cannot be delivered must not add one on every retry.
+        setting
+            .delivery(sp, app_id, target)
+            .check()
+            .map_err(Error::Invalid)?;
+    }
+    let stale = match &gathered.rotated_by {
+        Some(_) => vec![],
+        None => others(&deliver, &ours),
+    };
+    Ok(PasswordPlan::Deliver { deliver, stale })
+}
+
+/// Whether the plan depends on a CredentialRotation: some password of this object's is not the one the
+/// Secret keeps, so `gather` reads whether a rotation manages them (and only then: it is a read of the API
+/// server, not the cache).
+pub fn asks_rotation(
+    sp: &ServicePrincipal,
+    app: &Application,
+    secret: Option<&Secret>,
+    setting: &Setting,
+) -> bool {
+    let Some(target) = &sp.spec.secret else {
+        return false;
+    };
+    let ours = credentials::ours(app, &sp.namespace().unwrap_or_default(), &sp.name_any());
+    match choose(sp, target, &app.app_id, &ours, secret, setting) {
+        Ok(deliver) => !others(&deliver, &ours).is_empty(),
+        Err(_) => false,
+    }
+}
+
+/// The key ids of `ours` other than the one `deliver` keeps.
+fn others(deliver: &Deliver, ours: &[&PasswordCredential]) -> Vec<String> {
+    let kept = deliver.kept().map(|p| &p.key_id);
+    ours.iter()
+        .filter(|p| Some(&p.key_id) != kept)
+        .map(|p| p.key_id.clone())
+        .collect()
+}
+
+/// What the Secret gets, from what it holds (`secret`, None if absent) of `ours` on application `app_id`. A Secret someone else
+/// owns is never touched.
+fn choose(
+    sp: &ServicePrincipal,
+    target: &SecretTarget,
+    app_id: &str,
+    ours: &[&PasswordCredential],
+    secret: Option<&Secret>,
+    setting: &Setting,
+) -> Result<Deliver, Error> {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    if let Some(secret) = secret
+        && !secrets::owned_by(secret, sp)
+    {
+        return Err(Error::SecretConflict(format!("{ns}/{}", target.name)));
+    }
+    let delivered = secret.and_then(|s| credentials::delivered(s, ours, target, true));
+    Ok(match delivered {
+        Some((password, Held { text: None, .. })) => Deliver::Keep(password.clone()),
+        Some((password, held)) => {
+            let text = held.text.as_deref().unwrap_or_default();
+            let rendered = setting
+                .delivery(sp, app_id, target)
+                .render(text)
+                .map_err(Error::Invalid)?;
+            if held.format != target.format || rendered != held.as_text() {
+                Deliver::Rerender(password.clone(), Rendered(rendered))
+            } else {
+                Deliver::Keep(password.clone())
+            }
+        }
+        None => {
+            let lifetime = sp
+                .spec
+                .credential_lifetime
+                .as_ref()
+                .map(|d| d.as_std())
+                .unwrap_or(credentials::DEFAULT_LIFETIME);
+            let serial = credentials::next_serial(ours, &ns, &name);
+            Deliver::Issue {
+                display_name: naming::password_name(&ns, &name, serial),
+                end: credentials::expiry(setting.now, lifetime),
+            }
+        }
+    })
+}

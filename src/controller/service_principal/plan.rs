@@ -1,0 +1,778 @@
+//! The decisions of a reconcile, pure: from the object, what `gather` read and the time, which steps `act`
+//! takes and the status it writes. Nothing here reads Azure, the API server or the clock.
+//!
+//! The shortcut is decided here too, in two halves around the one read it makes: `shortcut` says, from the
+//! object alone, whether the drift feeds and the Secret could be enough; `unchanged` decides from that Secret.
+
+use k8s_openapi::{
+    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+};
+
+use super::{
+    Error, federated, federated::FederatedPlan, gather::Gathered, password, password::PasswordPlan,
+};
+use crate::{
+    api::{
+        SecretTarget, ServicePrincipal, ServicePrincipalStatus,
+        conditions::{self, Progress},
+        service_principal::CredentialStatus,
+    },
+    azure::{
+        cloud::Cloud,
+        graph::{Application, PasswordCredential},
+    },
+    controller::{
+        Context, clock,
+        credentials::{self, Held},
+        naming, secrets,
+    },
+};
+
+/// What the plans know besides the object and what was gathered: where the operator runs, and when.
+pub struct Setting<'a> {
+    pub tenant_id: &'a str,
+    pub cloud: &'a Cloud,
+    pub now: Timestamp,
+}
+
+impl<'a> Setting<'a> {
+    /// The operator's setting, at the time of the call.
+    pub fn of(ctx: &'a Context) -> Self {
+        Setting {
+            tenant_id: &ctx.tenant_id,
+            cloud: &ctx.cloud,
+            now: clock::now(),
+        }
+    }
+
+    /// How `sp`'s Secret renders a password of `client_id`.
+    pub fn delivery<'b>(
+        &'b self,
+        sp: &'b ServicePrincipal,
+        client_id: &'b str,
+        target: &'b SecretTarget,
+    ) -> credentials::Delivery<'b> {
+        credentials::Delivery {
+            target,
+            client_id,
+            tenant_id: self.tenant_id,
+            display_name: &sp.spec.display_name,
+            cloud: self.cloud,
+        }
+    }
+}
+
+/// An object that may need nothing done: its status is complete and Ready for this generation. The drift
+/// feeds must still vouch for `vouched`, and the Secret (if one is asked for) must hold the delivered
+/// password as the spec renders it.
+pub struct Shortcut<'a> {
+    pub status: &'a ServicePrincipalStatus,
+    pub app_id: &'a str,
+    /// The application and the service principal.
+    pub vouched: [&'a str; 2],
+    /// The Secret to read, and the credential status says it delivers; None when no Secret is asked for.
+    pub secret: Option<(&'a SecretTarget, &'a CredentialStatus)>,
+}
+
+/// The first half of the shortcut, before any read: None sends the reconcile through the full path.
+pub fn shortcut(sp: &ServicePrincipal) -> Option<Shortcut<'_>> {
+    let status = sp.status.as_ref()?;
+    let (Some(app_id), Some(object_id), Some(principal_id)) = (
+        status.app_id.as_deref(),
+        status.object_id.as_deref(),
+        status.service_principal_id.as_deref(),
+    ) else {
+        return None;
+    };
+    if status.observed_generation != sp.metadata.generation
+        || !conditions::is_true(&status.conditions, conditions::READY)
+    {
+        return None;
+    }
+    let secret = match (&sp.spec.secret, &status.credential) {
+        (None, None) => None,
+        (Some(target), Some(credential)) if status.secret_name.as_ref() == Some(&target.name) => {
+            Some((target, credential))
+        }
+        _ => return None,
+    };
+    Some(Shortcut {
+        status,
+        app_id,
+        vouched: [object_id, principal_id],
+        secret,
+    })
+}
+
+/// The second half of the shortcut: whether `secret` (what the shortcut's read found, None if absent) still
+/// holds the delivered password as the spec renders it. A template Secret, whose text cannot be read back,
+/// stands as long as its templates are the spec's.
+pub fn unchanged(
+    sp: &ServicePrincipal,
+    shortcut: &Shortcut,
+    secret: Option<&Secret>,
+    setting: &Setting,
+) -> Result<bool, Error> {
+    let Some((target, credential)) = shortcut.secret else {
+        return Ok(true);
+    };
+    let Some(secret) = secret else {
+        return Ok(false);
+    };
+    if !secrets::owned_by(secret, sp) || credentials::key_id(secret) != Some(&credential.key_id) {
+        return Ok(false);
+    }
+    Ok(
+        match credentials::held(secret, target, credential.hint.as_deref()) {
+            Some(Held { text: None, .. }) => true,
+            Some(held @ Held { text: Some(_), .. }) => {
+                let text = held.text.as_deref().unwrap_or_default();
+                held.format == target.format
+                    && setting
+                        .delivery(sp, shortcut.app_id, target)
+                        .render(text)
+                        .map_err(Error::Invalid)?
+                        == held.as_text()
+            }
+            None => false,
+        },
+    )
+}
+
+/// The application's tags: the operator's ownership marks, then the spec's, which may not imitate them.
+pub fn tags(sp: &ServicePrincipal, cluster_id: &str) -> Result<Vec<String>, Error> {
+    use kube::ResourceExt;
+    if let Some((i, tag)) = sp
+        .spec
+        .tags
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.starts_with(naming::MARK_PREFIX))
+    {
+        return Err(Error::Invalid(format!(
+            "spec.tags[{i}]: {tag:?}: tags beginning {} are the operator's ownership marks",
+            naming::MARK_PREFIX
+        )));
+    }
+    let mut tags = naming::ownership_tags(
+        cluster_id,
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+    );
+    tags.extend(sp.spec.tags.iter().cloned());
+    Ok(tags)
+}
+
+/// The service principal: found, or to create.
+#[derive(Debug, PartialEq)]
+pub enum Principal {
+    Found(String),
+    Create,
+}
+
+/// What `act` does once the application is as the spec says, in this order. A failure in a later part is
+/// returned only after the earlier parts are done, as one pass through them would.
+#[derive(Debug)]
+pub struct Plan {
+    pub principal: Principal,
+    pub federated: Result<FederatedPlan, Error>,
+    pub password: Result<PasswordPlan, Error>,
+}
+
+pub fn plan(sp: &ServicePrincipal, gathered: &Gathered, setting: &Setting) -> Plan {
+    Plan {
+        principal: match &gathered.principal {
+            Some(p) => Principal::Found(p.id.clone()),
+            None => Principal::Create,
+        },
+        federated: federated::plan(
+            sp,
+            &gathered.app.app_id,
+            &gathered.federated,
+            gathered.all_ours,
+        ),
+        password: password::plan(sp, gathered, setting),
+    }
+}
+
+/// The status of a converged object: what it holds in Azure, the password its Secret delivers (None when no
+/// Secret is asked for), and Ready.
+pub fn ready_status(
+    sp: &ServicePrincipal,
+    app: &Application,
+    principal_id: &str,
+    tenant_id: &str,
+    federated: Vec<String>,
+    delivered: Option<&PasswordCredential>,
+    now: Time,
+) -> ServicePrincipalStatus {
+    let mut status = sp.status.clone().unwrap_or_default();
+    status.app_id = Some(app.app_id.clone());
+    status.object_id = Some(app.id.clone());
+    status.service_principal_id = Some(principal_id.to_string());
+    status.tenant_id = Some(tenant_id.to_string());
+    status.federated_credentials = federated;
+    status.observed_generation = sp.metadata.generation;
+    match (&sp.spec.secret, delivered) {
+        (Some(target), Some(delivered)) => {
+            status.secret_name = Some(target.name.clone());
+            status.credential = Some(CredentialStatus {
+                key_id: delivered.key_id.clone(),
+                hint: delivered.hint.clone(),
+                display_name: delivered.display_name.clone(),
+                start_date_time: delivered.start_date_time.map(Time),
+                end_date_time: delivered.end_date_time.map(Time),
+            });
+        }
+        _ => {
+            status.secret_name = None;
+            status.credential = None;
+        }
+    }
+    let message = format!("application {} is ready", app.app_id);
+    conditions::summarize(
+        &mut status.conditions,
+        Progress::Ready(&message),
+        sp.metadata.generation,
+        now,
+    );
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use kube::Resource;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        azure::graph::{self, FederatedIdentityCredential},
+        cli::CloudName,
+        controller::{reconcile::Failure as _, service_principal::password::Deliver},
+        fixtures::{
+            NAMESPACE, application, delivered_secret, key_id, password, secret_text,
+            service_principal_with, t0,
+        },
+    };
+
+    /// The public cloud, where the `env` format has no authority host: what `fixtures::delivered_secret` holds.
+    fn cloud() -> Cloud {
+        Cloud {
+            name: CloudName::Public,
+            authority_host: "https://login.microsoftonline.com".into(),
+            graph_endpoint: "https://graph.microsoft.com/v1.0".into(),
+            graph_scope: "https://graph.microsoft.com/.default".into(),
+            resource_manager_endpoint: "https://management.azure.com".into(),
+            resource_manager_scope: "https://management.azure.com/.default".into(),
+        }
+    }
+
+    /// At `fixtures::t0()`, in the tenant `fixtures::delivered_secret` names.
+    fn setting(cloud: &Cloud) -> Setting<'_> {
+        Setting {
+            tenant_id: "tenant",
+            cloud,
+            now: t0(),
+        }
+    }
+
+    /// A builder beside the fixtures: `secret` owned by `sp`, as the operator writes it
+    /// (`fixtures::delivered_secret` carries no owner reference).
+    fn owned(mut secret: Secret, sp: &ServicePrincipal) -> Secret {
+        secret.metadata.owner_references = Some(vec![sp.controller_owner_ref(&()).expect("a uid")]);
+        secret
+    }
+
+    /// Password `serial` of the object `web`, valid for a year from t0.
+    fn p(serial: u64) -> PasswordCredential {
+        password("web", serial, t0(), 365)
+    }
+
+    fn fic(name: &str, subject: &str) -> FederatedIdentityCredential {
+        FederatedIdentityCredential {
+            id: format!("id-{name}"),
+            name: name.into(),
+            issuer: "https://issuer".into(),
+            subject: subject.into(),
+            audiences: vec!["api://AzureADTokenExchange".into()],
+            description: None,
+        }
+    }
+
+    /// The object `web` with `spec` set; its Secret is `web`, in the env format, unless `spec` says otherwise.
+    fn web(spec: serde_json::Value) -> ServicePrincipal {
+        service_principal_with("web", spec)
+    }
+
+    /// What gather finds for `web` in the steady state: its application with `passwords`, its service
+    /// principal, no federated credential, `secret` (owned by `web` when given), no rotation.
+    fn found(passwords: Vec<PasswordCredential>, secret: Option<Secret>) -> Gathered {
+        Gathered {
+            app: application("web", passwords),
+            all_ours: true,
+            principal: Some(graph::ServicePrincipal {
+                id: "principal-web".into(),
+                app_id: "app-web".into(),
+            }),
+            federated: vec![],
+            secret: secret.map(|s| owned(s, &web(json!({})))),
+            rotated_by: None,
+        }
+    }
+
+    fn fics(record: Option<&[&str]>, upsert: &[&str], delete: &[&str]) -> String {
+        format!("record {record:?} upsert {upsert:?} delete {delete:?}")
+    }
+
+    /// The plan in words: the service principal, the federated credentials, the password, and what is removed.
+    fn outline(plan: &Plan) -> (String, String, String, Vec<String>) {
+        let principal = match &plan.principal {
+            Principal::Found(id) => format!("found {id}"),
+            Principal::Create => "create".into(),
+        };
+        let federated = match &plan.federated {
+            Err(e) => format!("error {}", e.reason()),
+            Ok(f) => {
+                let upsert: Vec<&str> = f.upsert.iter().map(|c| c.name.as_str()).collect();
+                let delete: Vec<&str> = f.delete.iter().map(String::as_str).collect();
+                let record: Option<Vec<&str>> = f
+                    .record
+                    .as_ref()
+                    .map(|r| r.iter().map(String::as_str).collect());
+                fics(record.as_deref(), &upsert, &delete)
+            }
+        };
+        let (password, removed) = match &plan.password {
+            Err(e) => (format!("error {}", e.reason()), vec![]),
+            Ok(PasswordPlan::Withdraw(keys)) => ("withdraw".into(), keys.clone()),
+            Ok(PasswordPlan::Deliver { deliver, stale }) => {
+                let what = match deliver {
+                    Deliver::Keep(p) => format!("keep {}", p.key_id),
+                    Deliver::Rerender(p, data) => format!("rerender {} {:?}", p.key_id, data.0),
+                    Deliver::Issue { display_name, end } => format!(
+                        "issue #{} for {}d",
+                        naming::password_serial(display_name, NAMESPACE, "web").unwrap_or(0),
+                        (end.as_second() - t0().as_second()) / 86400
+                    ),
+                };
+                (what, stale.clone())
+            }
+        };
+        (principal, federated, password, removed)
+    }
+
+    struct Case {
+        name: &'static str,
+        sp: ServicePrincipal,
+        gathered: Gathered,
+        principal: &'static str,
+        federated: String,
+        password: String,
+        removed: Vec<String>,
+    }
+
+    fn case(name: &'static str, sp: ServicePrincipal, gathered: Gathered) -> Case {
+        Case {
+            name,
+            sp,
+            gathered,
+            principal: "found principal-web",
+            federated: fics(None, &[], &[]),
+            password: String::new(),
+            removed: vec![],
+        }
+    }
+
+    impl Case {
+        fn principal(mut self, principal: &'static str) -> Self {
+            self.principal = principal;
+            self
+        }
+        fn federated(mut self, federated: String) -> Self {
+            self.federated = federated;
+            self
+        }
+        fn password(mut self, password: &str, removed: &[u64]) -> Self {
+            self.password = password.into();
+            self.removed = removed.iter().map(|s| key_id("web", *s)).collect();
+            self
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let env = web(json!({}));
+        let rotated = |mut g: Gathered| {
+            g.rotated_by = Some("rot".into());
+            g
+        };
+        let mut edited = delivered_secret("web", "web", 1);
+        edited.data.as_mut().unwrap().insert(
+            "AZURE_CLIENT_SECRET".into(),
+            k8s_openapi::ByteString(b"edited by hand".to_vec()),
+        );
+        let mut foreign = delivered_secret("web", "web", 1);
+        foreign.metadata.owner_references = None;
+        let foreign = Gathered {
+            secret: Some(foreign),
+            ..found(vec![p(1)], None)
+        };
+        let fresh = Gathered {
+            principal: None,
+            ..found(vec![], None)
+        };
+        vec![
+            case("a fresh create", env.clone(), fresh.clone())
+                .principal("create")
+                .password("issue #1 for 365d", &[]),
+            case("a fresh create with a lifetime", web(json!({"credentialLifetime": "720h"})), fresh)
+                .principal("create")
+                .password("issue #1 for 30d", &[]),
+            case("the steady state", env.clone(), found(vec![p(1)], Some(delivered_secret("web", "web", 1))))
+                .password("keep key-web-1", &[]),
+            case(
+                "a crash after addPassword, before the Secret write: the Secret absent",
+                env.clone(),
+                found(vec![p(1)], None),
+            )
+            .password("issue #2 for 365d", &[1]),
+            case(
+                "a crash after addPassword, before the Secret write: the Secret holds another key",
+                env.clone(),
+                found(vec![p(2)], Some(delivered_secret("web", "other", 1))),
+            )
+            .password("issue #3 for 365d", &[2]),
+            case(
+                "a crash after addPassword of the next password: the stray one goes, the delivered one stays",
+                env.clone(),
+                found(vec![p(1), p(2)], Some(delivered_secret("web", "web", 1))),
+            )
+            .password("keep key-web-1", &[2]),
+            case(
+                "a crash after the Secret write, before the status write: status catches up",
+                with_status(env.clone(), 1),
+                found(vec![p(1), p(2)], Some(delivered_secret("web", "web", 2))),
+            )
+            .password("keep key-web-2", &[1]),
+            case("a Secret edited", env.clone(), found(vec![p(1)], Some(edited)))
+                .password("issue #2 for 365d", &[1]),
+            case("a Secret lost", with_status(env.clone(), 1), found(vec![p(1)], None))
+                .password("issue #2 for 365d", &[1]),
+            case(
+                "the Secret's format changed: re-rendered, same password",
+                web(json!({"secret": {"format": "az"}})),
+                found(vec![p(1)], Some(delivered_secret("web", "web", 1))),
+            )
+            .password(
+                &format!(
+                    "rerender key-web-1 {{\"appId\": \"app-web\", \"displayName\": \"web-app\", \"password\": \"{}\", \"tenant\": \"tenant\"}}",
+                    secret_text("web", 1)
+                ),
+                &[],
+            ),
+            case(
+                "a CredentialRotation manages the password: a lost Secret is its to repair",
+                env.clone(),
+                rotated(found(vec![p(1)], None)),
+            )
+            .password("error WaitingForRotation", &[]),
+            case(
+                "a CredentialRotation manages the password: its previous one stays through the overlap",
+                env.clone(),
+                rotated(found(vec![p(1), p(2)], Some(delivered_secret("web", "web", 2)))),
+            )
+            .password("keep key-web-2", &[]),
+            case(
+                "a CredentialRotation on a fresh object: the first password is still issued here",
+                env.clone(),
+                rotated(found(vec![], None)),
+            )
+            .password("issue #1 for 365d", &[]),
+            case(
+                "no Secret asked for: every password of ours goes",
+                web(json!({"secret": null})),
+                found(vec![p(1), p(2)], None),
+            )
+            .password("withdraw", &[1, 2]),
+            case(
+                "stale passwords removed",
+                env.clone(),
+                found(vec![p(1), p(2), p(3)], Some(delivered_secret("web", "web", 3))),
+            )
+            .password("keep key-web-3", &[1, 2]),
+            case("someone else's Secret", env.clone(), foreign)
+                .password("error SecretConflict", &[]),
+            case(
+                "a Secret that cannot be rendered: no password is added",
+                web(json!({"secret": {"format": "template", "templates": {"k": "{{ nope }}"}}})),
+                found(vec![], None),
+            )
+            .password("error InvalidSpec", &[]),
+            case(
+                "a Secret over Kubernetes' size limit: no password is added",
+                web(json!({"secret": {"format": "template", "templates": {
+                    "a": "x".repeat(600 * 1024), "b": "x".repeat(600 * 1024)}}})),
+                found(vec![], None),
+            )
+            .password("error InvalidSpec", &[]),
+        ]
+        .into_iter()
+        .chain(federated_cases())
+        .collect()
+    }
+
+    /// `sp` with the status a converged reconcile wrote for password `serial`.
+    fn with_status(mut sp: ServicePrincipal, serial: u64) -> ServicePrincipal {
+        let status = ready_status(
+            &sp,
+            &application("web", vec![p(serial)]),
+            "principal-web",
+            "tenant",
+            vec![],
+            Some(&p(serial)),
+            Time(t0()),
+        );
+        sp.status = Some(status);
+        sp
+    }
+
+    fn federated_cases() -> Vec<Case> {
+        let spec = |names: &[&str]| {
+            let list: Vec<_> = names
+                .iter()
+                .map(|n| json!({"name": n, "issuer": "https://issuer", "subject": "s"}))
+                .collect();
+            json!({"federatedCredentials": list})
+        };
+        let steady = || found(vec![p(1)], Some(delivered_secret("web", "web", 1)));
+        let with = |current: Vec<FederatedIdentityCredential>, all_ours: bool| Gathered {
+            federated: current,
+            all_ours,
+            ..steady()
+        };
+        let adopter = |names: &[&str], added: &[&str]| {
+            let mut sp = web(spec(names));
+            sp.status = Some(ServicePrincipalStatus {
+                federated_credentials: added.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            });
+            sp
+        };
+        vec![
+            case(
+                "federated credentials added, changed and removed on a created application",
+                web(spec(&["a", "b", "same"])),
+                with(vec![fic("b", "old"), fic("c", "s"), fic("same", "s")], true),
+            )
+            .federated(fics(None, &["a", "b"], &["c"]))
+            .password("keep key-web-1", &[]),
+            case(
+                "federated credentials on an adopted application: names recorded first, only ours removed",
+                adopter(&["a"], &["c"]),
+                with(vec![fic("c", "s"), fic("theirs", "s")], false),
+            )
+            .federated(fics(Some(&["c", "a"]), &["a"], &["c"]))
+            .password("keep key-web-1", &[]),
+            case(
+                "someone else's federated credential of the same name: Conflict",
+                adopter(&["theirs"], &[]),
+                with(vec![fic("Theirs", "s")], false),
+            )
+            .federated("error Conflict".into())
+            .password("keep key-web-1", &[]),
+        ]
+    }
+
+    #[test]
+    fn the_plan_for_each_state_of_azure_and_the_secret() {
+        let cloud = cloud();
+        let setting = setting(&cloud);
+        for case in cases() {
+            let plan = plan(&case.sp, &case.gathered, &setting);
+            let (principal, federated, password, removed) = outline(&plan);
+            assert_eq!(principal, case.principal, "{}: principal", case.name);
+            assert_eq!(federated, case.federated, "{}: federated", case.name);
+            assert_eq!(password, case.password, "{}: password", case.name);
+            assert_eq!(removed, case.removed, "{}: removed", case.name);
+            // The status names the password the Secret delivers, whatever the status said before.
+            if let Ok(PasswordPlan::Deliver { deliver, .. }) = &plan.password
+                && let Some(kept) = deliver.kept()
+            {
+                let status = ready_status(
+                    &case.sp,
+                    &case.gathered.app,
+                    "principal-web",
+                    "tenant",
+                    vec![],
+                    Some(kept),
+                    Time(t0()),
+                );
+                let credential = status.credential.expect("a credential");
+                assert_eq!(credential.key_id, kept.key_id, "{}: status", case.name);
+                assert!(conditions::is_true(&status.conditions, conditions::READY));
+            }
+            // Whether gather reads the rotated-by annotation: exactly when a password of ours is not kept.
+            let asks = password::asks_rotation(
+                &case.sp,
+                &case.gathered.app,
+                case.gathered.secret.as_ref(),
+                &setting,
+            );
+            let others = match &plan.password {
+                Ok(PasswordPlan::Deliver { deliver, .. }) => {
+                    let ours = credentials::ours(&case.gathered.app, NAMESPACE, "web");
+                    ours.iter()
+                        .any(|p| Some(&p.key_id) != deliver.kept().map(|k| &k.key_id))
+                }
+                Ok(PasswordPlan::Withdraw(_)) => false,
+                // Issuing under a rotation: the read is what stops it.
+                Err(e) => e.reason() == "WaitingForRotation",
+            };
+            assert_eq!(
+                asks, others,
+                "{}: asks whether a rotation manages the passwords",
+                case.name
+            );
+        }
+    }
+
+    /// What the shortcut does for `sp` when the drift feeds vouch for it and the Secret read finds `secret`.
+    fn shortcut_outcome(
+        sp: &ServicePrincipal,
+        secret: Option<Secret>,
+        setting: &Setting,
+    ) -> String {
+        let Some(shortcut) = shortcut(sp) else {
+            return "full path, nothing read".into();
+        };
+        let read = if shortcut.secret.is_some() {
+            "read the Secret, "
+        } else {
+            ""
+        };
+        let secret = secret.filter(|_| shortcut.secret.is_some());
+        match unchanged(sp, &shortcut, secret.as_ref(), setting) {
+            Ok(true) => format!("{read}unchanged"),
+            Ok(false) => format!("{read}full path"),
+            Err(e) => format!("{read}error {}", e.reason()),
+        }
+    }
+
+    #[test]
+    fn the_shortcut_trusts_only_a_secret_that_still_holds_the_delivered_password() {
+        let cloud = cloud();
+        let setting = setting(&cloud);
+        let converged = with_status(web(json!({})), 1);
+        let mine = |s: Secret| Some(owned(s, &converged));
+        let mut edited = delivered_secret("web", "web", 1);
+        edited.data.as_mut().unwrap().insert(
+            "AZURE_CLIENT_SECRET".into(),
+            k8s_openapi::ByteString(b"edited by hand".to_vec()),
+        );
+        let mut regenerated = converged.clone();
+        regenerated.metadata.generation = Some(2);
+        let mut failing = converged.clone();
+        failing.status.as_mut().unwrap().conditions = vec![Condition {
+            type_: conditions::READY.into(),
+            status: "False".into(),
+            reason: "Throttled".into(),
+            message: String::new(),
+            last_transition_time: Time(t0()),
+            observed_generation: Some(1),
+        }];
+        let mut reformatted = converged.clone();
+        reformatted.spec.secret.as_mut().unwrap().format = crate::api::SecretFormat::Az;
+        let mut renamed = converged.clone();
+        renamed.spec.secret.as_mut().unwrap().name = "elsewhere".into();
+        let mut unasked = web(json!({"secret": null}));
+        unasked.status = Some(ready_status(
+            &unasked,
+            &application("web", vec![]),
+            "principal-web",
+            "tenant",
+            vec![],
+            None,
+            Time(t0()),
+        ));
+        let table = [
+            (
+                "never reconciled",
+                web(json!({})),
+                None,
+                "full path, nothing read",
+            ),
+            (
+                "a new generation",
+                regenerated,
+                mine(delivered_secret("web", "web", 1)),
+                "full path, nothing read",
+            ),
+            (
+                "not Ready",
+                failing,
+                mine(delivered_secret("web", "web", 1)),
+                "full path, nothing read",
+            ),
+            (
+                "the Secret renamed",
+                renamed,
+                mine(delivered_secret("web", "web", 1)),
+                "full path, nothing read",
+            ),
+            ("no Secret asked for", unasked, None, "unchanged"),
+            (
+                "the steady state",
+                converged.clone(),
+                mine(delivered_secret("web", "web", 1)),
+                "read the Secret, unchanged",
+            ),
+            (
+                "the Secret lost",
+                converged.clone(),
+                None,
+                "read the Secret, full path",
+            ),
+            (
+                "the Secret holds another key",
+                converged.clone(),
+                mine(delivered_secret("web", "web", 2)),
+                "read the Secret, full path",
+            ),
+            (
+                "the Secret edited",
+                converged.clone(),
+                mine(edited),
+                "read the Secret, full path",
+            ),
+            (
+                "the Secret someone else's",
+                converged.clone(),
+                Some(delivered_secret("web", "web", 1)),
+                "read the Secret, full path",
+            ),
+            (
+                "the format changed",
+                reformatted,
+                mine(delivered_secret("web", "web", 1)),
+                "read the Secret, full path",
+            ),
+        ];
+        for (name, sp, secret, want) in table {
+            assert_eq!(shortcut_outcome(&sp, secret, &setting), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_tag_imitating_the_ownership_marks_is_refused() {
+        let sp = web(json!({"tags": ["team=a", format!("{}cluster=x", naming::MARK_PREFIX)]}));
+        let e = tags(&sp, "c1").unwrap_err();
+        assert!(e.to_string().starts_with("spec.tags[1]:"), "{e}");
+        let sp = web(json!({"tags": ["team=a"]}));
+        let tags = tags(&sp, "c1").unwrap();
+        assert_eq!(tags.last().map(String::as_str), Some("team=a"));
+        assert_eq!(
+            &tags[..tags.len() - 1],
+            naming::ownership_tags("c1", NAMESPACE, "web")
+        );
+    }
+}
