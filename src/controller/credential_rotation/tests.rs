@@ -194,29 +194,61 @@ struct Case {
 
 fn nothing(_: &CredentialRotationStatus) {}
 
-#[test]
-fn the_plan_decides_every_moment_of_a_rotation() {
-    let now = at(DAY);
-    let month = at(31 * DAY);
-    let young = password(OWNER, 2, month - SignedDuration::from_secs(5), 365);
-    let old = password(OWNER, 2, month - SignedDuration::from_secs(60), 365);
-    let p1 = || password(OWNER, 1, t0(), 365);
-    let p2 = || password(OWNER, 2, at(20 * DAY), 365);
-    let plain = rotation(json!({}));
-    let with_workload =
-        rotation(json!({"targets": {"restartWorkloads": [{"kind": "Deployment", "name": "api"}]}}));
-    let with_cluster = rotation(json!({"targets": {"aksClusters": [cluster()]}}));
-    let intent = CredentialRotationStatus {
+fn now() -> Timestamp {
+    at(DAY)
+}
+
+fn month() -> Timestamp {
+    at(31 * DAY)
+}
+
+/// Password 2, added 5 seconds ago at [`month`]: still on its way into the Secret.
+fn young() -> PasswordCredential {
+    password(OWNER, 2, month() - SignedDuration::from_secs(5), 365)
+}
+
+/// Password 2, added a minute before [`month`]: left behind.
+fn old() -> PasswordCredential {
+    password(OWNER, 2, month() - SignedDuration::from_secs(60), 365)
+}
+
+fn p1() -> PasswordCredential {
+    password(OWNER, 1, t0(), 365)
+}
+
+fn p2() -> PasswordCredential {
+    password(OWNER, 2, at(20 * DAY), 365)
+}
+
+fn plain() -> CredentialRotation {
+    rotation(json!({}))
+}
+
+fn with_workload() -> CredentialRotation {
+    rotation(json!({"targets": {"restartWorkloads": [{"kind": "Deployment", "name": "api"}]}}))
+}
+
+fn with_cluster() -> CredentialRotation {
+    rotation(json!({"targets": {"aksClusters": [cluster()]}}))
+}
+
+/// Password 1 current, and the intent to replace it recorded.
+fn intent() -> CredentialRotationStatus {
+    CredentialRotationStatus {
         previous_key_id: Some(key(1)),
-        ..published(&plain, 1, t0())
-    };
-    let cases = vec![
+        ..published(&plain(), 1, t0())
+    }
+}
+
+/// A fresh rotation, the steady state, and a crash before the Secret write.
+fn fresh_and_steady_cases() -> Vec<Case> {
+    vec![
         Case {
             name: "a fresh rotation adopts the ServicePrincipal's first password and publishes it",
             crot: rotation(json!({"rotationToken": "first"})),
             status: CredentialRotationStatus::default(),
             gathered: gathered(vec![p1()], secret(1), &[]),
-            now,
+            now: now(),
             finishing: false,
             expect: Ok(publish_new()),
             check: |s| {
@@ -231,69 +263,91 @@ fn the_plan_decides_every_moment_of_a_rotation() {
         },
         Case {
             name: "a fresh rotation with no password of its own yet issues the first",
-            crot: plain.clone(),
+            crot: plain(),
             status: CredentialRotationStatus::default(),
             gathered: gathered(vec![], None, &[]),
-            now,
+            now: now(),
             finishing: false,
-            expect: Ok(rotate(None, 1, Trigger::Initial, now)),
+            expect: Ok(rotate(None, 1, Trigger::Initial, now())),
             check: |s| assert_eq!(s.current_key_id, None),
         },
         Case {
             name: "the steady state checks its targets and changes nothing",
-            crot: plain.clone(),
-            status: published(&plain, 1, t0()),
+            crot: plain(),
+            status: published(&plain(), 1, t0()),
             gathered: gathered(vec![p1()], secret(1), &[]),
-            now,
+            now: now(),
             finishing: false,
             expect: Ok(steady()),
             check: |s| assert_eq!(s.previous_key_id, None),
         },
         Case {
             name: "a crash after addPassword: a password younger than the grace is on its way, the rotation waits",
-            crot: plain.clone(),
-            status: intent.clone(),
-            gathered: gathered(vec![p1(), young.clone()], secret(1), &[]),
-            now: month,
+            crot: plain(),
+            status: intent(),
+            gathered: gathered(vec![p1(), young()], secret(1), &[]),
+            now: month(),
             finishing: false,
             expect: Ok(vec![Step::Wait {
                 reason: "WaitingForOverlap",
                 message:
                     "a scheduled rotation is due; it starts when the previous secret's overlap ends"
                         .into(),
-                until: month + SignedDuration::from_secs(10),
+                until: month() + SignedDuration::from_secs(10),
             }]),
             check: |s| {
                 assert_eq!(s.current_key_id, Some(key(1)));
                 assert_eq!(
                     s.previous_key_id, None,
-                    "the intent never reached the Secret"
+                    "the intent() never reached the Secret"
                 );
+            },
+        },
+    ]
+}
+
+/// Crashes between two writes, and a Secret edited or lost.
+fn crash_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "a Secret holding a newer password of ours with no intent recorded is adopted: nothing \
+                   restarts, and the password it replaced, kept by nothing, goes",
+            crot: with_workload(),
+            status: published(&with_workload(), 1, t0()),
+            gathered: gathered(vec![p1(), p2()], secret(2), &[]),
+            now: at(21 * DAY),
+            finishing: false,
+            expect: Ok([vec![Step::RemoveLeftover { key_id: key(1) }], publish_new()].concat()),
+            check: |s| {
+                assert_eq!(s.current_key_id, Some(key(2)));
+                assert_eq!(s.previous_key_id, None);
+                assert_eq!(s.targets.len(), 1, "{:?}", s.targets);
+                assert_eq!(s.targets[0].key_id, Some(key(2)));
             },
         },
         Case {
             name: "a crash after addPassword: an older password is left behind, removed, and the rotation goes on",
-            crot: plain.clone(),
-            status: intent.clone(),
-            gathered: gathered(vec![p1(), old.clone()], secret(1), &[]),
-            now: month,
+            crot: plain(),
+            status: intent(),
+            gathered: gathered(vec![p1(), old()], secret(1), &[]),
+            now: month(),
             finishing: false,
             expect: Ok([
                 vec![Step::RemoveLeftover { key_id: key(2) }],
-                rotate(Some(1), 3, Trigger::Scheduled, month),
+                rotate(Some(1), 3, Trigger::Scheduled, month()),
             ]
             .concat()),
             check: |s| assert_eq!(s.previous_key_id, None),
         },
         Case {
             name: "a crash after the Secret write: status catches up with the newer key, no new password",
-            crot: with_workload.clone(),
+            crot: with_workload(),
             status: CredentialRotationStatus {
                 previous_key_id: Some(key(1)),
-                ..published(&with_workload, 1, t0())
+                ..published(&with_workload(), 1, t0())
             },
-            gathered: gathered(vec![p1(), young.clone()], secret(2), &[]),
-            now: month,
+            gathered: gathered(vec![p1(), young()], secret(2), &[]),
+            now: month(),
             finishing: false,
             expect: Ok(vec![
                 Step::RecordSchedule,
@@ -307,7 +361,7 @@ fn the_plan_decides_every_moment_of_a_rotation() {
                 Step::RequirePublished,
                 Step::CountCompleted,
                 Step::StartOverlap {
-                    until: month + SignedDuration::from_hours(1),
+                    until: month() + SignedDuration::from_hours(1),
                 },
             ]),
             check: |s| {
@@ -315,25 +369,25 @@ fn the_plan_decides_every_moment_of_a_rotation() {
                 assert_eq!(s.previous_key_id, Some(key(1)));
                 assert!(
                     s.targets.is_empty(),
-                    "the workloads hold the old key: {:?}",
+                    "the workloads hold the old() key: {:?}",
                     s.targets
                 );
             },
         },
         Case {
             name: "a Secret lost: a new password at once, the one it held becomes the previous",
-            crot: plain.clone(),
-            status: published(&plain, 1, t0()),
+            crot: plain(),
+            status: published(&plain(), 1, t0()),
             gathered: gathered(vec![p1()], None, &[]),
-            now,
+            now: now(),
             finishing: false,
-            expect: Ok(rotate(Some(1), 2, Trigger::Initial, now)),
+            expect: Ok(rotate(Some(1), 2, Trigger::Initial, now())),
             check: nothing,
         },
         Case {
             name: "a Secret edited to name a password that is not ours: re-issued",
-            crot: plain.clone(),
-            status: published(&plain, 1, t0()),
+            crot: plain(),
+            status: published(&plain(), 1, t0()),
             gathered: {
                 let mut edited = secret(1).expect("a secret");
                 edited.metadata.annotations.get_or_insert_default().insert(
@@ -342,29 +396,35 @@ fn the_plan_decides_every_moment_of_a_rotation() {
                 );
                 gathered(vec![p1()], Some(edited), &[])
             },
-            now,
+            now: now(),
             finishing: false,
-            expect: Ok(rotate(Some(1), 2, Trigger::Initial, now)),
+            expect: Ok(rotate(Some(1), 2, Trigger::Initial, now())),
             check: nothing,
         },
+    ]
+}
+
+/// Who owns the Secret, and each reason a rotation falls due.
+fn due_cases() -> Vec<Case> {
+    vec![
         Case {
             name: "a Secret someone else owns is left untouched",
-            crot: plain.clone(),
-            status: published(&plain, 1, t0()),
+            crot: plain(),
+            status: published(&plain(), 1, t0()),
             gathered: gathered(vec![p1()], Some(delivered_secret(OWNER, OWNER, 1)), &[]),
-            now,
+            now: now(),
             finishing: false,
             expect: Err("SecretConflict"),
             check: nothing,
         },
         Case {
             name: "a rotation due by schedule",
-            crot: plain.clone(),
-            status: published(&plain, 1, t0()),
+            crot: plain(),
+            status: published(&plain(), 1, t0()),
             gathered: gathered(vec![p1()], secret(1), &[]),
-            now: month,
+            now: month(),
             finishing: false,
-            expect: Ok(rotate(Some(1), 2, Trigger::Scheduled, month)),
+            expect: Ok(rotate(Some(1), 2, Trigger::Scheduled, month())),
             check: nothing,
         },
         Case {
@@ -372,18 +432,18 @@ fn the_plan_decides_every_moment_of_a_rotation() {
             crot: rotation(json!({"rotationToken": "b"})),
             status: CredentialRotationStatus {
                 observed_rotation_token: Some("a".into()),
-                ..published(&plain, 1, t0())
+                ..published(&plain(), 1, t0())
             },
             gathered: gathered(vec![p1()], secret(1), &[]),
-            now,
+            now: now(),
             finishing: false,
-            expect: Ok(rotate(Some(1), 2, Trigger::Manual, now)),
+            expect: Ok(rotate(Some(1), 2, Trigger::Manual, now())),
             check: |s| assert_eq!(s.observed_rotation_token.as_deref(), Some("a")),
         },
         Case {
             name: "a rotation due as the secret nears its expiry",
             crot: rotation(json!({"renewBefore": "240h"})),
-            status: published(&plain, 1, t0()),
+            status: published(&plain(), 1, t0()),
             gathered: gathered(vec![password(OWNER, 1, t0(), 20)], secret(1), &[]),
             now: at(11 * DAY),
             finishing: false,
@@ -392,8 +452,8 @@ fn the_plan_decides_every_moment_of_a_rotation() {
         },
         Case {
             name: "the overlap running: the previous password stays, and the rotation wakes at its end",
-            crot: plain.clone(),
-            status: overlapping(&plain, 2, at(20 * DAY), 1, at(20 * DAY + 1800)),
+            crot: plain(),
+            status: overlapping(&plain(), 2, at(20 * DAY), 1, at(20 * DAY + 1800)),
             gathered: gathered(vec![p1(), p2()], secret(2), &[]),
             now: at(20 * DAY + 60),
             finishing: false,
@@ -407,24 +467,36 @@ fn the_plan_decides_every_moment_of_a_rotation() {
         },
         Case {
             name: "a rotation due while the overlap runs waits for its end",
-            crot: plain.clone(),
-            status: overlapping(&plain, 2, t0(), 1, month + SignedDuration::from_secs(600)),
+            crot: plain(),
+            status: overlapping(
+                &plain(),
+                2,
+                t0(),
+                1,
+                month() + SignedDuration::from_secs(600),
+            ),
             gathered: gathered(vec![p1(), p2()], secret(2), &[]),
-            now: month,
+            now: month(),
             finishing: false,
             expect: Ok(vec![Step::Wait {
                 reason: "WaitingForOverlap",
                 message:
                     "a scheduled rotation is due; it starts when the previous secret's overlap ends"
                         .into(),
-                until: month + SignedDuration::from_secs(600),
+                until: month() + SignedDuration::from_secs(600),
             }]),
             check: nothing,
         },
+    ]
+}
+
+/// The overlap, failing and forbidden targets, and a deleted rotation finishing.
+fn overlap_and_target_cases() -> Vec<Case> {
+    vec![
         Case {
             name: "the overlap over and every target holding the new key: the previous password goes",
-            crot: plain.clone(),
-            status: overlapping(&plain, 2, at(20 * DAY), 1, at(20 * DAY + 3600)),
+            crot: plain(),
+            status: overlapping(&plain(), 2, at(20 * DAY), 1, at(20 * DAY + 3600)),
             gathered: gathered(vec![p1(), p2()], secret(2), &[]),
             now: at(21 * DAY),
             finishing: false,
@@ -433,9 +505,9 @@ fn the_plan_decides_every_moment_of_a_rotation() {
         },
         Case {
             name: "a target failing keeps the previous password after the overlap",
-            crot: with_cluster.clone(),
+            crot: with_cluster(),
             status: {
-                let mut s = overlapping(&with_cluster, 2, at(20 * DAY), 1, at(20 * DAY + 3600));
+                let mut s = overlapping(&with_cluster(), 2, at(20 * DAY), 1, at(20 * DAY + 3600));
                 let failed = targets::entry(
                     TargetKind::AksCluster,
                     &cluster(),
@@ -463,36 +535,59 @@ fn the_plan_decides_every_moment_of_a_rotation() {
             check: |s| assert_eq!(s.previous_key_id, Some(key(1))),
         },
         Case {
-            name: "a policy that now forbids an AKS cluster: nothing is written",
-            crot: with_cluster.clone(),
-            status: published(&with_cluster, 1, t0()),
+            name: "a policy that now() forbids an AKS cluster: nothing is written",
+            crot: with_cluster(),
+            status: published(&with_cluster(), 1, t0()),
             gathered: gathered(vec![p1()], secret(1), &[]),
-            now: month,
+            now: month(),
             finishing: false,
             expect: Err("DeniedByPolicy"),
             check: nothing,
         },
         Case {
             name: "deletion finishes the overlap and starts no rotation, though one is due",
-            crot: plain.clone(),
-            status: overlapping(&plain, 2, t0(), 1, month - SignedDuration::from_secs(60)),
+            crot: plain(),
+            status: overlapping(
+                &plain(),
+                2,
+                t0(),
+                1,
+                month() - SignedDuration::from_secs(60),
+            ),
             gathered: gathered(vec![p1(), p2()], secret(2), &[]),
-            now: month,
+            now: month(),
             finishing: true,
             expect: Ok([vec![Step::RemovePrevious { key_id: key(1) }], steady()].concat()),
             check: nothing,
         },
         Case {
             name: "deletion during the overlap waits for nothing but the overlap",
-            crot: plain.clone(),
-            status: overlapping(&plain, 2, t0(), 1, month + SignedDuration::from_secs(600)),
+            crot: plain(),
+            status: overlapping(
+                &plain(),
+                2,
+                t0(),
+                1,
+                month() + SignedDuration::from_secs(600),
+            ),
             gathered: gathered(vec![p1(), p2()], secret(2), &[]),
-            now: month,
+            now: month(),
             finishing: true,
             expect: Ok(steady()),
             check: |s| assert_eq!(s.previous_key_id, Some(key(1))),
         },
-    ];
+    ]
+}
+#[test]
+fn the_plan_decides_every_moment_of_a_rotation() {
+    let cases = [
+        fresh_and_steady_cases(),
+        crash_cases(),
+        due_cases(),
+        overlap_and_target_cases(),
+    ]
+    .into_iter()
+    .flatten();
     for case in cases {
         let planned = plan::plan(
             &case.crot,
@@ -522,25 +617,35 @@ struct Deletion {
     expect: Result<Vec<Release>, (&'static str, Option<Timestamp>)>,
 }
 
-#[test]
-fn deletion_finishes_or_gives_up_then_hands_back() {
-    let now = at(DAY);
-    let by_id = credential_rotation_with(
+const NOW: i64 = DAY;
+
+fn by_id() -> CredentialRotation {
+    credential_rotation_with(
         "rot",
         json!({"applicationId": "00000000-0000-4000-8000-0000000000b1", "targets": {"secret": {"name": "creds", "format": "env"}}}),
-    );
-    let by_ref = rotation(json!({}));
-    let unmark = || {
-        Ok(vec![Release::Unmark {
-            service_principal: OWNER.into(),
-        }])
-    };
-    let in_progress = |removal: Option<Timestamp>| CredentialRotationStatus {
+    )
+}
+
+fn unmark() -> Result<Vec<Release>, (&'static str, Option<Timestamp>)> {
+    Ok(vec![Release::Unmark {
+        service_principal: OWNER.into(),
+    }])
+}
+
+/// A rotation of `web` replacing password 1 with 2, password 1 going at `removal`.
+fn in_progress(removal: Option<Timestamp>) -> CredentialRotationStatus {
+    CredentialRotationStatus {
         previous_key_id: Some(key(1)),
         previous_key_removal_time: removal.map(Time),
-        ..published(&by_ref, 2, t0())
-    };
-    let cases = vec![
+        ..published(&plain(), 2, t0())
+    }
+}
+
+fn deletion_cases() -> Vec<Deletion> {
+    let now = at(NOW);
+    let by_ref = plain();
+    let by_id = by_id();
+    vec![
         Deletion {
             name: "nothing in progress, by servicePrincipalRef: the ServicePrincipal takes its passwords back",
             crot: by_ref.clone(),
@@ -611,7 +716,13 @@ fn deletion_finishes_or_gives_up_then_hands_back() {
             finished: Some(Err(Error::ServicePrincipalNotFound("gone".into()))),
             expect: unmark(),
         },
-    ];
+    ]
+}
+
+#[test]
+fn deletion_finishes_or_gives_up_then_hands_back() {
+    let now = at(NOW);
+    let cases = deletion_cases();
     for case in cases {
         let mut status = case.status;
         let outcome = cleanup::deletion(&case.crot, &mut status, case.finished, now);
