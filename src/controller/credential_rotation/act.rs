@@ -2,7 +2,6 @@
 //! pass from the step that adds it to the steps that deliver and publish it here, in memory: never through
 //! status, an Event or a log line.
 
-use azure_core::credentials::Secret as SecretText;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};
 use tracing::info;
@@ -91,7 +90,7 @@ impl Run<'_> {
                 let new = ctx.graph.add_password(&app.id, &name, end).await?;
                 self.issued = Some(Issued {
                     credential: new.credential,
-                    text: SecretText::new(new.secret_text.secret().to_string()),
+                    text: new.secret_text,
                 });
             }
             Step::WriteSecret { trigger } => self.write_secret(*trigger, status).await?,

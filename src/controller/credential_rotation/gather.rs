@@ -22,8 +22,7 @@ pub struct Issued {
     pub text: SecretText,
 }
 
-/// What a reconcile knows of the world before it decides.
-#[derive(Debug)]
+/// What a reconcile knows of the world before it decides. Not Debug: the Secret's data is in it.
 pub struct Gathered {
     pub subject: Subject,
     /// The AKS clusters this reconcile may reset.
