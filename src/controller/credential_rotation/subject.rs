@@ -299,3 +299,189 @@ async fn claim_application(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        api::ServicePrincipalStatus,
+        fixtures::{credential_rotation, credential_rotation_with, service_principal_with, t0},
+    };
+
+    fn ready(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: conditions::READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(t0()),
+        }]
+    }
+
+    /// What the rotation `rot` decides of a ServicePrincipal `web` before any Azure call.
+    #[derive(Debug, PartialEq)]
+    struct Decided {
+        secret: Result<String, &'static str>,
+        rival: Option<String>,
+        marked: bool,
+        application: Option<String>,
+        lifetime_days: u64,
+    }
+
+    fn decide(crot: &CredentialRotation, sp: &ServicePrincipal) -> Decided {
+        Decided {
+            secret: service_principal_secret(crot, sp)
+                .map(|s| s.name)
+                .map_err(|e| reconcile::Failure::reason(&e)),
+            rival: rival(crot, sp).map(str::to_string),
+            marked: marked(crot, sp),
+            application: ready_application(sp),
+            lifetime_days: lifetime(crot, Some(sp)).as_secs() / 86_400,
+        }
+    }
+
+    use crate::controller::reconcile;
+
+    #[test]
+    fn a_service_principal_is_rotated_once_ready_and_by_one_rotation() {
+        let sp = |overrides: serde_json::Value, app: Option<&str>, cond: Vec<Condition>| {
+            let mut sp = service_principal_with("web", overrides);
+            sp.status = Some(ServicePrincipalStatus {
+                app_id: app.map(str::to_string),
+                conditions: cond,
+                ..Default::default()
+            });
+            sp
+        };
+        let annotated = |sp: ServicePrincipal, by: &str| {
+            let mut sp = sp;
+            sp.annotations_mut()
+                .insert(ROTATED_BY_ANNOTATION.into(), by.into());
+            sp
+        };
+        let rot = credential_rotation("rot", "web");
+        let decided =
+            |secret, rival: Option<&str>, marked, application: Option<&str>, days| Decided {
+                secret,
+                rival: rival.map(str::to_string),
+                marked,
+                application: application.map(str::to_string),
+                lifetime_days: days,
+            };
+        let cases = [
+            (
+                "Ready and not yet marked: marked now, its application rotated",
+                rot.clone(),
+                sp(json!({}), Some("app"), ready("True", "Ready")),
+                decided(Ok("web".into()), None, false, Some("app"), 365),
+            ),
+            (
+                "already marked by this rotation: no patch",
+                rot.clone(),
+                annotated(sp(json!({}), Some("app"), ready("True", "Ready")), "rot"),
+                decided(Ok("web".into()), None, true, Some("app"), 365),
+            ),
+            (
+                "marked by another rotation: that one is looked up",
+                rot.clone(),
+                annotated(sp(json!({}), Some("app"), ready("True", "Ready")), "other"),
+                decided(Ok("web".into()), Some("other"), false, Some("app"), 365),
+            ),
+            (
+                "not Ready yet: the rotation waits",
+                rot.clone(),
+                sp(json!({}), None, ready("False", "Creating")),
+                decided(Ok("web".into()), None, false, None, 365),
+            ),
+            (
+                "waiting for this rotation to re-issue its Secret: rotated, or both would wait",
+                rot.clone(),
+                sp(
+                    json!({}),
+                    Some("app"),
+                    ready("False", protocol::WAITING_FOR_ROTATION),
+                ),
+                decided(Ok("web".into()), None, false, Some("app"), 365),
+            ),
+            (
+                "failing for another reason: not rotated",
+                rot.clone(),
+                sp(
+                    json!({}),
+                    Some("app"),
+                    ready("False", "AzurePermissionDenied"),
+                ),
+                decided(Ok("web".into()), None, false, None, 365),
+            ),
+            (
+                "the ServicePrincipal's lifetime applies when the rotation sets none",
+                rot.clone(),
+                sp(
+                    json!({"credentialLifetime": "240h"}),
+                    Some("app"),
+                    ready("True", "Ready"),
+                ),
+                decided(Ok("web".into()), None, false, Some("app"), 10),
+            ),
+            (
+                "the rotation's lifetime comes first",
+                credential_rotation_with(
+                    "rot",
+                    json!({"servicePrincipalRef": {"name": "web"}, "credentialLifetime": "48h"}),
+                ),
+                sp(
+                    json!({"credentialLifetime": "240h"}),
+                    Some("app"),
+                    ready("True", "Ready"),
+                ),
+                decided(Ok("web".into()), None, false, Some("app"), 2),
+            ),
+            (
+                "targets.secret naming another Secret than the ServicePrincipal's is refused",
+                credential_rotation_with(
+                    "rot",
+                    json!({"servicePrincipalRef": {"name": "web"}, "targets": {"secret": {"name": "x", "format": "env"}}}),
+                ),
+                sp(json!({}), Some("app"), ready("True", "Ready")),
+                decided(Err("InvalidSpec"), None, false, Some("app"), 365),
+            ),
+        ];
+        for (name, crot, sp, expected) in cases {
+            assert_eq!(decide(&crot, &sp), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn graphs_answer_and_the_ownership_tags_decide_a_rotation_by_id() {
+        let app = crate::fixtures::application("rot", vec![]);
+        let forbidden = AzureError::Api {
+            operation: "test",
+            status: 403,
+            code: "Authorization_RequestDenied".into(),
+            message: String::new(),
+            request_id: None,
+            retry_after: None,
+        };
+        let reason = |r: Result<Application, Error>| r.map(|a| a.app_id).map_err(|e| e.to_string());
+        assert_eq!(
+            reason(found("id", Ok(Some(app.clone())))),
+            Ok(app.app_id.clone())
+        );
+        let missing = reason(found("id", Ok(None))).unwrap_err();
+        assert!(missing.contains("no application id exists"), "{missing}");
+        let not_owned = found("id", Err(forbidden)).unwrap_err();
+        assert_eq!(
+            reconcile::Failure::reason(&not_owned),
+            "ApplicationNotOwned"
+        );
+        assert!(not_foreign(&app, "id", crate::fixtures::CLUSTER_ID).is_ok());
+        let elsewhere = not_foreign(&app, "id", "another-cluster").unwrap_err();
+        assert_eq!(reconcile::Failure::reason(&elsewhere), "Conflict");
+        let by_id = credential_rotation_with("rot", json!({"applicationId": "id"}));
+        assert_eq!(own_secret(&by_id).name, "rot-credential");
+    }
+}
