@@ -7,6 +7,11 @@
 //! goes, and what each target holds. So a kill -9 at any step is resumed by the next reconcile: a password
 //! whose text never reached the Secret is removed, and the previous one is never removed before every target
 //! holds its successor. At most two of the operator's passwords exist on the application at any time.
+//!
+//! A reconcile reads top to bottom: `gather` reads the subject (`subject`), the clusters' clearances and the
+//! Secret; `plan` decides, without I/O, the status to start from and the steps; `act` takes the steps in
+//! order. Deletion (`cleanup`) finishes a rotation in progress through the same three, then hands back what
+//! the rotation held.
 
 mod act;
 mod cleanup;

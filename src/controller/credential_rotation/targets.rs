@@ -779,3 +779,119 @@ async fn restart(
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{controller::reconcile::Failure, fixtures::credential_rotation_with, fixtures::t0};
+
+    const AKS: &str = "/subscriptions/00000000-0000-4000-8000-0000000000a1/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks1";
+
+    fn status(entries: &[(TargetKind, &str, &str, TargetState)]) -> CredentialRotationStatus {
+        let mut status = CredentialRotationStatus::default();
+        for (kind, name, key, state) in entries {
+            set_target(&mut status, entry(*kind, name, key, *state, None, t0()));
+        }
+        status
+    }
+
+    #[test]
+    fn a_publication_fails_with_its_worst_target_for_the_key() {
+        let deployment = TargetKind::Workload(WorkloadKind::Deployment);
+        let (published, pending, failed) = (
+            TargetState::Published,
+            TargetState::Pending,
+            TargetState::Failed,
+        );
+        let cases = [
+            (
+                "a cluster refused the key",
+                vec![
+                    (TargetKind::AksCluster, AKS, "k2", failed),
+                    (deployment, "api", "k2", failed),
+                ],
+                "AKSResetFailed",
+            ),
+            (
+                "a workload refused it",
+                vec![
+                    (TargetKind::AksCluster, AKS, "k2", pending),
+                    (deployment, "api", "k2", failed),
+                ],
+                "PublishFailed",
+            ),
+            (
+                "a reset still runs",
+                vec![
+                    (TargetKind::AksCluster, AKS, "k2", pending),
+                    (deployment, "api", "k2", pending),
+                ],
+                "AKSResetRunning",
+            ),
+            (
+                "a rollout is under way",
+                vec![
+                    (TargetKind::AksCluster, AKS, "k2", published),
+                    (deployment, "api", "k2", pending),
+                ],
+                "WaitingForRollout",
+            ),
+            (
+                "a failure for an older key does not count",
+                vec![
+                    (TargetKind::AksCluster, AKS, "k1", failed),
+                    (deployment, "api", "k2", pending),
+                ],
+                "WaitingForRollout",
+            ),
+        ];
+        for (name, entries, reason) in cases {
+            let err = not_published(&status(&entries), "k2", &["why".into()]);
+            assert_eq!(err.reason(), reason, "{name}");
+            assert!(err.to_string().contains("holds k2: why"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_secret_holds_the_key_and_targets_the_spec_dropped_are_forgotten() {
+        let crot = credential_rotation_with(
+            "rot",
+            json!({"servicePrincipalRef": {"name": "web"}, "targets": {"aksClusters": [AKS.to_uppercase()]}}),
+        );
+        let deployment = TargetKind::Workload(WorkloadKind::Deployment);
+        let mut s = status(&[
+            (
+                TargetKind::Secret,
+                "old-secret",
+                "k1",
+                TargetState::Published,
+            ),
+            (
+                TargetKind::SignIn,
+                SIGN_IN_TARGET,
+                "k1",
+                TargetState::Published,
+            ),
+            (TargetKind::AksCluster, AKS, "k1", TargetState::Published),
+            (deployment, "api", "k1", TargetState::Published),
+        ]);
+        secret_holds(&crot, &mut s, "web", "k2", t0());
+        let left: Vec<(&str, &str, Option<&str>)> = s
+            .targets
+            .iter()
+            .map(|t| (t.kind.as_str(), t.name.as_str(), t.key_id.as_deref()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("SignIn", "entra", Some("k1")),
+                ("AKSCluster", AKS, Some("k1")),
+                ("Secret", "web", Some("k2")),
+            ]
+        );
+        assert!(holds(&s, TargetKind::Secret, "web", "k2"));
+        assert!(!holds(&s, TargetKind::SignIn, SIGN_IN_TARGET, "k2"));
+    }
+}
