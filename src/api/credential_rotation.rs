@@ -185,6 +185,67 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
+impl WorkloadKind {
+    /// The kind as Kubernetes (and `TargetStatus::kind`) names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// What `TargetStatus::kind` names: one name each, so that the controller that writes an entry and the one
+/// that reads it back (and whoever reads status) cannot spell it two ways. The field stays a string in the
+/// schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// The Kubernetes Secret the secret is delivered to.
+    Secret,
+    /// The check that the new secret signs in to Entra (its name is [`SIGN_IN_TARGET`]).
+    SignIn,
+    /// An AKS cluster's service principal profile.
+    AksCluster,
+    /// A workload restarted to read the new secret.
+    Workload(WorkloadKind),
+}
+
+/// The name of the one [`TargetKind::SignIn`] entry.
+pub const SIGN_IN_TARGET: &str = "entra";
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Secret => "Secret",
+            TargetKind::SignIn => "SignIn",
+            TargetKind::AksCluster => "AKSCluster",
+            TargetKind::Workload(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// What `TargetStatus::state` says of a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// The target holds the key.
+    Published,
+    /// On its way: a reset running, a rollout not finished, a sign-in not replicated yet.
+    Pending,
+    /// The target refused the key.
+    Failed,
+}
+
+impl TargetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Published => "Published",
+            TargetState::Pending => "Pending",
+            TargetState::Failed => "Failed",
+        }
+    }
+}
+
 /// The observed state of a CredentialRotation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

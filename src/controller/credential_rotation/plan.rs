@@ -1,9 +1,30 @@
-//! The rotation schedule, without I/O: whether a rotation is due and why, when the next one is, when the
-//! previous secret may go, and how close the current one is to expiring.
+//! The rotation's decisions, without I/O. The schedule: whether a rotation is due and why, when the next one
+//! is, when the previous secret may go, and how close the current one is to expiring. And the plan: from the
+//! spec, the status, what was gathered and the time, the status to write and the ordered steps that act
+//! takes. Every crash-safety rule of the rotation is decided here: how status catches up with the Secret,
+//! which passwords are left behind and which are on their way, when the previous one goes, when to rotate.
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::ResourceExt;
+
+use super::{
+    Error,
+    gather::Gathered,
+    targets::{self, all_published, holds},
+};
+use crate::{
+    api::{
+        CredentialRotation, CredentialRotationStatus,
+        credential_rotation::{SIGN_IN_TARGET, TargetKind, WorkloadKind},
+    },
+    azure::graph::PasswordCredential,
+    controller::{credentials, secrets},
+};
 
 /// Why a rotation happens now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +159,433 @@ pub fn wake_in(now: Timestamp, moments: &[Option<Timestamp>], resync: Duration) 
         .unwrap_or(resync)
         .min(resync)
         .max(Duration::from_secs(1))
+}
+
+/// How long a password may exist unpublished before it counts as left behind by a crash: far longer than
+/// adding it and writing the Secret take, short enough that the next rotation is not held up for long.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(15);
+
+/// One thing act does. Act takes the steps in order and stops at the first that fails; each can be taken
+/// again after a crash without harm (a removal of what is gone, a write of what is there, a reset followed
+/// by its recorded operation).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Step {
+    /// Remove a password of ours that neither status nor the Secret knows: left by a crash between adding it
+    /// and writing the Secret, so nobody has its text.
+    RemoveLeftover { key_id: String },
+    /// Remove the previous password: its overlap is over and every target holds its successor.
+    RemovePrevious { key_id: String },
+    /// Render the Secret with a stand-in text: a template that cannot render fails before a password exists.
+    CheckTemplates,
+    /// Write status saying `previous` (the current password) becomes the previous one, before the next one
+    /// exists: a Secret found holding a newer password after that is this rotation's own interrupted work.
+    RecordIntent { previous: String },
+    /// Add password number `serial`, valid for `lifetime` from when it is added.
+    AddPassword { serial: u64, lifetime: Duration },
+    /// Write the new password's text to the Secret at once (it exists nowhere else), and make it current.
+    WriteSecret { trigger: Trigger },
+    /// Record when the current password expires and when the next rotation is due.
+    RecordSchedule,
+    /// Record that the Secret holds the current key; forget the targets the spec no longer names.
+    PublishSecret,
+    /// Prove the current key signs in; nothing else is published before it does.
+    SignIn,
+    /// Reset spec.targets.aksClusters[index] to the current key.
+    ResetCluster { index: usize, cluster: String },
+    /// Restart spec.targets.restartWorkloads[index] for the current key.
+    RestartWorkload {
+        index: usize,
+        kind: WorkloadKind,
+        name: String,
+    },
+    /// Stop, saying what is missing, unless every target above took the key.
+    RequirePublished,
+    /// Count a rotation that every target has just taken.
+    CountCompleted,
+    /// The previous password's overlap starts: it goes at `until`.
+    StartOverlap { until: Timestamp },
+    /// Stop here, with `reason`, and look again at `until`.
+    Wait {
+        reason: &'static str,
+        message: String,
+        until: Timestamp,
+    },
+}
+
+impl Step {
+    /// What the step changes in status once it has been taken (nothing for most).
+    pub(crate) fn record(&self, status: &mut CredentialRotationStatus) {
+        match self {
+            Step::RemovePrevious { .. } => {
+                status.previous_key_id = None;
+                status.previous_key_removal_time = None;
+            }
+            Step::RecordIntent { previous } => {
+                status.previous_key_id = Some(previous.clone());
+                status.previous_key_removal_time = None;
+            }
+            Step::StartOverlap { until } => status.previous_key_removal_time = Some(Time(*until)),
+            _ => {}
+        }
+    }
+}
+
+/// What a reconcile does: the status to start from (what was read, made to agree with the Secret; safe to
+/// write whatever happens next), then the steps.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub status: CredentialRotationStatus,
+    pub steps: Vec<Step>,
+}
+
+/// The schedule from the spec.
+fn schedule(crot: &CredentialRotation) -> Schedule {
+    Schedule {
+        rotate_every: crot.spec.rotate_every.as_ref().map(|d| d.as_std()),
+        renew_before: crot.spec.renew_before.as_ref().map(|d| d.as_std()),
+    }
+}
+
+/// renewBefore must leave a new secret some time before it is due, or every secret would be due at once.
+pub(crate) fn renewal_fits(crot: &CredentialRotation, lifetime: Duration) -> Result<(), Error> {
+    match &crot.spec.renew_before {
+        Some(renew) if renew.as_std() >= lifetime => Err(Error::Invalid(format!(
+            "spec.renewBefore ({renew}) must be shorter than the credential lifetime ({}s), or every secret would \
+             be due as soon as it is issued",
+            lifetime.as_secs()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Plans one reconcile. `finishing`: the rotation is being deleted, so it finishes what runs and starts no
+/// new rotation. An Err refuses before anything is done, with status as it was.
+pub(crate) fn plan(
+    crot: &CredentialRotation,
+    status: &CredentialRotationStatus,
+    gathered: &Gathered,
+    now: Timestamp,
+    finishing: bool,
+) -> Result<Plan, Error> {
+    let ns = crot.namespace().unwrap_or_default();
+    clusters_cleared(crot, gathered)?;
+    secret_ours(crot, gathered, &ns)?;
+    let ours = gathered.ours(&ns);
+    let published = gathered.published.as_ref().map(|p| &p.credential);
+    let status = catch_up(crot, status, gathered, &ours, now);
+    // The status each step leaves behind, so that a later decision sees what an earlier step changed.
+    let mut steps = Steps {
+        projected: status.clone(),
+        list: vec![],
+    };
+    let in_flight = leftovers(&ours, &steps.projected, now);
+    for key_id in in_flight.left_behind {
+        steps.take(Step::RemoveLeftover { key_id });
+    }
+    // The previous password goes once its overlap has passed and every target holds its successor.
+    if let Some(old) = steps.projected.previous_key_id.clone()
+        && steps
+            .projected
+            .previous_key_removal_time
+            .as_ref()
+            .is_some_and(|t| t.0 <= now)
+        && all_published(crot, &steps.projected, &gathered.subject.secret.name)
+    {
+        steps.take(Step::RemovePrevious { key_id: old });
+    }
+    // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
+    let mut rotating = false;
+    if let Some(trigger) = due_now(crot, &steps.projected, published, now)
+        && !finishing
+    {
+        let projected = &steps.projected;
+        if let Some(until) = projected
+            .previous_key_removal_time
+            .as_ref()
+            .map(|t| t.0)
+            .filter(|_| projected.previous_key_id.is_some())
+            .or(in_flight.until)
+        {
+            let message = format!(
+                "a {} rotation is due; it starts when the previous secret's overlap ends",
+                trigger.as_str()
+            );
+            let reason = "WaitingForOverlap";
+            steps.take(Step::Wait {
+                reason,
+                message,
+                until,
+            });
+            return Ok(steps.plan(status));
+        }
+        if projected.previous_key_id.is_none() {
+            for step in rotation(gathered, &ours, projected, trigger, &ns) {
+                steps.take(step);
+            }
+            rotating = true;
+        }
+    }
+    let key = match (rotating, published) {
+        (true, _) => None,
+        (false, Some(p)) => Some(p.key_id.as_str()),
+        (false, None) => {
+            let message = format!(
+                "Secret {} holds no password of this rotation yet; waiting for the previous one's overlap",
+                gathered.subject.secret.name
+            );
+            let until = now.checked_add(SignedDuration::from_secs(5)).unwrap_or(now);
+            let reason = "WaitingForPublication";
+            steps.take(Step::Wait {
+                reason,
+                message,
+                until,
+            });
+            return Ok(steps.plan(status));
+        }
+    };
+    for step in publication(crot, gathered, &steps.projected, key, now) {
+        steps.take(step);
+    }
+    Ok(steps.plan(status))
+}
+
+/// The steps planned so far, and the status they leave behind.
+struct Steps {
+    projected: CredentialRotationStatus,
+    list: Vec<Step>,
+}
+
+impl Steps {
+    fn take(&mut self, step: Step) {
+        step.record(&mut self.projected);
+        self.list.push(step);
+    }
+
+    fn plan(self, status: CredentialRotationStatus) -> Plan {
+        Plan {
+            status,
+            steps: self.list,
+        }
+    }
+}
+
+/// Every cluster the spec names must have been cleared in this reconcile: a policy that no longer lists one
+/// (or a claim that moved) stops the rotation before anything is written.
+fn clusters_cleared(crot: &CredentialRotation, gathered: &Gathered) -> Result<(), Error> {
+    for (i, cluster) in crot.spec.targets.aks_clusters.iter().enumerate() {
+        if !gathered.cleared.allows(cluster) {
+            return Err(Error::DeniedByPolicy(format!(
+                "spec.targets.aksClusters[{i}]: cluster {cluster} was not authorized by a DelegationPolicy's \
+                 aksClusters in this reconcile"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A Secret that exists is written only when it is ours: the ServicePrincipal's, or the rotation's own.
+fn secret_ours(crot: &CredentialRotation, gathered: &Gathered, ns: &str) -> Result<(), Error> {
+    let Some(secret) = &gathered.secret else {
+        return Ok(());
+    };
+    let owned = match &gathered.subject.sp {
+        Some(sp) => secrets::owned_by(secret, sp),
+        None => secrets::owned_by(secret, crot),
+    };
+    if owned {
+        return Ok(());
+    }
+    Err(Error::SecretConflict(format!(
+        "spec.targets.secret: Secret {ns}/{} exists and is not owned by this rotation (or its ServicePrincipal); \
+         it is left untouched",
+        gathered.subject.secret.name
+    )))
+}
+
+/// Status brought in line with the Secret. A rotation records its intent (previous = current) before it adds
+/// a password, so a Secret that moved on to a newer password of ours after that is this rotation's own work,
+/// interrupted before status was written; anything else in the Secret is adopted as it is.
+fn catch_up(
+    crot: &CredentialRotation,
+    status: &CredentialRotationStatus,
+    gathered: &Gathered,
+    ours: &[&PasswordCredential],
+    now: Timestamp,
+) -> CredentialRotationStatus {
+    let ns = crot.namespace().unwrap_or_default();
+    let owner = &gathered.subject.owner;
+    let serial = |key: &str| {
+        ours.iter()
+            .find(|p| p.key_id == key)
+            .and_then(|p| credentials::serial(p, &ns, owner))
+    };
+    let known = |key: &Option<String>| key.clone().filter(|k| serial(k).is_some());
+    let mut status = status.clone();
+    status.current_key_id = known(&status.current_key_id);
+    status.previous_key_id = known(&status.previous_key_id);
+    if let Some(p) = gathered.published.as_ref().map(|p| &p.credential)
+        && status.current_key_id.as_deref() != Some(p.key_id.as_str())
+    {
+        let intent =
+            status.previous_key_id.is_some() && status.previous_key_id == status.current_key_id;
+        let newer = match status.current_key_id.as_deref() {
+            Some(c) => serial(&p.key_id) > serial(c),
+            None => false,
+        };
+        status.current_key_id = Some(p.key_id.clone());
+        status.last_rotation_time = p.start_date_time.map(Time);
+        status.targets.clear();
+        if !(intent && newer) {
+            // The ServicePrincipal's first password, or one from before: consumers already read it, so it
+            // restarts nothing, and a rotationToken present from the start is no request to rotate.
+            targets::workloads_hold(crot, &mut status, &p.key_id, now);
+            if status.observed_rotation_token.is_none() {
+                status.observed_rotation_token = crot.spec.rotation_token.clone();
+            }
+        }
+    }
+    if status.previous_key_id.is_some() && status.previous_key_id == status.current_key_id {
+        // An intent whose password never reached the Secret: nothing to keep apart.
+        status.previous_key_id = None;
+        status.previous_key_removal_time = None;
+    }
+    if status.previous_key_id.is_none() {
+        status.previous_key_removal_time = None;
+    }
+    status
+}
+
+/// Passwords of ours that are neither current nor previous.
+struct Leftovers {
+    /// Old enough not to be on their way into the Secret right now: left behind by a crash.
+    left_behind: Vec<String>,
+    /// When the youngest of the others stops counting as on its way.
+    until: Option<Timestamp>,
+}
+
+fn leftovers(
+    ours: &[&PasswordCredential],
+    status: &CredentialRotationStatus,
+    now: Timestamp,
+) -> Leftovers {
+    let mut found = Leftovers {
+        left_behind: vec![],
+        until: None,
+    };
+    for p in ours.iter().filter(|p| {
+        status.current_key_id.as_deref() != Some(p.key_id.as_str())
+            && status.previous_key_id.as_deref() != Some(p.key_id.as_str())
+    }) {
+        let grace_end = p.start_date_time.and_then(|t| {
+            t.checked_add(SignedDuration::try_from(DELIVERY_GRACE).ok()?)
+                .ok()
+        });
+        match grace_end {
+            Some(end) if end > now => found.until = Some(found.until.map_or(end, |t| t.max(end))),
+            _ => found.left_behind.push(p.key_id.clone()),
+        }
+    }
+    found
+}
+
+/// Whether a rotation is due now, and why: the current credential is the published one.
+fn due_now(
+    crot: &CredentialRotation,
+    status: &CredentialRotationStatus,
+    published: Option<&PasswordCredential>,
+    now: Timestamp,
+) -> Option<Trigger> {
+    let current = published.map(|p| Current {
+        issued: status
+            .last_rotation_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(p.start_date_time)
+            .unwrap_or(now),
+        expires: p.end_date_time,
+    });
+    let token_changed = crot.spec.rotation_token.is_some()
+        && crot.spec.rotation_token != status.observed_rotation_token;
+    due(now, schedule(crot), current, token_changed)
+}
+
+/// The steps of one rotation: the intent recorded before the password exists, the password, its Secret.
+fn rotation(
+    gathered: &Gathered,
+    ours: &[&PasswordCredential],
+    status: &CredentialRotationStatus,
+    trigger: Trigger,
+    ns: &str,
+) -> Vec<Step> {
+    let mut steps = vec![Step::CheckTemplates];
+    if let Some(previous) = status.current_key_id.clone() {
+        steps.push(Step::RecordIntent { previous });
+    }
+    steps.push(Step::AddPassword {
+        serial: credentials::next_serial(ours, ns, &gathered.subject.owner),
+        lifetime: gathered.subject.lifetime,
+    });
+    steps.push(Step::WriteSecret { trigger });
+    steps
+}
+
+/// The steps that publish the current key (`key`; None: the one a rotation is issuing now, which no target
+/// holds yet): every target that does not hold it, then the overlap of the previous one.
+fn publication(
+    crot: &CredentialRotation,
+    gathered: &Gathered,
+    status: &CredentialRotationStatus,
+    key: Option<&str>,
+    now: Timestamp,
+) -> Vec<Step> {
+    let needs = |kind: TargetKind, name: &str| key.is_none_or(|k| !holds(status, kind, name, k));
+    let spec = &crot.spec.targets;
+    let mut steps = vec![Step::RecordSchedule, Step::PublishSecret];
+    if needs(TargetKind::SignIn, SIGN_IN_TARGET) {
+        steps.push(Step::SignIn);
+    }
+    for (index, cluster) in spec.aks_clusters.iter().enumerate() {
+        if needs(TargetKind::AksCluster, cluster) {
+            let cluster = cluster.clone();
+            steps.push(Step::ResetCluster { index, cluster });
+        }
+    }
+    for (index, w) in spec.restart_workloads.iter().enumerate() {
+        if needs(TargetKind::Workload(w.kind), &w.name) {
+            let (kind, name) = (w.kind, w.name.clone());
+            steps.push(Step::RestartWorkload { index, kind, name });
+        }
+    }
+    steps.push(Step::RequirePublished);
+    if key.is_none() || !all_published(crot, status, &gathered.subject.secret.name) {
+        steps.push(Step::CountCompleted);
+    }
+    if status.previous_key_id.is_some() && status.previous_key_removal_time.is_none() {
+        let until = now
+            .checked_add(SignedDuration::try_from(crot.spec.overlap.as_std()).unwrap_or_default())
+            .unwrap_or(Timestamp::MAX);
+        steps.push(Step::StartOverlap { until });
+    }
+    steps
+}
+
+/// When the current password `credential` expires and when the next rotation is due, as status says them.
+pub(crate) fn record_schedule(
+    crot: &CredentialRotation,
+    status: &mut CredentialRotationStatus,
+    credential: &PasswordCredential,
+    now: Timestamp,
+) {
+    status.expires_at = credential.end_date_time.map(Time);
+    let current = Current {
+        issued: status
+            .last_rotation_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now),
+        expires: credential.end_date_time,
+    };
+    status.next_rotation_time = next_rotation(schedule(crot), current).map(Time);
 }
 
 #[cfg(test)]

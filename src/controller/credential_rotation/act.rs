@@ -1,0 +1,223 @@
+//! Act: takes the plan's steps in order, stopping at the first that fails. The new password and its text
+//! pass from the step that adds it to the steps that deliver and publish it here, in memory: never through
+//! status, an Event or a log line.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{ResourceExt, runtime::events::EventType};
+use tracing::info;
+
+use super::{
+    Context, Error, OWNER_LABEL,
+    gather::{Gathered, Issued},
+    plan::{self, Step, Trigger},
+    targets::{self, Publication},
+    write_status,
+};
+use crate::{
+    api::{CredentialRotation, CredentialRotationStatus},
+    controller::{credentials, naming, publish, secrets, service_principal},
+};
+
+/// Takes `steps` in order, recording in `status` what each did. `now` is the moment the plan was made for.
+pub(super) async fn act(
+    crot: &CredentialRotation,
+    ctx: &Context,
+    gathered: &Gathered,
+    status: &mut CredentialRotationStatus,
+    steps: Vec<Step>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let mut run = Run {
+        crot,
+        ctx,
+        gathered,
+        issued: gathered.published.clone(),
+        failures: vec![],
+        now,
+    };
+    for step in steps {
+        run.take(step, status).await?;
+    }
+    Ok(())
+}
+
+/// One reconcile's steps under way.
+struct Run<'a> {
+    crot: &'a CredentialRotation,
+    ctx: &'a Context,
+    gathered: &'a Gathered,
+    /// The current password and its text: the one the Secret delivers, until a rotation issues the next.
+    issued: Option<Issued>,
+    /// The targets that have not taken the current key, and why.
+    failures: Vec<String>,
+    now: Timestamp,
+}
+
+impl Run<'_> {
+    async fn take(
+        &mut self,
+        step: Step,
+        status: &mut CredentialRotationStatus,
+    ) -> Result<(), Error> {
+        let (crot, ctx) = (self.crot, self.ctx);
+        let app = &self.gathered.subject.app;
+        match &step {
+            Step::RemoveLeftover { key_id } => {
+                ctx.graph.remove_password(&app.id, key_id).await?;
+                let note = format!("Removed password {key_id} that no target holds");
+                publish(ctx, crot, EventType::Normal, "CredentialRemoved", &note).await;
+            }
+            Step::RemovePrevious { key_id } => {
+                ctx.graph.remove_password(&app.id, key_id).await?;
+                let object = format!("{}/{}", self.ns(), crot.name_any());
+                info!(object = %object, key_id = %key_id, "removed the previous password");
+                let note = format!("Removed the previous password {key_id} after the overlap");
+                let reason = "PreviousCredentialRemoved";
+                publish(ctx, crot, EventType::Normal, reason, &note).await;
+                step.record(status);
+            }
+            Step::CheckTemplates => {
+                self.render("placeholder")?;
+            }
+            Step::RecordIntent { .. } => {
+                step.record(status);
+                write_status(crot, ctx, status.clone()).await?;
+            }
+            Step::AddPassword { serial, lifetime } => {
+                let subject = &self.gathered.subject;
+                let name = naming::password_name(&self.ns(), &subject.owner, *serial);
+                let end = credentials::expiry(Timestamp::now(), *lifetime);
+                let new = ctx.graph.add_password(&app.id, &name, end).await?;
+                self.issued = Some(Issued {
+                    credential: new.credential,
+                    text: new.secret_text,
+                });
+            }
+            Step::WriteSecret { trigger } => self.write_secret(*trigger, status).await?,
+            Step::RecordSchedule => {
+                let current = self.issued()?.credential.clone();
+                plan::record_schedule(crot, status, &current, self.now);
+            }
+            Step::Wait {
+                reason,
+                message,
+                until,
+            } => {
+                return Err(Error::Waiting {
+                    reason,
+                    message: message.clone(),
+                    until: *until,
+                });
+            }
+            _ => self.publish(&step, status).await?,
+        }
+        Ok(())
+    }
+
+    /// The publishing steps, and the end of the plan.
+    async fn publish(
+        &mut self,
+        step: &Step,
+        status: &mut CredentialRotationStatus,
+    ) -> Result<(), Error> {
+        let issued = self.issued()?;
+        let key_id = issued.credential.key_id.clone();
+        let publication = Publication {
+            crot: self.crot,
+            ctx: self.ctx,
+            client_id: &self.gathered.subject.app.app_id,
+            key_id: &key_id,
+            text: issued.text.secret(),
+        };
+        match step {
+            Step::PublishSecret => {
+                let secret = &self.gathered.subject.secret.name;
+                targets::secret_holds(self.crot, status, secret, &key_id, Timestamp::now());
+            }
+            Step::SignIn => publication.sign_in(status).await?,
+            Step::ResetCluster { index, cluster } => {
+                let cleared = &self.gathered.cleared;
+                if let Some(why) = publication.reset(cleared, status, *index, cluster).await? {
+                    self.failures.push(why);
+                }
+            }
+            Step::RestartWorkload { index, kind, name } => {
+                if let Some(why) = publication.restart(status, *index, *kind, name).await {
+                    self.failures.push(why);
+                }
+            }
+            Step::RequirePublished if !self.failures.is_empty() => {
+                return Err(targets::not_published(status, &key_id, &self.failures));
+            }
+            Step::CountCompleted => self.ctx.metrics.rotated("completed"),
+            Step::StartOverlap { .. } => step.record(status),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the new password's text to the Secret, and makes it the current one.
+    async fn write_secret(
+        &mut self,
+        trigger: Trigger,
+        status: &mut CredentialRotationStatus,
+    ) -> Result<(), Error> {
+        let (crot, ctx) = (self.crot, self.ctx);
+        let subject = &self.gathered.subject;
+        let issued = self.issued()?;
+        let key_id = issued.credential.key_id.clone();
+        let data = self.render(issued.text.secret())?;
+        match &subject.sp {
+            Some(sp) => {
+                let label = service_principal::OWNER_LABEL;
+                let owner = secrets::Owner { object: sp, label };
+                secrets::write(&ctx.client, &owner, &subject.secret, &key_id, data).await?
+            }
+            None => {
+                let owner = secrets::Owner {
+                    object: crot,
+                    label: OWNER_LABEL,
+                };
+                secrets::write(&ctx.client, &owner, &subject.secret, &key_id, data).await?
+            }
+        }
+        let object = format!("{}/{}", self.ns(), crot.name_any());
+        info!(object = %object, key_id = %key_id, trigger = trigger.as_str(), "rotated the client secret");
+        ctx.metrics.rotated("issued");
+        status.current_key_id = Some(key_id.clone());
+        status.last_rotation_time = Some(Time(Timestamp::now()));
+        status.observed_rotation_token = crot.spec.rotation_token.clone();
+        status.targets.clear();
+        let note = format!(
+            "Issued password {key_id} ({} rotation) into Secret {}",
+            trigger.as_str(),
+            subject.secret.name
+        );
+        publish(ctx, crot, EventType::Normal, "CredentialRotated", &note).await;
+        Ok(())
+    }
+
+    /// The Secret's data for `text`; the error names the field that cannot render, never the text.
+    fn render(&self, text: &str) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let subject = &self.gathered.subject;
+        let delivery = credentials::Delivery {
+            target: &subject.secret,
+            client_id: &subject.app.app_id,
+            tenant_id: &self.ctx.tenant_id,
+            display_name: &subject.display_name,
+            cloud: &self.ctx.cloud,
+        };
+        delivery.render(text).map_err(Error::Invalid)
+    }
+
+    /// The current password; the plan publishes only when there is one.
+    fn issued(&self) -> Result<Issued, Error> {
+        self.issued.clone().ok_or_else(|| {
+            Error::Invalid("the plan publishes a password that does not exist".into())
+        })
+    }
+
+    fn ns(&self) -> String {
+        self.crot.namespace().unwrap_or_default()
+    }
+}
