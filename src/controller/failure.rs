@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Resource, runtime::events::EventType};
 
-use super::{Context, clock};
+use super::{Context, clock, reconcile};
 use crate::{
     api::conditions,
     azure::error::{AzureError, ErrorClass},
@@ -59,6 +59,30 @@ pub async fn announce<K: Resource<DynamicType = ()>, E: Failure>(
         )
         .await;
     }
+}
+
+/// The one path from a failed reconcile to what the user sees: `err` recorded in `status`'s conditions, the
+/// status written, then (if the reason is new) a Warning Event. Whether the reason is new.
+pub async fn report<K, E>(
+    ctx: &Context,
+    object: &K,
+    mut status: K::Status,
+    err: &E,
+) -> kube::Result<bool>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + kube::core::object::HasStatus
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::Status: reconcile::Status,
+    E: Failure,
+{
+    use reconcile::Status as _;
+    let changed = err.record(status.conditions_mut(), object.meta().generation);
+    reconcile::write_status(ctx, object, &status).await?;
+    announce(ctx, object, err, changed).await;
+    Ok(changed)
 }
 
 /// The reasons Azure's failures show as, per kind of call: the Graph calls that manage applications and the

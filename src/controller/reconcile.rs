@@ -13,6 +13,7 @@ use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Con
 use kube::{
     Api, CustomResourceExt, Resource, ResourceExt,
     api::{Patch, PatchParams},
+    core::object::HasStatus,
     runtime::{
         controller::Action,
         finalizer::{Error as FinalizerError, Event, finalizer},
@@ -355,6 +356,26 @@ where
         .await?;
     ctx.status_writes.wrote(object);
     Ok(())
+}
+
+/// What the shared plumbing needs of a kind's status: where its conditions are, and which of its fields a
+/// change can clear (those are sent as null, since a merge patch leaves out what it does not name).
+pub trait Status: Serialize + PartialEq {
+    const CLEARED: &'static [&'static str];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+/// Writes `status` on `object` (see [`patch_status`]), unless it is what the object has.
+pub async fn write_status<K>(ctx: &Context, object: &K, status: &K::Status) -> kube::Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + HasStatus
+        + Clone
+        + Debug
+        + DeserializeOwned,
+    K::Status: Status,
+{
+    patch_status(ctx, object, object.status(), status, K::Status::CLEARED).await
 }
 
 /// The resourceVersion each object (by uid) had when a reconcile last wrote its status. A reconcile that

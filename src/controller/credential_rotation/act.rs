@@ -11,11 +11,10 @@ use super::{
     gather::{Gathered, Issued},
     plan::{self, Step, Trigger},
     targets::{self, Publication},
-    write_status,
 };
 use crate::{
     api::{CredentialRotation, CredentialRotationStatus},
-    controller::{credentials, naming, publish, secrets, service_principal},
+    controller::{credentials, naming, publish, reconcile, secrets, service_principal},
 };
 
 /// Takes `steps` in order, recording in `status` what each did. `now` is the moment the plan was made for.
@@ -81,7 +80,7 @@ impl Run<'_> {
             }
             Step::RecordIntent { .. } => {
                 step.record(status);
-                write_status(crot, ctx, status.clone()).await?;
+                reconcile::write_status(ctx, crot, status).await?;
             }
             Step::AddPassword { serial, lifetime } => {
                 let subject = &self.gathered.subject;

@@ -14,7 +14,8 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, converge, subject, write_status};
+use super::{Context, Error, converge, subject};
+use crate::controller::reconcile;
 use crate::{
     api::{
         CredentialRotation, CredentialRotationStatus, ServicePrincipal,
@@ -96,7 +97,7 @@ pub(super) async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<
     let releases = match deletion(crot, &mut status, finished, Timestamp::now()) {
         Ok(releases) => releases,
         Err(e) => {
-            write_status(crot, ctx, status).await?;
+            reconcile::write_status(ctx, crot, &status).await?;
             return Err(e);
         }
     };

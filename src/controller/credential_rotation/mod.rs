@@ -195,7 +195,7 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
                 crot.metadata.generation,
                 clock::now_time(),
             );
-            write_status(crot, ctx, status).await?;
+            reconcile::write_status(ctx, crot, &status).await?;
             Ok(Action::requeue(wake))
         }
         Err(err) => {
@@ -203,12 +203,9 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
             let refused = matches!(err.reason(), "AKSResetFailed" | "PublishFailed");
             // A failing rotation is an emergency only as the current secret runs out.
             let err = with_expiry(err, crot, &status);
-            let changed = err.record(&mut status.conditions, crot.metadata.generation);
-            write_status(crot, ctx, status).await?;
-            if changed && refused {
+            if failure::report(ctx, crot, status, &err).await? && refused {
                 ctx.metrics.rotated("failed");
             }
-            failure::announce(ctx, crot, &err, changed).await;
             Err(err)
         }
     }
@@ -261,19 +258,13 @@ async fn converge(
     ))
 }
 
-async fn write_status(
-    crot: &CredentialRotation,
-    ctx: &Context,
-    status: CredentialRotationStatus,
-) -> Result<(), Error> {
-    // Fields that a change can clear are sent as null, so that the merge patch removes them.
-    reconcile::patch_status(
-        ctx,
-        crot,
-        crot.status.as_ref(),
-        &status,
-        &["previousKeyId", "previousKeyRemovalTime", "targets"],
-    )
-    .await?;
-    Ok(())
+impl reconcile::Status for CredentialRotationStatus {
+    const CLEARED: &'static [&'static str] =
+        &["previousKeyId", "previousKeyRemovalTime", "targets"];
+
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
 }

@@ -23,7 +23,8 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, write_status};
+use super::{Context, Error};
+use crate::controller::reconcile;
 use crate::{
     api::{
         CredentialRotation, CredentialRotationStatus, ServicePrincipal,
@@ -605,7 +606,7 @@ impl Publication<'_> {
                 let why = Some("reset running".into());
                 let pending = TargetState::Pending;
                 self.set(status, aks, cluster, pending, why, Some(url.clone()));
-                write_status(self.crot, ctx, status.clone())
+                reconcile::write_status(ctx, self.crot, status)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Some(url))

@@ -33,7 +33,7 @@ use kube::{
     runtime::{controller::Action, finalizer::Event as Finalized},
 };
 
-use crate::controller::reconcile::{self, Failure as _};
+use crate::controller::reconcile;
 
 use self::{
     act::Stop,
@@ -208,7 +208,7 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
                 rd.metadata.generation,
                 clock::now_time(),
             );
-            write_status(rd, ctx, status).await?;
+            reconcile::write_status(ctx, rd, &status).await?;
             // An assignment removed in Azure is found at the next resync.
             Ok(Action::requeue(ctx.resync))
         }
@@ -220,9 +220,7 @@ async fn apply(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
                 // The wait is for one run of PrincipalNotFound answers: anything else starts it afresh.
                 status.waiting_for_principal_since = None;
             }
-            let changed = err.record(&mut status.conditions, rd.metadata.generation);
-            write_status(rd, ctx, status).await?;
-            failure::announce(ctx, rd, &err, changed).await;
+            failure::report(ctx, rd, status, &err).await?;
             Err(err)
         }
     }
@@ -302,31 +300,24 @@ async fn cleanup(rd: &RoleDelegation, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn write_status(
-    rd: &RoleDelegation,
-    ctx: &Context,
-    status: RoleDelegationStatus,
-) -> Result<(), Error> {
-    // Fields that a change can clear are sent as null, so that the merge patch removes them.
-    reconcile::patch_status(
-        ctx,
-        rd,
-        rd.status.as_ref(),
-        &status,
-        &[
-            "roleAssignmentId",
-            "preExisting",
-            "pendingRemoval",
-            "policy",
-            "policyViolations",
-            "waitingForPrincipalSince",
-            "roleDefinitionId",
-            "roleName",
-            "principalId",
-        ],
-    )
-    .await?;
-    Ok(())
+impl reconcile::Status for RoleDelegationStatus {
+    const CLEARED: &'static [&'static str] = &[
+        "roleAssignmentId",
+        "preExisting",
+        "pendingRemoval",
+        "policy",
+        "policyViolations",
+        "waitingForPrincipalSince",
+        "roleDefinitionId",
+        "roleName",
+        "principalId",
+    ];
+
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
 }
 
 #[cfg(test)]

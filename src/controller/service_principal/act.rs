@@ -13,8 +13,8 @@ use super::{
     gather::Gathered,
     password::{Deliver, PasswordPlan},
     plan::{self, Plan, Principal, Setting},
-    write_status,
 };
+use crate::controller::reconcile;
 use crate::{
     api::{SecretTarget, ServicePrincipal, ServicePrincipalStatus},
     azure::graph::{Application, PasswordCredential},
@@ -86,7 +86,7 @@ async fn federated_credentials(
     if let Some(names) = planned.record {
         let mut status = sp.status.clone().unwrap_or_default();
         status.federated_credentials = names.clone();
-        write_status(sp, ctx, status).await?;
+        reconcile::write_status(ctx, sp, &status).await?;
         *recorded = Some(names);
     }
     for desired in &planned.upsert {

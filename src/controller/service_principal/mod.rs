@@ -27,7 +27,7 @@ use kube::{
     runtime::{controller::Action, finalizer::Event as Finalized, reflector::ObjectRef},
 };
 
-use crate::controller::reconcile::{self, Failure as _};
+use crate::controller::reconcile;
 
 use super::{Context, drift, failure};
 use crate::{
@@ -149,7 +149,7 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                 &sp.name_any(),
                 expiry,
             );
-            write_status(sp, ctx, status).await?;
+            reconcile::write_status(ctx, sp, &status).await?;
             // Changes in Azure (an application deleted, a password removed) are found at the next resync.
             Ok(Action::requeue(ctx.resync))
         }
@@ -163,9 +163,7 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                 // Written before they were created; a failure after must not forget them.
                 status.federated_credentials = names;
             }
-            let changed = err.record(&mut status.conditions, sp.metadata.generation);
-            write_status(sp, ctx, status).await?;
-            failure::announce(ctx, sp, &err, changed).await;
+            failure::report(ctx, sp, status, &err).await?;
             Err(err)
         }
     }
@@ -203,19 +201,12 @@ async fn converge(
     Ok(status)
 }
 
-async fn write_status(
-    sp: &ServicePrincipal,
-    ctx: &Context,
-    status: ServicePrincipalStatus,
-) -> Result<(), Error> {
-    // Fields that a change can clear are sent as null, so that the merge patch removes them.
-    reconcile::patch_status(
-        ctx,
-        sp,
-        sp.status.as_ref(),
-        &status,
-        &["secretName", "credential", "federatedCredentials"],
-    )
-    .await?;
-    Ok(())
+impl reconcile::Status for ServicePrincipalStatus {
+    const CLEARED: &'static [&'static str] = &["secretName", "credential", "federatedCredentials"];
+
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
 }
