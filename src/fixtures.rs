@@ -20,6 +20,7 @@ use crate::{
         protocol::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION},
     },
     azure::{
+        Cloud,
         arm::ArmClient,
         graph::{Application, GraphClient, PasswordCredential},
         testing::TestAzure,
@@ -183,6 +184,34 @@ pub fn delivered_secret(name: &str, owner: &str, serial: u64) -> Secret {
         ),
         ..Secret::default()
     }
+}
+
+/// `secret` owned by `owner`, as the operator writes it (`delivered_secret` carries no owner reference, so a
+/// controller would take it for someone else's).
+pub fn owned_by<K: kube::Resource<DynamicType = ()>>(mut secret: Secret, owner: &K) -> Secret {
+    secret.metadata.owner_references = Some(vec![
+        owner
+            .controller_owner_ref(&())
+            .expect("the fixture has a uid"),
+    ]);
+    secret
+}
+
+/// The public cloud's endpoints, as the operator resolves them by default.
+pub fn public_cloud() -> Cloud {
+    let args = crate::cli::AzureArgs {
+        azure_cloud: crate::cli::CloudName::Public,
+        azure_authority_host: None,
+        azure_graph_endpoint: None,
+        azure_resource_manager_endpoint: None,
+        azure_ca_file: None,
+        azure_credential: crate::cli::CredentialKind::ClientSecret,
+        azure_client_id: None,
+        azure_tenant_id: None,
+        azure_federated_token_file: None,
+        azure_client_secret: None,
+    };
+    Cloud::from_args(&args).expect("the public cloud resolves")
 }
 
 /// Sets every field of `overrides` on `base`, recursively for objects.

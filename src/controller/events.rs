@@ -11,10 +11,13 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     api::PostParams,
     runtime::events::{Event, EventType, Reporter},
 };
+use tracing::warn;
+
+use super::Context;
 
 #[derive(Clone)]
 pub struct Events {
@@ -72,6 +75,26 @@ fn build(reporter: &Reporter, ev: &Event, regarding: &ObjectReference, now: Time
             .into(),
         ),
         ..Default::default()
+    }
+}
+
+/// Records an Event on `object`. Never fails the reconcile: Events are for people, the state is in status.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish an event");
     }
 }
 

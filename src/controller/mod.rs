@@ -1,8 +1,10 @@
 //! The operator's main loop: connect to the API server, check that the CRDs are served and readable, then run
 //! until SIGTERM or SIGINT. The per-resource controllers plug in here.
 
+pub mod absences;
 pub mod claims;
 pub mod clock;
+pub mod context;
 pub mod credential_rotation;
 pub mod credentials;
 pub mod drift;
@@ -18,6 +20,10 @@ pub mod secrets;
 pub mod service_principal;
 pub mod watches;
 
+pub use context::Context;
+pub use events::publish;
+pub use watches::{Scope, ServicePrincipalChanges, namespaced};
+
 use anyhow::Context as _;
 use std::sync::Arc;
 
@@ -29,8 +35,8 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        events::{Event, EventType, Reporter},
-        reflector::{self, ObjectRef, ReflectHandle, Store, store::Writer},
+        events::Reporter,
+        reflector::{self, store::Writer},
         watcher,
     },
 };
@@ -47,37 +53,6 @@ use crate::{
         server::{self, Probe},
     },
 };
-
-/// What every reconcile needs.
-pub struct Context {
-    pub client: Client,
-    pub graph: GraphClient,
-    pub arm: ArmClient,
-    /// The HTTP client behind both (for signing in with a new secret to check it).
-    pub http: reqwest::Client,
-    /// Role definitions by name, so that delegations of the same role do not list definitions each time.
-    pub roles: RoleCache,
-    /// Every DelegationPolicy, kept current by a watch.
-    pub policies: Store<api::DelegationPolicy>,
-    /// How long a role assignment waits for its principal to replicate before it is reported Stalled.
-    pub principal_replication_window: std::time::Duration,
-    pub cloud: Cloud,
-    pub tenant_id: String,
-    pub cluster_id: String,
-    pub recorder: events::Events,
-    /// How often a converged object is checked against Azure again.
-    pub resync: std::time::Duration,
-    pub metrics: Arc<Metrics>,
-    pub drift: Arc<drift::Drift>,
-    /// Deletes waiting out replication before they believe an application is gone.
-    pub absences: service_principal::Absences,
-    pub status_writes: reconcile::StatusWrites,
-    /// Every object that may claim an AKS cluster, an application or a role assignment (see claims.rs).
-    pub claims: claims::Registry,
-    /// The object id of the operator's own identity (from its token), never granted a role for a tenant; None
-    /// when Entra gave no token at start-up.
-    pub operator_principal: Option<String>,
-}
 
 /// Runs the operator until it is told to stop.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -168,78 +143,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the controllers of one watched scope (a namespace, or the whole cluster) share.
-pub struct Scope {
-    client: Client,
-    /// The namespace watched; None for all.
-    pub ns: Option<String>,
-    pub config: kube::runtime::controller::Config,
-    /// Counts DelegationPolicy changes (see [`watch_policies`]).
-    pub policy_changes: tokio::sync::watch::Receiver<u64>,
-    /// The scope's ServicePrincipals, from the one watch all three kinds share.
-    pub service_principals: Store<api::ServicePrincipal>,
-    principals: ReflectHandle<api::ServicePrincipal>,
-}
-
-/// The ServicePrincipals whose `acted_on` changed: the ServicePrincipal controller's trigger, which drives
-/// the watch the other kinds subscribe to.
-pub type ServicePrincipalChanges = futures::stream::BoxStream<
-    'static,
-    Result<api::ServicePrincipal, kube::runtime::watcher::Error>,
->;
-
-impl Scope {
-    /// The scope of `ns`, with its ServicePrincipal watch (the stream that drives it is returned beside).
-    pub fn new(
-        client: &Client,
-        ns: Option<&str>,
-        config: kube::runtime::controller::Config,
-        policy_changes: tokio::sync::watch::Receiver<u64>,
-    ) -> (Scope, ServicePrincipalChanges) {
-        let (service_principals, changes, principals) =
-            watches::shared_primary(namespaced(client, ns), watcher::Config::default());
-        let scope = Scope {
-            client: client.clone(),
-            ns: ns.map(str::to_string),
-            config,
-            policy_changes,
-            service_principals,
-            principals,
-        };
-        (scope, changes.boxed())
-    }
-
-    /// An Api for the scope's objects of kind `K`.
-    pub fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        namespaced(&self.client, self.ns.as_deref())
-    }
-
-    /// ServicePrincipals as triggers for another kind, when what it reads of one changed
-    /// ([`watches::principal_state`]).
-    pub fn principal_changes(
-        &self,
-    ) -> impl futures::Stream<Item = Result<api::ServicePrincipal, kube::runtime::watcher::Error>>
-    + Send
-    + 'static {
-        watches::shared_changes_of(self.principals.clone(), watches::principal_state)
-    }
-
-    /// Objects of one kind in this scope whose Azure state the drift feeds saw change.
-    pub fn drifted<K>(
-        &self,
-        drift: &drift::Drift,
-        pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
-    ) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
-    where
-        K: Resource<DynamicType = ()> + 'static,
-    {
-        watches::drifted(drift, self.ns.as_deref(), pick)
-    }
-}
-
 /// The namespaces watched, each as Some; or None alone for the whole cluster.
 fn watched_scopes(args: &RunArgs) -> Vec<Option<&str>> {
     if args.watch_namespaces.is_empty() {
@@ -249,17 +152,6 @@ fn watched_scopes(args: &RunArgs) -> Vec<Option<&str>> {
             .iter()
             .map(|n| Some(n.as_str()))
             .collect()
-    }
-}
-
-/// An Api for one namespace, or for all.
-fn namespaced<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -458,24 +350,4 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
             _ = int.recv() => "SIGINT",
         }
     })
-}
-
-/// Records an Event on `object`. Never fails the reconcile: Events are for people, the state is in status.
-pub async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    object: &K,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish an event");
-    }
 }

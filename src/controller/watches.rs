@@ -16,7 +16,7 @@ use std::{
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Resource,
+    Api, Client, Resource,
     core::PartialObjectMeta,
     runtime::{
         PredicateConfig, WatchStreamExt,
@@ -239,6 +239,89 @@ pub fn hashed(value: impl Hash) -> Option<u64> {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     Some(h.finish())
+}
+
+/// What the controllers of one watched scope (a namespace, or the whole cluster) share.
+pub struct Scope {
+    client: Client,
+    /// The namespace watched; None for all.
+    pub ns: Option<String>,
+    pub config: kube::runtime::controller::Config,
+    /// Counts DelegationPolicy changes (see [`watch_policies`]).
+    pub policy_changes: tokio::sync::watch::Receiver<u64>,
+    /// The scope's ServicePrincipals, from the one watch all three kinds share.
+    pub service_principals: Store<api::ServicePrincipal>,
+    principals: ReflectHandle<api::ServicePrincipal>,
+}
+
+/// The ServicePrincipals whose `acted_on` changed: the ServicePrincipal controller's trigger, which drives
+/// the watch the other kinds subscribe to.
+pub type ServicePrincipalChanges = futures::stream::BoxStream<
+    'static,
+    Result<api::ServicePrincipal, kube::runtime::watcher::Error>,
+>;
+
+impl Scope {
+    /// The scope of `ns`, with its ServicePrincipal watch (the stream that drives it is returned beside).
+    pub fn new(
+        client: &Client,
+        ns: Option<&str>,
+        config: kube::runtime::controller::Config,
+        policy_changes: tokio::sync::watch::Receiver<u64>,
+    ) -> (Scope, ServicePrincipalChanges) {
+        let (service_principals, changes, principals) =
+            shared_primary(namespaced(client, ns), watcher::Config::default());
+        let scope = Scope {
+            client: client.clone(),
+            ns: ns.map(str::to_string),
+            config,
+            policy_changes,
+            service_principals,
+            principals,
+        };
+        (scope, changes.boxed())
+    }
+
+    /// An Api for the scope's objects of kind `K`.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        namespaced(&self.client, self.ns.as_deref())
+    }
+
+    /// ServicePrincipals as triggers for another kind, when what it reads of one changed
+    /// ([`principal_state`]).
+    pub fn principal_changes(
+        &self,
+    ) -> impl futures::Stream<Item = Result<api::ServicePrincipal, kube::runtime::watcher::Error>>
+    + Send
+    + 'static {
+        shared_changes_of(self.principals.clone(), principal_state)
+    }
+
+    /// Objects of one kind in this scope whose Azure state the drift feeds saw change.
+    pub fn drifted<K>(
+        &self,
+        drift: &drift::Drift,
+        pick: fn(drift::Owner) -> Option<ObjectRef<K>>,
+    ) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()> + 'static,
+    {
+        drifted(drift, self.ns.as_deref(), pick)
+    }
+}
+
+/// An Api for one namespace, or for all.
+pub fn namespaced<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::SignedDuration,
     jiff::Timestamp,
 };
-use kube::Resource;
 use serde_json::json;
 
 use super::{
@@ -28,7 +27,7 @@ use crate::{
     controller::{credentials, reconcile::Failure},
     fixtures::{
         NAMESPACE, SUBSCRIPTION, application, credential_rotation_with, delivered_secret, key_id,
-        password, service_principal, t0,
+        owned_by, password, service_principal, t0,
     },
 };
 
@@ -58,13 +57,6 @@ fn rotation(overrides: serde_json::Value) -> CredentialRotation {
     credential_rotation_with("rot", spec)
 }
 
-/// The Secret of `web` delivering password `serial`, owned by `owner` as the operator writes it.
-fn owned_secret<K: Resource<DynamicType = ()>>(serial: u64, owner: &K) -> Secret {
-    let mut secret = delivered_secret(OWNER, OWNER, serial);
-    secret.metadata.owner_references = owner.controller_owner_ref(&()).map(|r| vec![r]);
-    secret
-}
-
 /// What a reconcile of a rotation of `web` gathers: its application with `passwords`, and `secret`.
 fn gathered(
     passwords: Vec<PasswordCredential>,
@@ -85,7 +77,10 @@ fn gathered(
 
 /// `web`'s Secret delivering `serial`, owned by the ServicePrincipal.
 fn secret(serial: u64) -> Option<Secret> {
-    Some(owned_secret(serial, &service_principal(OWNER)))
+    Some(owned_by(
+        delivered_secret(OWNER, OWNER, serial),
+        &service_principal(OWNER),
+    ))
 }
 
 /// Status naming `current` (issued at `issued`) and every target of `crot` holding it.

@@ -20,23 +20,6 @@ use crate::{
     controller::{Context, clock, credentials, naming, publish, secrets},
 };
 
-/// Since when each object being deleted (by uid) has not found its application: in memory, since a restart
-/// only makes the wait start again.
-#[derive(Default)]
-pub struct Absences(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
-
-impl Absences {
-    /// Records a miss; whether misses have held for `grace` since the first.
-    fn held_for(&self, uid: &str, grace: Duration) -> bool {
-        let mut seen = self.0.lock().expect("absences lock");
-        let now = tokio::time::Instant::now();
-        // Misses older than an hour are from deletes long finished.
-        seen.retain(|_, first| now.duration_since(*first) < Duration::from_secs(3600));
-        let first = *seen.entry(uid.to_string()).or_insert(now);
-        now.duration_since(first) >= grace
-    }
-}
-
 /// How long a delete believes that an application it cannot find does not exist, when one may have been
 /// created moments ago: Graph's reads can miss a new object for a few seconds (replication).
 const REPLICATION_GRACE: Duration = Duration::from_secs(20);

@@ -40,7 +40,6 @@ pub use super::secrets::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTAT
 pub use crate::api::protocol::{
     ROTATED_BY_ANNOTATION, SERVICE_PRINCIPAL_OWNER_LABEL as OWNER_LABEL,
 };
-pub use cleanup::Absences;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

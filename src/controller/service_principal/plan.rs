@@ -242,31 +242,17 @@ pub fn ready_status(
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-    use kube::Resource;
     use serde_json::json;
 
     use super::*;
     use crate::{
         azure::graph::{self, FederatedIdentityCredential},
-        cli::CloudName,
         controller::{reconcile::Failure as _, service_principal::password::Deliver},
         fixtures::{
-            NAMESPACE, application, delivered_secret, key_id, password, secret_text,
-            service_principal_with, t0,
+            NAMESPACE, application, delivered_secret, key_id, owned_by, password, public_cloud,
+            secret_text, service_principal_with, t0,
         },
     };
-
-    /// The public cloud, where the `env` format has no authority host: what `fixtures::delivered_secret` holds.
-    fn cloud() -> Cloud {
-        Cloud {
-            name: CloudName::Public,
-            authority_host: "https://login.microsoftonline.com".into(),
-            graph_endpoint: "https://graph.microsoft.com/v1.0".into(),
-            graph_scope: "https://graph.microsoft.com/.default".into(),
-            resource_manager_endpoint: "https://management.azure.com".into(),
-            resource_manager_scope: "https://management.azure.com/.default".into(),
-        }
-    }
 
     /// At `fixtures::t0()`, in the tenant `fixtures::delivered_secret` names.
     fn setting(cloud: &Cloud) -> Setting<'_> {
@@ -275,13 +261,6 @@ mod tests {
             cloud,
             now: t0(),
         }
-    }
-
-    /// A builder beside the fixtures: `secret` owned by `sp`, as the operator writes it
-    /// (`fixtures::delivered_secret` carries no owner reference).
-    fn owned(mut secret: Secret, sp: &ServicePrincipal) -> Secret {
-        secret.metadata.owner_references = Some(vec![sp.controller_owner_ref(&()).expect("a uid")]);
-        secret
     }
 
     /// Password `serial` of the object `web`, valid for a year from t0.
@@ -316,7 +295,7 @@ mod tests {
                 app_id: "app-web".into(),
             }),
             federated: vec![],
-            secret: secret.map(|s| owned(s, &web(json!({})))),
+            secret: secret.map(|s| owned_by(s, &web(json!({})))),
             rotated_by: None,
         }
     }
@@ -585,7 +564,7 @@ mod tests {
 
     #[test]
     fn the_plan_for_each_state_of_azure_and_the_secret() {
-        let cloud = cloud();
+        let cloud = public_cloud();
         let setting = setting(&cloud);
         for case in cases() {
             let plan = plan(&case.sp, &case.gathered, &setting);
@@ -660,10 +639,10 @@ mod tests {
 
     #[test]
     fn the_shortcut_trusts_only_a_secret_that_still_holds_the_delivered_password() {
-        let cloud = cloud();
+        let cloud = public_cloud();
         let setting = setting(&cloud);
         let converged = with_status(web(json!({})), 1);
-        let mine = |s: Secret| Some(owned(s, &converged));
+        let mine = |s: Secret| Some(owned_by(s, &converged));
         let mut edited = delivered_secret("web", "web", 1);
         edited.data.as_mut().unwrap().insert(
             "AZURE_CLIENT_SECRET".into(),
