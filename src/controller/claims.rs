@@ -114,6 +114,17 @@ impl Registry {
     pub fn delegations(&self) -> Vec<Arc<RoleDelegation>> {
         all(&self.delegations)
     }
+
+    /// The ServicePrincipal `name` in `ns`, as the watch last saw it: for a reader that its watch brings
+    /// back when the ServicePrincipal changes, so that it needs no fresher copy than the store's.
+    pub fn service_principal(&self, ns: &str, name: &str) -> Option<Arc<ServicePrincipal>> {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        self.service_principals
+            .read()
+            .expect("claims lock")
+            .iter()
+            .find_map(|store| store.get(&key))
+    }
 }
 
 fn all<K: Resource<DynamicType = ()> + Clone>(

@@ -11,7 +11,7 @@ use super::{
     rules,
 };
 use crate::{
-    api::{RoleDelegation, RoleDelegationStatus, ServicePrincipal, conditions},
+    api::{RoleDelegation, RoleDelegationStatus, conditions},
     azure::scope::{RoleAssignmentId, RoleDefinitionId},
     controller::{Context, drift, naming},
 };
@@ -80,8 +80,9 @@ async fn principal(rd: &RoleDelegation, ctx: &Context) -> Result<String, Error> 
         ));
     };
     let ns = rd.namespace().unwrap_or_default();
-    let sps: Api<ServicePrincipal> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(sp) = sps.get_opt(&reference.name).await? else {
+    // From the store: the ServicePrincipal watch brings this delegation back whenever what it reads of the
+    // ServicePrincipal changes, so the API server need not be asked on every reconcile.
+    let Some(sp) = ctx.claims.service_principal(&ns, &reference.name) else {
         return Err(Error::ServicePrincipalNotFound(format!(
             "spec.principalRef.name: ServicePrincipal {} does not exist in namespace {ns}",
             reference.name
