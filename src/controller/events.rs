@@ -5,6 +5,7 @@
 //! per change (a Warning once per change of reason), never the same one in a loop, so the cache bought
 //! nothing and cost tens of MiB, and quadratic time, while thousands of objects were created at once.
 
+use crate::controller::clock;
 use k8s_openapi::{
     api::{core::v1::ObjectReference, events::v1::Event as K8sEvent},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
@@ -32,7 +33,7 @@ impl Events {
 
     /// Creates one events.k8s.io/v1 Event about `regarding`, as kube's Recorder would (same fields, no series).
     pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> kube::Result<()> {
-        let event = build(&self.reporter, ev, regarding, Timestamp::now());
+        let event = build(&self.reporter, ev, regarding, clock::now());
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
             .create(&PostParams::default(), &event)
@@ -121,7 +122,7 @@ mod tests {
             action: "Reconcile".into(),
             secondary: None,
         };
-        let now = Timestamp::now();
+        let now = clock::now();
         let e = build(&reporter, &ev, &regarding, now);
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.reason.as_deref(), Some("Throttled"));

@@ -4,10 +4,11 @@
 //! a watchdog here confirms the Lease from the API server: a leader that cannot confirm it within the renew
 //! deadline (the Lease duration less the grace) stops, before a standby may take the Lease over.
 
+use crate::controller::clock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch::Receiver;
@@ -53,7 +54,7 @@ impl Leadership {
                         warn!(holder = %holder, "another replica holds the Lease");
                         return;
                     }
-                    if until.is_some_and(|u| u < Timestamp::now()) {
+                    if until.is_some_and(|u| u < clock::now()) {
                         warn!("the Lease ran out without being renewed");
                         return;
                     }

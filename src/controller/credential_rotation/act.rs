@@ -2,6 +2,7 @@
 //! pass from the step that adds it to the steps that deliver and publish it here, in memory: never through
 //! status, an Event or a log line.
 
+use crate::controller::clock;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};
 use tracing::info;
@@ -85,7 +86,7 @@ impl Run<'_> {
             Step::AddPassword { serial, lifetime } => {
                 let subject = &self.gathered.subject;
                 let name = naming::password_name(&self.ns(), &subject.owner, *serial);
-                let end = credentials::expiry(Timestamp::now(), *lifetime);
+                let end = credentials::expiry(clock::now(), *lifetime);
                 let new = ctx.graph.add_password(&app.id, &name, end).await?;
                 self.issued = Some(Issued {
                     credential: new.credential,
@@ -131,7 +132,7 @@ impl Run<'_> {
         match step {
             Step::PublishSecret => {
                 let secret = &self.gathered.subject.secret.name;
-                targets::secret_holds(self.crot, status, secret, &key_id, Timestamp::now());
+                targets::secret_holds(self.crot, status, secret, &key_id, clock::now());
             }
             Step::SignIn => publication.sign_in(status).await?,
             Step::ResetCluster { index, cluster } => {
@@ -184,7 +185,7 @@ impl Run<'_> {
         info!(object = %object, key_id = %key_id, trigger = trigger.as_str(), "rotated the client secret");
         ctx.metrics.rotated("issued");
         status.current_key_id = Some(key_id.clone());
-        status.last_rotation_time = Some(Time(Timestamp::now()));
+        status.last_rotation_time = Some(Time(clock::now()));
         status.observed_rotation_token = crot.spec.rotation_token.clone();
         status.targets.clear();
         let note = format!(

@@ -3,6 +3,7 @@
 //! included, and the ServicePrincipal takes its passwords back. What to do is decided by the pure functions
 //! here; `cleanup` does it.
 
+use crate::controller::clock;
 use k8s_openapi::{
     api::core::v1::Secret,
     jiff::{SignedDuration, Timestamp},
@@ -94,7 +95,7 @@ pub(super) async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<
         Some(_) => Some(converge(crot, ctx, &mut status, true).await.map(|_| ())),
         None => None,
     };
-    let releases = match deletion(crot, &mut status, finished, Timestamp::now()) {
+    let releases = match deletion(crot, &mut status, finished, clock::now()) {
         Ok(releases) => releases,
         Err(e) => {
             reconcile::write_status(ctx, crot, &status).await?;

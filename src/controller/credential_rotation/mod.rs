@@ -126,7 +126,7 @@ impl reconcile::Failure for Error {
             Error::Azure(e) => failure::azure_retry(e),
             Error::Verifying(_) => Duration::from_secs(2),
             Error::Waiting { until, .. } => {
-                plan::wake_in(Timestamp::now(), &[Some(*until)], Duration::from_secs(3600))
+                plan::wake_in(clock::now(), &[Some(*until)], Duration::from_secs(3600))
             }
             Error::Publishing { .. } => Duration::from_secs(5),
             Error::Expiry { cause, .. } => cause.retry_after(),
@@ -220,7 +220,7 @@ fn with_expiry(err: Error, crot: &CredentialRotation, status: &CredentialRotatio
         expires: Some(expires.0),
     };
     let renew_before = crot.spec.renew_before.as_ref().map(|d| d.as_std());
-    let reason = match plan::expiry(Timestamp::now(), current, renew_before) {
+    let reason = match plan::expiry(clock::now(), current, renew_before) {
         plan::Expiry::Fine => return err,
         plan::Expiry::Soon => "CredentialExpiringSoon",
         plan::Expiry::Expired => "CredentialExpired",
@@ -244,12 +244,12 @@ async fn converge(
     finishing: bool,
 ) -> Result<Duration, Error> {
     let gathered = gather::gather(crot, ctx).await?;
-    let now = Timestamp::now();
+    let now = clock::now();
     let plan = plan::plan(crot, status, &gathered, now, finishing)?;
     *status = plan.status;
     act::act(crot, ctx, &gathered, status, plan.steps, now).await?;
     Ok(plan::wake_in(
-        Timestamp::now(),
+        clock::now(),
         &[
             status.next_rotation_time.as_ref().map(|t| t.0),
             status.previous_key_removal_time.as_ref().map(|t| t.0),

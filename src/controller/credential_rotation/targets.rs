@@ -6,6 +6,7 @@
 //! The bookkeeping of those results (which target holds which key) is pure and shared by the plan, which
 //! decides which targets still need the key, and by act, which records what each one did.
 
+use crate::controller::clock;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
@@ -428,7 +429,7 @@ impl Publication<'_> {
         why: Option<String>,
         operation: Option<String>,
     ) {
-        let mut e = entry(kind, name, self.key_id, state, why, Timestamp::now());
+        let mut e = entry(kind, name, self.key_id, state, why, clock::now());
         e.operation = operation;
         set_target(status, e);
     }
