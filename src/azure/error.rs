@@ -113,6 +113,15 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// A DELETE's outcome: what is already gone (ARM's and Graph's 404) counts as deleted, so that every delete
+/// can be retried.
+pub fn deleted<T>(result: Result<T, AzureError>) -> Result<(), AzureError> {
+    match result {
+        Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

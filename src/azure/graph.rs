@@ -412,19 +412,16 @@ impl GraphClient {
 
     /// DELETE /directory/deletedItems/{id}: gone for good, no longer counting against the tenant's quota.
     pub async fn purge_deleted(&self, object_id: &str) -> Result<(), AzureError> {
-        match self
-            .send(
+        super::error::deleted(
+            self.send(
                 "graph purge deleted item",
                 Method::DELETE,
                 &format!("/directory/deletedItems/{object_id}"),
                 None,
                 false,
             )
-            .await
-        {
-            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await,
+        )
     }
 
     pub async fn federated_credentials(
@@ -477,19 +474,16 @@ impl GraphClient {
             "/applications/{object_id}/federatedIdentityCredentials(name='{}')",
             odata_quote(name)
         );
-        match self
-            .send(
+        super::error::deleted(
+            self.send(
                 "graph delete federatedIdentityCredential",
                 Method::DELETE,
                 &path,
                 None,
                 false,
             )
-            .await
-        {
-            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await,
+        )
     }
 }
 

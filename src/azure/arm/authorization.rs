@@ -85,6 +85,15 @@ pub struct Grant<'a> {
 }
 
 impl ArmClient {
+    /// DELETE `path`; what is already gone counts as deleted (ARM answers 404 for it, or 204).
+    async fn delete(&self, operation: &'static str, path: &str) -> Result<(), AzureError> {
+        crate::azure::error::deleted(
+            self.service
+                .send(operation, Method::DELETE, path, None, &[])
+                .await,
+        )
+    }
+
     /// The role named `role_name` as the scope sees it (built-in or a custom role assignable there). `scope` is
     /// a parsed [`Scope`]'s text (the role cache keys on it).
     pub async fn role_definition_by_name(
@@ -207,20 +216,7 @@ impl ArmClient {
             "{}/providers/Microsoft.Authorization/roleDefinitions/{guid}?api-version={API_VERSION}",
             scope
         );
-        match self
-            .service
-            .send(
-                "arm delete roleDefinition",
-                Method::DELETE,
-                &path,
-                None,
-                &[],
-            )
-            .await
-        {
-            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.delete("arm delete roleDefinition", &path).await
     }
 
     /// The assignments of `principal_id` at, above or below `scope`.
@@ -288,20 +284,7 @@ impl ArmClient {
     /// DELETE; an assignment already gone is success.
     pub async fn delete_role_assignment(&self, id: &RoleAssignmentId) -> Result<(), AzureError> {
         let path = format!("{id}?api-version={API_VERSION}");
-        match self
-            .service
-            .send(
-                "arm delete roleAssignment",
-                Method::DELETE,
-                &path,
-                None,
-                &[],
-            )
-            .await
-        {
-            Ok(_) | Err(AzureError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.delete("arm delete roleAssignment", &path).await
     }
 }
 
