@@ -217,14 +217,7 @@ fn name_listed(name: &str, names: &impl Fn(&str) -> bool) -> Result<(), String> 
     let privileged = PRIVILEGED
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name));
-    let listed = match privileged {
-        Some((n, guid)) => names(n) || names(guid),
-        None => names(name) || names("*"),
-    };
-    if listed {
-        return Ok(());
-    }
-    Err(match privileged {
+    listed(name, privileged, names).map_err(|privileged| match privileged {
         Some(_) => format!("spec.role.name '{name}' is privileged and must be named in its roles"),
         None => format!("spec.role.name '{name}' is not in its roles"),
     })
@@ -235,19 +228,26 @@ fn id_listed(guid: &str, names: &impl Fn(&str) -> bool) -> Result<(), String> {
     let privileged = PRIVILEGED
         .iter()
         .find(|(_, g)| g.eq_ignore_ascii_case(guid));
-    let listed = match privileged {
-        Some((n, g)) => names(n) || names(g),
-        None => names(guid) || names("*"),
-    };
-    if listed {
-        return Ok(());
-    }
-    Err(match privileged {
+    listed(guid, privileged, names).map_err(|privileged| match privileged {
         Some((n, _)) => {
             format!("spec.role.id {guid} ({n}) is privileged and must be named in its roles")
         }
         None => format!("spec.role.id {guid} is not in its roles"),
     })
+}
+
+/// Whether a role asked for as `asked` is listed: a privileged one (its name and GUID) only by either, any
+/// other also by "*". Err carries which privileged role it is, if any, for the message.
+fn listed<'a>(
+    asked: &str,
+    privileged: Option<&'a (&'static str, &'static str)>,
+    names: &impl Fn(&str) -> bool,
+) -> Result<(), Option<&'a (&'static str, &'static str)>> {
+    let listed = match privileged {
+        Some((n, guid)) => names(n) || names(guid),
+        None => names(asked) || names("*"),
+    };
+    if listed { Ok(()) } else { Err(privileged) }
 }
 
 /// The role as Azure defines it: "*" covers it only when it need not be named.
