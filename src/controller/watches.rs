@@ -121,6 +121,11 @@ where
 }
 
 /// A shared watch's objects as another controller's triggers, only when `property` of one changed.
+///
+/// Deletions are not passed on (kube's shared reflector sends applied objects only), as with
+/// `applied_objects` on a watch of one's own. kube-runtime 5.0's handle returns Pending without waking when
+/// an object is gone from the store by the time it is read; the controller polls its triggers again on its
+/// next wake-up (any other trigger, requeue or retry), so such a change is late, never lost.
 pub fn shared_changes_of<K>(
     handle: ReflectHandle<K>,
     property: fn(&K) -> Option<u64>,
