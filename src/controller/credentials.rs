@@ -71,13 +71,24 @@ pub fn expiry(now: Timestamp, lifetime: Duration) -> Timestamp {
         .unwrap_or_else(|| now + SignedDuration::try_from(DEFAULT_LIFETIME).unwrap_or_default())
 }
 
-/// What a Secret holds of the password it names (by its key-id annotation).
-#[derive(Clone, Debug, PartialEq)]
+/// What a Secret holds of the password it names (by its key-id annotation). Its Debug shows the format and
+/// the keys only: the text and the values are the password.
+#[derive(Clone, PartialEq)]
 pub struct Held {
     /// The secret text; None for a template, whose text cannot be read back.
     pub text: Option<String>,
     pub format: SecretFormat,
     pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("text", &self.text.as_ref().map(|_| "<redacted>"))
+            .field("format", &self.format)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Held {
@@ -274,6 +285,18 @@ mod tests {
         );
         let unknown = secret("env", &[("AZURE_CLIENT_SECRET", "abcdef")], "k2");
         assert!(delivered(&unknown, &ours, &target, true).is_none());
+    }
+
+    #[test]
+    fn what_a_secret_holds_never_prints_its_password() {
+        let target: SecretTarget =
+            serde_json::from_value(json!({"name": "s", "format": "env"})).unwrap();
+        let p = password("k1", Some(&naming::password_name("ns", "a", 1)));
+        let secret = secret("env", &[("AZURE_CLIENT_SECRET", "abc-the-password")], "k1");
+        let (_, held) = delivered(&secret, &[&p], &target, true).expect("held");
+        let shown = format!("{held:?}");
+        assert!(!shown.contains("the-password"), "{shown}");
+        assert!(shown.contains("AZURE_CLIENT_SECRET"), "{shown}");
     }
 
     #[test]
