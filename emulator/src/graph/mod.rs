@@ -50,7 +50,12 @@ pub struct Segment {
 
 pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
     let ids = RequestIds::new(&parts.headers);
-    let caller = match authenticate(ctx, &parts.headers, Api::Graph) {
+    let caller = match authenticate(
+        ctx,
+        &parts.headers,
+        Api::Graph,
+        &crate::token::base_url(parts),
+    ) {
         Ok(c) => c,
         Err(problem) => {
             let message = match problem {
