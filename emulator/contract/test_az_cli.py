@@ -313,8 +313,15 @@ def test_aks_show_list_and_update_credentials(operator_az: Az):
     assert cluster in {c["name"] for c in az("aks", "list", "--resource-group", RG_AKS)}
 
     sp = az("ad", "sp", "create-for-rbac", "--name", unique("az-cli-aks-sp"))
-    az("aks", "update-credentials", "--resource-group", RG_AKS, "--name", cluster, "--reset-service-principal",
-       "--service-principal", sp["appId"], "--client-secret", sp["password"])
+    # The reset finishes before az's first poll (a second after the 202, its Retry-After): az waits out its
+    # 30 s polling interval after a status that is still InProgress.
+    knobs = az.emulator.admin("GET", "knobs").json()
+    assert az.emulator.admin("PATCH", "knobs", json={"aks": {"resetDurationMs": 0}}).status_code == 200
+    try:
+        az("aks", "update-credentials", "--resource-group", RG_AKS, "--name", cluster, "--reset-service-principal",
+           "--service-principal", sp["appId"], "--client-secret", sp["password"])
+    finally:
+        az.emulator.admin("PATCH", "knobs", json={"aks": knobs["aks"]})
     after = az("aks", "show", "--resource-group", RG_AKS, "--name", cluster, "--query", "servicePrincipalProfile.clientId")
     assert after == sp["appId"]
     check = az.emulator.admin("POST", "aks/check", json={"clusterId": cluster_id, "secret": sp["password"]})
@@ -331,3 +338,34 @@ def test_group_list_and_show(operator_az: Az):
     assert shown["properties"]["provisioningState"] == "Succeeded"
     assert shown["location"] == "westeurope"
     assert "ResourceGroupNotFound" in az.fails("group", "show", "--name", "rg-does-not-exist")
+
+
+def test_role_assignment_table_names_principals_for_a_directory_reader(operator_az: Az):
+    """`az role assignment list` names principals through directoryObjects/getByIds, which needs
+    Directory.Read.All: the operator (Application.ReadWrite.OwnedBy only) is refused and az prints no names;
+    an identity holding it gets them, and az's table then works without --query."""
+    az = operator_az
+    app_id = az("ad", "sp", "create-for-rbac", "--name", unique("az-cli-named"))["appId"]
+    az("role", "assignment", "create", "--assignee", app_id, "--scope", f"{SUBSCRIPTION_SCOPE}/resourceGroups/{RG_DISKS}", "--role", "Reader")
+    unnamed = az("role", "assignment", "list", "--assignee", app_id, "--all")
+    assert [a.get("principalName") for a in unnamed] == [None] and [a["roleDefinitionName"] for a in unnamed] == ["Reader"]
+
+    reader = {"displayName": unique("az-cli-directory-reader"), "appId": str(uuid.uuid4()), "objectId": str(uuid.uuid4()), "servicePrincipalId": str(uuid.uuid4())}
+    secret = "dr~" + uuid.uuid4().hex
+    seeded = az.emulator.admin(
+        "POST",
+        "seed",
+        json={
+            "applications": [{**reader, "graphPermissions": ["Directory.Read.All"], "clientSecrets": [secret]}],
+            "roleAssignments": [{"scope": SUBSCRIPTION_SCOPE, "role": "Reader", "principalId": reader["servicePrincipalId"]}],
+        },
+    )
+    assert seeded.status_code == 200, seeded.text
+    other = Az(binary=az.binary, config_dir=az.config_dir.parent / "reader-config", emulator=az.emulator)
+    other.register_cloud()
+    other.login_secret(reader["appId"], secret)
+    named = other("role", "assignment", "list", "--assignee", app_id, "--all")
+    assert [a["principalName"] for a in named] == [app_id], "az names a service principal by its appId"
+    table = other.raw("role", "assignment", "list", "--assignee", app_id, "--all", "--output", "table")
+    assert table.returncode == 0, table.stderr
+    assert app_id in table.stdout and "Reader" in table.stdout and RG_DISKS in table.stdout

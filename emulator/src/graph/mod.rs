@@ -5,6 +5,7 @@
 mod applications;
 mod batch;
 mod delta;
+mod directory_objects;
 mod query;
 mod render;
 mod service_principals;
@@ -234,6 +235,9 @@ async fn route_request(req: Req<'_>) -> Response {
         ["applications", ..] => applications::handle(req),
         ["serviceprincipals", ..] => service_principals::handle(req),
         ["directory", "deleteditems", ..] => applications::deleted_items(req),
+        ["directoryobjects", "getbyids"] if req.method == Method::POST => {
+            directory_objects::get_by_ids(req)
+        }
         ["directoryobjects", ..] if req.method == Method::GET => {
             applications::directory_object(req)
         }
