@@ -112,7 +112,7 @@ az() {
 }
 show() { echo "\$ az $*"; az "$@"; echo; }
 az cloud register --name LocalAzure --endpoint-resource-manager "$AZURE_EMULATOR_URL/" >/dev/null
-az cloud set --name LocalAzure 2>/dev/null
+az cloud set --name LocalAzure --only-show-errors
 # Signed in as the operator itself is: its workload identity token, exchanged with --federated-token.
 az login --service-principal --username "$operator_app" --tenant "$AZURE_TENANT_ID" \
     --federated-token "$(cat "$DEMO_DIR/azure-identity-token")" >/dev/null
