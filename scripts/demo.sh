@@ -98,3 +98,25 @@ if command -v jq >/dev/null; then
 else
     kubectl -n demo get roledelegations -o custom-columns='NAME:.metadata.name,ASSIGNMENT:.status.roleAssignmentId'
 fi
+
+# --- The seed's own az commands, run by the real Azure CLI against the local Azure: the view of what the
+# operator made that a user of the seed workflow knows. az is pinned and installed once into target/az-venv.
+echo "--- what the operator made, as the Azure CLI shows it (az against the local Azure)"
+az_bin=$(emulator/contract/az-venv.sh)
+az_config="$DEMO_DIR/azure-config"
+rm -rf "$az_config"
+# A custom cloud whose endpoints az discovers from the emulator; see docs/local-azure.md.
+az() {
+    AZURE_CONFIG_DIR="$az_config" REQUESTS_CA_BUNDLE="$AZURE_EMULATOR_CA_FILE" AZURE_CORE_INSTANCE_DISCOVERY=false \
+    AZURE_CORE_COLLECT_TELEMETRY=false AZURE_CORE_SURVEY_MESSAGE=false AZURE_CORE_NO_COLOR=true "$az_bin" "$@"
+}
+show() { echo "\$ az $*"; az "$@"; echo; }
+az cloud register --name LocalAzure --endpoint-resource-manager "$AZURE_EMULATOR_URL/" >/dev/null
+az cloud set --name LocalAzure --only-show-errors
+# Signed in as the operator itself is: its workload identity token, exchanged with --federated-token.
+az login --service-principal --username "$operator_app" --tenant "$AZURE_TENANT_ID" \
+    --federated-token "$(cat "$DEMO_DIR/azure-identity-token")" >/dev/null
+show ad sp show --id "$app_id" --query "{appId:appId, displayName:displayName, objectId:id}" --output table
+show ad app credential list --id "$app_id" --query "[].endDateTime" --output tsv
+show role assignment list --assignee "$app_id" --all --query "[].{role:roleDefinitionName, scope:scope}" --output table
+show aks show --resource-group rg-aks --name prod --query servicePrincipalProfile.clientId --output tsv

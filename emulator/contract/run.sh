@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the emulator's contract suite: Microsoft's Python SDKs (azure-identity, msgraph-sdk,
-# azure-mgmt-authorization, azure-mgmt-containerservice) against the azure-emulator binary, plus
-# schema checks against Microsoft's API descriptions.
+# azure-mgmt-authorization, azure-mgmt-containerservice) and the Azure CLI against the azure-emulator
+# binary, plus schema checks against Microsoft's API descriptions.
 #
 #   emulator/contract/run.sh [pytest arguments...]
 #
@@ -11,7 +11,9 @@
 #                       tests are skipped, saying so, when it is absent
 #   PYTHON              the interpreter for the venv (default python3.11, else python3)
 #
-# The venv lives at <repo>/target/contract-venv and is rebuilt only when requirements.txt changes.
+# The venv lives at <repo>/target/contract-venv and is rebuilt only when requirements.txt changes; the
+# Azure CLI has its own (az-venv.sh: <repo>/target/az-venv, rebuilt only when az-requirements.txt changes),
+# since its pins differ from the SDKs' and it runs as a separate program anyway.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,6 +44,9 @@ if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     echo "$want" >"$stamp"
 fi
+
+# test_az_cli.py runs this az.
+export AZ_CLI_BIN="$("$here/az-venv.sh")"
 
 cd "$here"
 # The SDKs must not pick up a developer's Azure settings or proxies: the suite talks to loopback only.

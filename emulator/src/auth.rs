@@ -22,7 +22,14 @@ impl Caller {
     }
 }
 
-pub fn authenticate(ctx: &Shared, headers: &HeaderMap, api: Api) -> Result<Caller, TokenProblem> {
+/// `base` is the emulator's URL as the caller reached it: a Graph token may be for it when the caller's cloud
+/// names the emulator as its Graph (see `token::audience_for`). ARM's audiences are fixed.
+pub fn authenticate(
+    ctx: &Shared,
+    headers: &HeaderMap,
+    api: Api,
+    base: &str,
+) -> Result<Caller, TokenProblem> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -35,7 +42,11 @@ pub fn authenticate(ctx: &Shared, headers: &HeaderMap, api: Api) -> Result<Calle
         .ok_or(TokenProblem::Missing)?;
     let claims = ctx.keys.verify(token)?;
     let audience_ok = match api {
-        Api::Graph => claims.aud == GRAPH_AUDIENCE || claims.aud == GRAPH_APP_ID,
+        Api::Graph => {
+            claims.aud == GRAPH_AUDIENCE
+                || claims.aud == GRAPH_APP_ID
+                || claims.aud.eq_ignore_ascii_case(base)
+        }
         Api::Arm => ARM_AUDIENCES.contains(&claims.aud.as_str()),
     };
     if !audience_ok {

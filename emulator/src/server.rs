@@ -189,7 +189,17 @@ async fn dispatch(State(ctx): State<Ctx>, req: Request) -> Response {
         crate::admin::handle(&ctx, &parts, body).await
     } else if lower.starts_with("/v1.0/") || lower == "/v1.0" {
         crate::graph::handle(&ctx, &parts, body).await
-    } else if lower.starts_with("/subscriptions") || lower.starts_with("/providers") {
+    } else if lower.trim_start_matches('/') == "metadata/endpoints" {
+        // az joins `--endpoint-resource-manager` and the path, so a trailing slash there gives `//metadata`.
+        let tenant = ctx.world.lock().tenant_id.clone();
+        let resp =
+            crate::arm::resources::metadata_endpoints(&crate::token::base_url(&parts), &tenant);
+        ctx.count("arm GET /metadata/endpoints", resp.status());
+        resp
+    } else if lower.starts_with("/subscriptions")
+        || lower.starts_with("/providers")
+        || lower == "/tenants"
+    {
         crate::arm::handle(&ctx, &parts, body).await
     } else {
         crate::token::handle(&ctx, &parts, body).await

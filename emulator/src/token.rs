@@ -271,7 +271,7 @@ async fn token(
             ),
         );
     };
-    let Some(api) = Api::for_resource(resource) else {
+    let Some((api, aud)) = audience_for(resource, base) else {
         return bad(
             500011,
             "invalid_resource",
@@ -417,7 +417,7 @@ async fn token(
         );
     };
 
-    match sign(ctx, base, tenant, &app.app_id, api, resource, appidacr) {
+    match sign(ctx, base, tenant, &app.app_id, api, aud, appidacr) {
         Some((token, lifetime)) => json_response(
             StatusCode::OK,
             &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
@@ -432,6 +432,21 @@ async fn token(
     }
 }
 
+/// The API a requested resource names and the audience of its tokens. Graph is `https://graph.microsoft.com`
+/// (its tokens' audience whatever the spelling asked for), or this emulator's own URL when a client uses it
+/// as its cloud's Graph: a sovereign cloud's Graph URL is its Graph audience (`https://graph.microsoft.us`),
+/// and az asks for its cloud's `microsoftGraphResourceId`. ARM keeps the audience as asked.
+fn audience_for(resource: &str, base: &str) -> Option<(Api, String)> {
+    match Api::for_resource(resource) {
+        Some(Api::Graph) => Some((Api::Graph, GRAPH_AUDIENCE.to_string())),
+        Some(Api::Arm) => Some((Api::Arm, resource.to_string())),
+        None if resource.trim_end_matches('/').eq_ignore_ascii_case(base) => {
+            Some((Api::Graph, base.to_string()))
+        }
+        None => None,
+    }
+}
+
 /// Signs an access token for an application's service principal (None when it has none), with its Graph
 /// application permissions as roles when the token is for Graph.
 fn sign(
@@ -440,7 +455,7 @@ fn sign(
     tenant: &str,
     app_id: &str,
     api: Api,
-    resource: &str,
+    aud: String,
     appidacr: &str,
 ) -> Option<(String, i64)> {
     let (oid, roles) = {
@@ -450,10 +465,6 @@ fn sign(
     };
     let now = Timestamp::now().as_second();
     let lifetime = ctx.knobs.read().token_lifetime_seconds as i64;
-    let aud = match api {
-        Api::Graph => GRAPH_AUDIENCE.to_string(),
-        Api::Arm => resource.to_string(),
-    };
     let claims = Claims {
         aud,
         iss: format!("{base}/{tenant}/v2.0"),
@@ -522,7 +533,7 @@ fn managed_identity(
             ids,
         );
     };
-    let Some(api) = Api::for_resource(resource) else {
+    let Some((api, aud)) = audience_for(resource, base) else {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
@@ -533,7 +544,7 @@ fn managed_identity(
     };
     // A user-assigned identity is chosen by client_id; otherwise the host's (system-assigned) one.
     let app_id = field("client_id").unwrap_or(&configured.app_id).to_string();
-    match sign(ctx, base, tenant, &app_id, api, resource, "2") {
+    match sign(ctx, base, tenant, &app_id, api, aud, "2") {
         Some((token, lifetime)) => {
             let expires_on = Timestamp::now().as_second() + lifetime;
             json_response(

@@ -1189,3 +1189,76 @@ async fn federated_credentials_upsert_by_name_and_enforce_their_limits() {
     let (s, _, _) = emu.call(&t, Method::GET, &by_name, None, &[]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// What the Azure CLI needs beyond the operator's APIs: the cloud's metadata, subscriptions and tenants,
+/// resource groups, AKS lists, getByIds, and Graph tokens for the emulator's own URL (which ARM refuses).
+#[tokio::test]
+async fn the_azure_cli_surface() {
+    let emu = Emu::new().await;
+    let base = emu.running.base_url.clone();
+    let arm = emu.arm_token().await;
+    let graph = emu.graph_token().await;
+    let own_graph = emu
+        .token(OPERATOR_APP, OPERATOR_SECRET, &format!("{base}//.default"))
+        .await;
+    let nobody = emu
+        .token(
+            "2b2b2b2b-0000-4000-8000-000000002b2b",
+            "unprivileged-secret-0123456789",
+            "https://management.azure.com/.default",
+        )
+        .await;
+
+    let metadata = emu
+        .http
+        .get(emu.url("//metadata/endpoints?api-version=2022-09-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata.status(),
+        StatusCode::OK,
+        "unauthenticated, and az's `//` is fine"
+    );
+    let metadata: Value = metadata.json().await.unwrap();
+    let root = format!("{base}/");
+    assert_eq!(metadata["authentication"]["loginEndpoint"], root.as_str());
+    assert_eq!(metadata["resourceManager"], root.as_str());
+    assert_eq!(metadata["microsoftGraphResourceId"], root.as_str());
+    assert_eq!(
+        metadata["authentication"]["audiences"][0],
+        "https://management.core.windows.net/"
+    );
+
+    let sub_id = SUB.trim_start_matches("/subscriptions/");
+    let groups = format!("{SUB}/resourcegroups");
+    // (case, token, path, status, what the body holds: a JSON pointer and its value)
+    let cases: Vec<(&str, &str, String, StatusCode, &str, Value)> = vec![
+        ("the operator sees its subscription", &arm, "/subscriptions?api-version=2022-12-01".into(), StatusCode::OK, "/value/0/subscriptionId", json!(sub_id)),
+        ("and reads it", &arm, format!("{SUB}?api-version=2022-12-01"), StatusCode::OK, "/state", json!("Enabled")),
+        ("a principal without roles sees none", &nobody, "/subscriptions?api-version=2022-12-01".into(), StatusCode::OK, "/value", json!([])),
+        ("nor reads it", &nobody, format!("{SUB}?api-version=2022-12-01"), StatusCode::NOT_FOUND, "/error/code", json!("SubscriptionNotFound")),
+        ("an api-version Microsoft.Resources lacks", &arm, "/subscriptions?api-version=2022-04-01".into(), StatusCode::BAD_REQUEST, "/error/code", json!("InvalidApiVersionParameter")),
+        ("tenants", &arm, "/tenants?api-version=2022-12-01".into(), StatusCode::OK, "/value/0/tenantId", json!(emu.tenant)),
+        ("resource groups", &arm, format!("{groups}?api-version=2024-11-01"), StatusCode::OK, "/value/1/name", json!("rg-aks")),
+        ("one group", &arm, format!("{groups}/rg-aks?api-version=2024-11-01"), StatusCode::OK, "/location", json!("westeurope")),
+        ("a missing group", &arm, format!("{groups}/rg-nope?api-version=2024-11-01"), StatusCode::NOT_FOUND, "/error/code", json!("ResourceGroupNotFound")),
+        ("a group without rights", &nobody, format!("{groups}/rg-aks?api-version=2024-11-01"), StatusCode::FORBIDDEN, "/error/code", json!("AuthorizationFailed")),
+        ("groups without rights are not listed", &nobody, format!("{groups}?api-version=2024-11-01"), StatusCode::OK, "/value", json!([])),
+        ("AKS clusters in a subscription", &arm, format!("{SUB}/providers/Microsoft.ContainerService/managedClusters?api-version=2025-01-01"), StatusCode::OK, "/value/0/id", json!(CLUSTER)),
+        ("a Graph token for the emulator's URL reaches Graph", &own_graph, "/v1.0/servicePrincipals?$filter=servicePrincipalNames/any(c:c%20eq%20'5a5a5a5a-0000-4000-8000-000000005a5a')".into(), StatusCode::OK, "/value/0/id", json!("5a5a5a5a-0000-4000-8000-00000000b5b5")),
+        ("but not ARM", &own_graph, "/subscriptions?api-version=2022-12-01".into(), StatusCode::UNAUTHORIZED, "/error/code", json!("InvalidAuthenticationTokenAudience")),
+        ("getByIds needs Directory.Read.All", &graph, "/v1.0/directoryObjects/getByIds".into(), StatusCode::FORBIDDEN, "/error/code", json!("Authorization_RequestDenied")),
+    ];
+    for (case, token, path, status, pointer, want) in cases {
+        let method = if path.ends_with("getByIds") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let body = (method == Method::POST).then(|| json!({"ids": [OPERATOR_SP]}));
+        let (got, _, body) = emu.call(token, method, &path, body, &[]).await;
+        assert_eq!(got, status, "{case}: {body}");
+        assert_eq!(body.pointer(pointer), Some(&want), "{case}: {body}");
+    }
+}

@@ -93,9 +93,38 @@ fn get(req: &Req, id: &str) -> Response {
     let Some(c) = world.arm.aks_clusters.get(&id.to_ascii_lowercase()) else {
         return cluster_missing(req, id);
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
+    json_response(StatusCode::OK, &render(c))
+}
+
+/// `GET {subscription or resource group}/providers/Microsoft.ContainerService/managedClusters`: the
+/// clusters in scope that the caller may read (ARM filters a list by the caller's rights).
+pub fn list(req: &Req, scope: &str) -> Response {
+    if req.method != Method::GET {
+        return arm_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("The method '{}' is not allowed here.", req.method),
+            &req.ids,
+        );
+    }
+    settle_operations(req.ctx);
+    let world = req.ctx.world.lock();
+    if let Some(resp) = missing_scope(req, &world, scope) {
+        return resp;
+    }
+    let value: Vec<Value> = world
+        .arm
+        .aks_clusters
+        .values()
+        .filter(|c| super::at_or_above(scope, &c.id))
+        .filter(|c| authorized(&world, &req.caller.oid, &c.id, READ))
+        .map(render)
+        .collect();
+    json_response(StatusCode::OK, &json!({ "value": value }))
+}
+
+fn render(c: &crate::state::AksCluster) -> Value {
+    json!({
             "id": c.id,
             "location": c.location,
             "name": c.name,
@@ -107,8 +136,7 @@ fn get(req: &Req, id: &str) -> Response {
                 "fqdn": format!("{}.hcp.{}.azmk8s.io", c.name, c.location),
                 "servicePrincipalProfile": {"clientId": c.client_id},
             },
-        }),
-    )
+    })
 }
 
 fn start_reset(req: &Req, id: &str) -> Response {

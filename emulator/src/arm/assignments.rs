@@ -26,6 +26,20 @@ const PRINCIPAL_TYPES: &[&str] = &[
     "Device",
 ];
 
+/// A role assignment as a read (GET, list) returns it: within a subscription, its definition in the
+/// subscription form `/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid}`, the id
+/// under which the same subscription's definitions list names it. Microsoft documents `az role assignment
+/// list` printing that form, and az fills `roleDefinitionName` by matching it against that list. The
+/// writes' echo keeps the tenant form of the spec's examples (see `render`).
+fn render_read(a: &RoleAssignment) -> Value {
+    let mut value = render(a);
+    value["properties"]["roleDefinitionId"] = json!(roles::definition_id(
+        &a.scope,
+        roles::guid_of(&a.role_definition_id)
+    ));
+    value
+}
+
 pub fn render(a: &RoleAssignment) -> Value {
     let mut props = json!({
         "roleDefinitionId": a.role_definition_id,
@@ -87,7 +101,7 @@ fn get(req: &Req, scope: &str, name: &str) -> Response {
         .role_assignments
         .get(&id_of(scope, name).to_ascii_lowercase())
     {
-        Some(a) => json_response(StatusCode::OK, &render(a)),
+        Some(a) => json_response(StatusCode::OK, &render_read(a)),
         None => not_found(req),
     }
 }
@@ -349,7 +363,7 @@ fn list(req: &Req, scope: &str) -> Response {
                 _ => above || below,
             }
         })
-        .map(render)
+        .map(render_read)
         .collect();
     json_response(StatusCode::OK, &json!({"value": value}))
 }

@@ -5,6 +5,7 @@
 pub mod aks;
 mod assignments;
 mod definitions;
+pub mod resources;
 pub mod roles;
 
 use std::{collections::HashMap, time::Duration};
@@ -36,6 +37,48 @@ pub const AUTHORIZATION_API_VERSIONS: &[&str] = &[
     "2015-07-01",
 ];
 
+/// Microsoft.Resources' subscriptions and tenants (azure-rest-api-specs `specification/resources/
+/// resource-manager/Microsoft.Resources/stable/*/subscriptions.json`); az 2.91 sends 2022-12-01.
+pub const SUBSCRIPTIONS_API_VERSIONS: &[&str] = &[
+    "2022-12-01",
+    "2022-01-01",
+    "2021-01-01",
+    "2020-01-01",
+    "2019-11-01",
+    "2019-06-01",
+    "2018-06-01",
+    "2016-06-01",
+];
+
+/// Microsoft.Resources' resource groups (the same folder's `resources.json`); az 2.91 sends 2024-11-01.
+pub const RESOURCES_API_VERSIONS: &[&str] = &[
+    "2025-04-01",
+    "2025-03-01",
+    "2024-11-01",
+    "2024-07-01",
+    "2024-03-01",
+    "2023-07-01",
+    "2022-09-01",
+    "2021-04-01",
+    "2021-01-01",
+    "2020-10-01",
+    "2020-08-01",
+    "2020-06-01",
+    "2019-10-01",
+    "2019-08-01",
+    "2019-07-01",
+    "2019-05-10",
+    "2019-05-01",
+    "2019-03-01",
+    "2018-05-01",
+    "2018-02-01",
+    "2017-05-10",
+    "2016-09-01",
+    "2016-07-01",
+    "2016-02-01",
+    "2015-11-01",
+];
+
 pub struct Req<'a> {
     pub ctx: &'a Ctx,
     pub caller: Caller,
@@ -61,6 +104,18 @@ enum Route {
         id: String,
         reset: bool,
     },
+    /// managedClusters listed in a subscription or resource group.
+    Clusters {
+        scope: String,
+    },
+    Subscriptions {
+        id: Option<String>,
+    },
+    Tenants,
+    Groups {
+        subscription: String,
+        name: Option<String>,
+    },
     Operation {
         subscription: String,
         location: String,
@@ -70,6 +125,19 @@ enum Route {
 }
 
 impl Route {
+    /// The api-versions the route's resource type supports, where the emulator lists them (AKS accepts
+    /// any well-formed one, since its versions come monthly).
+    fn api_versions(&self) -> Option<&'static [&'static str]> {
+        match self {
+            Route::Assignments { .. } | Route::Definitions { .. } => {
+                Some(AUTHORIZATION_API_VERSIONS)
+            }
+            Route::Subscriptions { .. } | Route::Tenants => Some(SUBSCRIPTIONS_API_VERSIONS),
+            Route::Groups { .. } => Some(RESOURCES_API_VERSIONS),
+            Route::Cluster { .. } | Route::Clusters { .. } | Route::Operation { .. } => None,
+        }
+    }
+
     fn template(&self, method: &Method) -> String {
         let path = match self {
             Route::Assignments { name: None, .. } => {
@@ -86,6 +154,14 @@ impl Route {
             }
             Route::Cluster { reset: false, .. } => "{cluster}",
             Route::Cluster { reset: true, .. } => "{cluster}/resetServicePrincipalProfile",
+            Route::Clusters { .. } => {
+                "{scope}/providers/Microsoft.ContainerService/managedClusters"
+            }
+            Route::Subscriptions { id: None } => "/subscriptions",
+            Route::Subscriptions { .. } => "/subscriptions/{id}",
+            Route::Tenants => "/tenants",
+            Route::Groups { name: None, .. } => "/subscriptions/{id}/resourcegroups",
+            Route::Groups { .. } => "/subscriptions/{id}/resourcegroups/{name}",
             Route::Operation { result: false, .. } => "{location}/operations/{id}",
             Route::Operation { result: true, .. } => "{location}/operationresults/{id}",
         };
@@ -129,6 +205,9 @@ fn parse(path: &str) -> Option<Route> {
     let segs: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
     let lsegs: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
     let l: Vec<&str> = lsegs.iter().map(String::as_str).collect();
+    if let Some(route) = parse_resources(&l, &segs) {
+        return Some(route);
+    }
     match l.as_slice() {
         [
             "subscriptions",
@@ -176,9 +255,55 @@ fn parse(path: &str) -> Option<Route> {
     }
 }
 
+/// Microsoft.Resources (subscriptions, tenants, resource groups) and the AKS lists: `l` is `segs`
+/// lowercased.
+fn parse_resources(l: &[&str], segs: &[&str]) -> Option<Route> {
+    match l {
+        ["subscriptions"] => Some(Route::Subscriptions { id: None }),
+        ["subscriptions", _] => Some(Route::Subscriptions {
+            id: Some(segs[1].into()),
+        }),
+        ["tenants"] => Some(Route::Tenants),
+        ["subscriptions", _, "resourcegroups"] => Some(Route::Groups {
+            subscription: segs[1].into(),
+            name: None,
+        }),
+        ["subscriptions", _, "resourcegroups", _] => Some(Route::Groups {
+            subscription: segs[1].into(),
+            name: Some(segs[3].into()),
+        }),
+        [
+            "subscriptions",
+            _,
+            "providers",
+            "microsoft.containerservice",
+            "managedclusters",
+        ]
+        | [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.containerservice",
+            "managedclusters",
+        ] => Some(Route::Clusters {
+            scope: segs[..segs.len() - 3]
+                .iter()
+                .fold(String::new(), |acc, s| acc + "/" + s),
+        }),
+        _ => None,
+    }
+}
+
 pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
     let ids = RequestIds::new(&parts.headers);
-    let caller = match authenticate(ctx, &parts.headers, Api::Arm) {
+    let caller = match authenticate(
+        ctx,
+        &parts.headers,
+        Api::Arm,
+        &crate::token::base_url(parts),
+    ) {
         Ok(c) => c,
         Err(problem) => {
             let (code, message) = match problem {
@@ -223,15 +348,17 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
             "The api-version query parameter (?api-version=) is required for all requests.",
             &ids,
         )),
-        (Route::Assignments { .. } | Route::Definitions { .. }, Some(v))
-            if !AUTHORIZATION_API_VERSIONS.contains(&v) =>
+        (route, Some(v))
+            if route
+                .api_versions()
+                .is_some_and(|supported| !supported.contains(&v)) =>
         {
             Some(arm_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidApiVersionParameter",
                 &format!(
                     "The api-version '{v}' is invalid. The supported versions are '{}'.",
-                    AUTHORIZATION_API_VERSIONS.join(",")
+                    route.api_versions().unwrap_or_default().join(",")
                 ),
                 &ids,
             ))
@@ -359,6 +486,12 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
                     definitions::handle(&req, &scope, guid.as_deref())
                 }
                 Route::Cluster { id, reset } => aks::cluster(&req, &id, reset),
+                Route::Clusters { scope } => aks::list(&req, &scope),
+                Route::Subscriptions { id } => resources::subscription(&req, id.as_deref()),
+                Route::Tenants => resources::tenants(&req),
+                Route::Groups { subscription, name } => {
+                    resources::group(&req, &subscription, name.as_deref())
+                }
                 Route::Operation {
                     subscription,
                     location,
@@ -538,7 +671,21 @@ mod tests {
             )),
             Some(Route::Operation { result: true, .. })
         ));
-        assert!(parse(&format!("{sub}/resourceGroups/rg")).is_none());
+        assert!(matches!(
+            parse(&format!("{sub}/resourceGroups/rg")),
+            Some(Route::Groups { name: Some(n), .. }) if n == "rg"
+        ));
+        assert!(matches!(
+            parse(&format!("{sub}/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters")),
+            Some(Route::Clusters { scope }) if scope == format!("{sub}/resourceGroups/rg")
+        ));
+        // What the emulator does not model stays unknown (InvalidResourceType), as before.
+        assert!(
+            parse(&format!(
+                "{sub}/resourceGroups/rg/providers/Microsoft.Compute/disks/d"
+            ))
+            .is_none()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod applications;
 mod batch;
 mod delta;
+mod directory_objects;
 mod query;
 mod render;
 mod service_principals;
@@ -50,7 +51,12 @@ pub struct Segment {
 
 pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
     let ids = RequestIds::new(&parts.headers);
-    let caller = match authenticate(ctx, &parts.headers, Api::Graph) {
+    let caller = match authenticate(
+        ctx,
+        &parts.headers,
+        Api::Graph,
+        &crate::token::base_url(parts),
+    ) {
         Ok(c) => c,
         Err(problem) => {
             let message = match problem {
@@ -229,6 +235,9 @@ async fn route_request(req: Req<'_>) -> Response {
         ["applications", ..] => applications::handle(req),
         ["serviceprincipals", ..] => service_principals::handle(req),
         ["directory", "deleteditems", ..] => applications::deleted_items(req),
+        ["directoryobjects", "getbyids"] if req.method == Method::POST => {
+            directory_objects::get_by_ids(req)
+        }
         ["directoryobjects", ..] if req.method == Method::GET => {
             applications::directory_object(req)
         }

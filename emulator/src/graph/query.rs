@@ -65,7 +65,8 @@ pub fn cost(method: &Method, segments: &[Segment], query: &HashMap<String, Strin
 pub enum Filter {
     Eq(String, String),
     StartsWith(String, String),
-    AnyTag(String),
+    /// `{collection}/any(x:x eq 'v')` on a collection of strings (`tags`, `servicePrincipalNames`).
+    Any(String, String),
     And(Box<Filter>, Box<Filter>),
     Or(Box<Filter>, Box<Filter>),
 }
@@ -97,16 +98,25 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
             quoted(value).ok_or_else(unsupported)?,
         ));
     }
-    if let Some(inner) = text
-        .strip_prefix("tags/any(")
-        .and_then(|t| t.strip_suffix(')'))
+    if let Some((collection, inner)) = text
+        .split_once("/any(")
+        .and_then(|(c, t)| Some((c, t.strip_suffix(')')?)))
     {
+        if !["tags", "servicePrincipalNames", "identifierUris"]
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(collection))
+        {
+            return Err(unsupported());
+        }
         let (var, cond) = inner.split_once(':').ok_or_else(unsupported)?;
         let (lhs, value) = cond.split_once(" eq ").ok_or_else(unsupported)?;
         if lhs.trim() != var.trim() {
             return Err(unsupported());
         }
-        return Ok(Filter::AnyTag(quoted(value).ok_or_else(unsupported)?));
+        return Ok(Filter::Any(
+            collection.to_string(),
+            quoted(value).ok_or_else(unsupported)?,
+        ));
     }
     let (field, value) = text.split_once(" eq ").ok_or_else(unsupported)?;
     let field = field.trim();
@@ -145,6 +155,10 @@ fn split_top<'a>(text: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
 pub trait Filterable {
     fn field(&self, name: &str) -> Option<&str>;
     fn tags(&self) -> &[String];
+    /// A collection of strings other than `tags`, for `any` (empty when the entity has no such property).
+    fn names(&self, _collection: &str) -> Vec<&str> {
+        Vec::new()
+    }
 }
 
 impl Filterable for crate::state::Application {
@@ -174,6 +188,15 @@ impl Filterable for crate::state::ServicePrincipal {
     fn tags(&self) -> &[String] {
         &self.tags
     }
+    /// servicePrincipalNames holds the appId (and the application's identifier URIs, which the emulator
+    /// does not model), as `render::service_principal` shows.
+    fn names(&self, collection: &str) -> Vec<&str> {
+        if collection.eq_ignore_ascii_case("servicePrincipalNames") {
+            vec![&self.app_id]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// Whether an entity matches; evaluated on the stored object, so that only the returned page is rendered.
@@ -183,7 +206,8 @@ pub fn matches<T: Filterable>(filter: &Filter, entity: &T) -> bool {
         Filter::StartsWith(f, v) => entity
             .field(f)
             .is_some_and(|x| x.to_ascii_lowercase().starts_with(&v.to_ascii_lowercase())),
-        Filter::AnyTag(v) => entity.tags().iter().any(|t| t == v),
+        Filter::Any(c, v) if c.eq_ignore_ascii_case("tags") => entity.tags().iter().any(|t| t == v),
+        Filter::Any(c, v) => entity.names(c).iter().any(|n| n.eq_ignore_ascii_case(v)),
         Filter::And(a, b) => matches(a, entity) && matches(b, entity),
         Filter::Or(a, b) => matches(a, entity) || matches(b, entity),
     }
@@ -250,6 +274,33 @@ mod tests {
             &app
         ));
         assert!(parse_filter("appId gt 'x'").is_err());
+        assert!(parse_filter("notes/any(n:n eq 'x')").is_err());
+    }
+
+    #[test]
+    fn service_principal_names_filter() {
+        let sp = crate::state::ServicePrincipal {
+            id: "00000000-0000-0000-0000-0000000000b1".into(),
+            app_id: "aaaaaaaa-0000-0000-0000-000000000001".into(),
+            display_name: "Payroll API".into(),
+            app_owner_organization_id: "t".into(),
+            tags: vec![],
+            created_date_time: jiff::Timestamp::UNIX_EPOCH,
+            graph_permissions: vec![],
+        };
+        for (f, want) in [
+            (
+                "servicePrincipalNames/any(c:c eq 'AAAAAAAA-0000-0000-0000-000000000001')",
+                true,
+            ),
+            (
+                "servicePrincipalNames/any(c:c eq 'aaaaaaaa-0000-0000-0000-000000000002')",
+                false,
+            ),
+            ("servicePrincipalNames/any(c:c eq 'Payroll API')", false),
+        ] {
+            assert_eq!(matches(&parse_filter(f).unwrap(), &sp), want, "{f}");
+        }
     }
 
     #[test]
