@@ -115,8 +115,8 @@ where
 /// The condition reason of a spec the operator cannot use.
 const INVALID_SPEC: &str = "InvalidSpec";
 
-/// `object`, or the API server's copy of it when the watch cache may predate this operator's last status
-/// write to it (which the reconcile would otherwise write back older); Err with the action to take when
+/// `object`, or the API server's copy of it when the watch cache has not caught up with this operator's last
+/// status write to it (see [`StatusWrites`]); Err with the action to take when
 /// there is nothing to reconcile now.
 async fn fresh<K>(api: &Api<K>, object: Arc<K>, ctx: &Context) -> Result<Arc<K>, Action>
 where
@@ -126,7 +126,10 @@ where
         return Ok(object);
     }
     match api.get_opt(&object.name_any()).await {
-        Ok(Some(fresh)) => Ok(Arc::new(fresh)),
+        Ok(Some(fresh)) => {
+            ctx.status_writes.read(&fresh);
+            Ok(Arc::new(fresh))
+        }
         Ok(None) => {
             ctx.status_writes.forget(object.as_ref());
             Err(Action::await_change())
@@ -280,7 +283,7 @@ where
         let patch = serde_json::json!({
             "status": {"conditions": updated, "observedGeneration": generation}
         });
-        if let Err(e) = api
+        match api
             .patch_status(
                 &object.name_any(),
                 &PatchParams::default(),
@@ -288,10 +291,14 @@ where
             )
             .await
         {
-            warn!(error = %e, reason, "cannot record the failure on the object; retrying");
-            return Action::requeue(Duration::from_secs(5));
+            Ok(made) => ctx
+                .status_writes
+                .wrote(object, made.resource_version().as_deref()),
+            Err(e) => {
+                warn!(error = %e, reason, "cannot record the failure on the object; retrying");
+                return Action::requeue(Duration::from_secs(5));
+            }
         }
-        ctx.status_writes.wrote(object);
     }
     if news {
         super::publish(
@@ -347,14 +354,15 @@ where
             body[*key] = serde_json::Value::Null;
         }
     }
-    Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
+    let made = Api::<K>::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default())
         .patch_status(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({ "status": body })),
         )
         .await?;
-    ctx.status_writes.wrote(object);
+    ctx.status_writes
+        .wrote(object, made.resource_version().as_deref());
     Ok(())
 }
 
@@ -378,30 +386,45 @@ where
     patch_status(ctx, object, object.status(), status, K::Status::CLEARED).await
 }
 
-/// The resourceVersion each object (by uid) had when a reconcile last wrote its status. A reconcile that
-/// starts from that same version started from the watch cache before it saw the write, and would compute
-/// from the status as it was before (forgetting, say, the assignment that write recorded): it reads the
-/// object afresh instead. Versions are only compared for equality, as Kubernetes allows.
+/// For each object (by uid) this operator wrote the status of, the resourceVersion that write made (or that
+/// a later read afresh returned). A reconcile that starts from any other version started from a watch cache
+/// that has not caught up with the write: from the version the write was based on, or from one someone else
+/// made in between. Either would compute from the status as it was before the write (forgetting, say, the
+/// assignment that write recorded), so the object is read afresh instead. Versions are only compared for
+/// equality, as Kubernetes allows; a cache that moved past the write costs one read, then matches again.
 #[derive(Default)]
 pub struct StatusWrites(std::sync::Mutex<std::collections::HashMap<String, String>>);
 
 impl StatusWrites {
-    fn wrote<K: Resource>(&self, object: &K) {
-        if let (Some(uid), Some(version)) = (object.uid(), object.resource_version()) {
+    /// A status write on `object` made version `made` (None: unknown, so the next reconcile reads afresh).
+    fn wrote<K: Resource>(&self, object: &K, made: Option<&str>) {
+        if let Some(uid) = object.uid() {
             self.0
                 .lock()
                 .expect("status writes lock")
-                .insert(uid, version);
+                .insert(uid, made.unwrap_or_default().to_string());
+        }
+    }
+
+    /// `object` as just read from the API server: later reconciles may start from its version.
+    fn read<K: Resource>(&self, object: &K) {
+        if let (Some(uid), Some(version)) = (object.uid(), object.resource_version()) {
+            let mut known = self.0.lock().expect("status writes lock");
+            if let Some(entry) = known.get_mut(&uid) {
+                *entry = version;
+            }
         }
     }
 
     fn stale<K: Resource>(&self, object: &K) -> bool {
-        match (object.uid(), object.resource_version()) {
-            (Some(uid), Some(version)) => {
-                self.0.lock().expect("status writes lock").get(&uid) == Some(&version)
-            }
-            _ => false,
-        }
+        let Some(uid) = object.uid() else {
+            return false;
+        };
+        self.0
+            .lock()
+            .expect("status writes lock")
+            .get(&uid)
+            .is_some_and(|made| object.resource_version().as_ref() != Some(made))
     }
 
     fn forget<K: Resource>(&self, object: &K) {
@@ -414,6 +437,50 @@ impl StatusWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at_version(uid: &str, version: &str) -> ServicePrincipal {
+        let mut sp: ServicePrincipal = serde_json::from_value(serde_json::json!({
+            "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+            "metadata": {"name": "a", "namespace": "ns"}, "spec": {"displayName": "a"},
+        }))
+        .unwrap();
+        sp.metadata.uid = Some(uid.into());
+        sp.metadata.resource_version = Some(version.into());
+        sp
+    }
+
+    // Found by the chaos soak: a reconcile wrote status (version 100 became 102) while someone else changed
+    // the object in between (101). The watch cache then held 101, newer than what the write was based on and
+    // older than what it made; a reconcile from it computed from the status before the write and forgot the
+    // role assignment that write had recorded.
+    #[test]
+    fn only_the_version_a_status_write_made_is_fresh_after_it() {
+        let writes = StatusWrites::default();
+        assert!(
+            !writes.stale(&at_version("u", "100")),
+            "nothing written yet"
+        );
+        writes.wrote(&at_version("u", "100"), Some("102"));
+        assert!(
+            writes.stale(&at_version("u", "100")),
+            "the version the write was based on"
+        );
+        assert!(
+            writes.stale(&at_version("u", "101")),
+            "a version from between"
+        );
+        assert!(
+            !writes.stale(&at_version("u", "102")),
+            "the version the write made"
+        );
+        assert!(!writes.stale(&at_version("other", "100")), "another object");
+        // Read afresh, the newest version is what later reconciles may start from.
+        writes.read(&at_version("u", "103"));
+        assert!(!writes.stale(&at_version("u", "103")));
+        assert!(writes.stale(&at_version("u", "102")));
+        writes.forget(&at_version("u", "103"));
+        assert!(!writes.stale(&at_version("u", "101")));
+    }
     use crate::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
 
     fn crot(name: &str, spec: Value) -> Value {
