@@ -11,7 +11,7 @@ use super::{
     rules,
 };
 use crate::{
-    api::{RoleDelegation, RoleDelegationStatus, conditions},
+    api::{RoleDelegation, RoleDelegationStatus, ServicePrincipal, conditions},
     azure::scope::{RoleAssignmentId, RoleDefinitionId},
     controller::{Context, drift, naming},
 };
@@ -81,8 +81,17 @@ async fn principal(rd: &RoleDelegation, ctx: &Context) -> Result<String, Error> 
     };
     let ns = rd.namespace().unwrap_or_default();
     // From the store: the ServicePrincipal watch brings this delegation back whenever what it reads of the
-    // ServicePrincipal changes, so the API server need not be asked on every reconcile.
-    let Some(sp) = ctx.claims.service_principal(&ns, &reference.name) else {
+    // ServicePrincipal changes, so the API server need not be asked on every reconcile. A miss is asked of the
+    // API server: at start-up the store may not have listed the ServicePrincipals yet, and "not found" would
+    // be a false alarm on every delegation.
+    let sp = match ctx.claims.service_principal(&ns, &reference.name) {
+        Some(sp) => Some(sp),
+        None => Api::<ServicePrincipal>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&reference.name)
+            .await?
+            .map(std::sync::Arc::new),
+    };
+    let Some(sp) = sp else {
         return Err(Error::ServicePrincipalNotFound(format!(
             "spec.principalRef.name: ServicePrincipal {} does not exist in namespace {ns}",
             reference.name
