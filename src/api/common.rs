@@ -345,6 +345,25 @@ pub struct SecretTarget {
     pub templates: Option<BTreeMap<String, String>>,
 }
 
+/// What a DelegationPolicy's keyVaults admits: a subscription, a resource group, or a Key Vault (vault names are
+/// 3 to 24 letters, digits and hyphens, starting with a letter and not ending with a hyphen:
+/// https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules#microsoftkeyvault;
+/// the rule against consecutive hyphens needs a look-ahead RE2 lacks, and Azure enforces it). Narrower than [`ARM_SCOPE_PATTERN`]: a
+/// management group or any other resource could never contain a vault (a management group's subscriptions are
+/// not visible to the operator), so admission refuses an entry that would silently allow nothing.
+pub const KEY_VAULT_SCOPE_PATTERN: &str = concat!(
+    "(?i)^/subscriptions/",
+    guid_re!(),
+    "(/resourcegroups/",
+    rg_name_re!(),
+    "(/providers/microsoft[.]keyvault/vaults/[a-zA-Z][-a-zA-Z0-9]{1,22}[a-zA-Z0-9])?)?$"
+);
+
+/// What admission says when a keyVaults entry does not match [`KEY_VAULT_SCOPE_PATTERN`].
+pub const KEY_VAULT_SCOPE_MESSAGE: &str = "every keyVaults entry must be the ARM id of a Key Vault \
+    (/subscriptions/{id}/resourceGroups/{name}/providers/Microsoft.KeyVault/vaults/{name}), or of the resource \
+    group (/subscriptions/{id}/resourceGroups/{name}) or subscription (/subscriptions/{id}) containing it";
+
 #[cfg(test)]
 mod tests {
     use super::*;

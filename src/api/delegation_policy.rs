@@ -6,7 +6,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN, GUID_PATTERN};
+use super::common::{
+    ARM_SCOPE_MESSAGE, ARM_SCOPE_PATTERN, GUID_PATTERN, KEY_VAULT_SCOPE_MESSAGE,
+    KEY_VAULT_SCOPE_PATTERN,
+};
 
 /// Which namespaces may grant which roles at which scopes. A RoleDelegation is allowed when one policy that
 /// selects its namespace allows both its scope and its role; without such a policy nothing is granted.
@@ -85,6 +88,19 @@ pub struct DelegationPolicySpec {
     /// reset only with a new secret of the application it already uses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aks_cluster_reassignment: bool,
+
+    /// Key Vaults in which the selected namespaces' objects may write secrets (a ServicePrincipal's or a
+    /// CredentialRotation's Key Vault targets): each entry is the ARM id of a vault
+    /// (/subscriptions/{id}/resourceGroups/{name}/providers/Microsoft.KeyVault/vaults/{name}), or of a resource
+    /// group or subscription, which allows every vault in it. Compared case-insensitively and segment by
+    /// segment: resourceGroups/rg allows no vault in rg2. Default none: without a selecting policy that lists
+    /// the vault or a scope containing it, nothing is written to it, since the operator's identity can write to
+    /// every vault it is given for the whole cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 1024)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(format!("self.all(s, s.matches('{KEY_VAULT_SCOPE_PATTERN}'))")).message(KEY_VAULT_SCOPE_MESSAGE))]
+    pub key_vaults: Vec<String>,
 
     /// What happens to a delegation whose assignment exists but that this policy (or its change) no longer
     /// allows: Report keeps the assignment and reports DeniedByPolicy; Revoke also removes it from Azure.

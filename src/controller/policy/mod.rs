@@ -5,11 +5,13 @@
 //!
 //! - `grants`: role assignments (RoleDelegation scope, role, custom role);
 //! - `applications`: existing applications (adoption by a ServicePrincipal, rotation by applicationId);
-//! - `aks`: AKS clusters (resetting a cluster's service principal profile).
+//! - `aks`: AKS clusters (resetting a cluster's service principal profile);
+//! - `key_vaults`: Key Vaults (writing a secret into a vault, for a Key Vault target).
 
 pub mod aks;
 pub mod applications;
 pub mod grants;
+pub mod key_vaults;
 
 use std::{borrow::Borrow, collections::BTreeMap};
 
