@@ -370,6 +370,36 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             "DelegationPolicy",
+            json!({"namespaceSelector": {}, "keyVaults": ["contoso-kv"]}),
+            "spec.keyVaults",
+            "every keyVaults entry must be the ARM id of a Key Vault",
+        ),
+        (
+            // A resource that is no vault could never contain one: refused rather than allowing nothing.
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "keyVaults": [
+                format!("{SUB}/resourceGroups/rg-shared/providers/Microsoft.KeyVault/vaults/contoso-kv"),
+                format!("{SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st"),
+            ]}),
+            "spec.keyVaults",
+            "every keyVaults entry must be the ARM id of a Key Vault",
+        ),
+        (
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "keyVaults": [
+                format!("{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1/secrets/s"),
+            ]}),
+            "spec.keyVaults",
+            "every keyVaults entry must be the ARM id of a Key Vault",
+        ),
+        (
+            "DelegationPolicy",
+            json!({"namespaceSelector": {}, "keyVaults": ["/providers/Microsoft.Management/managementGroups/root"]}),
+            "spec.keyVaults",
+            "every keyVaults entry must be the ARM id of a Key Vault",
+        ),
+        (
+            "DelegationPolicy",
             json!({"scopes": [SUB], "roles": ["Reader"]}),
             "spec.namespaceSelector",
             "Required value",
@@ -402,6 +432,41 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// What keyVaults admits: a vault (in any casing), a resource group, a subscription.
+#[tokio::test]
+async fn key_vault_entries_are_admitted() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "admission-kv").await;
+    let vault =
+        format!("{SUB}/resourceGroups/rg-shared/providers/Microsoft.KeyVault/vaults/contoso-kv");
+    let entries = vec![
+        vault.clone(),
+        vault
+            .to_uppercase()
+            .replace("SUBSCRIPTIONS", "subscriptions"),
+        format!("{SUB}/resourcegroups/rg-shared"),
+        SUB.to_string(),
+    ];
+    let name = format!("{}-kv", ns.name);
+    // Selects this test's namespace alone: a cluster-scoped policy must not reach other tests' namespaces.
+    let spec = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name.clone()}},
+        "keyVaults": entries,
+    });
+    let api = api(&client, &ns.name, "DelegationPolicy");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &object("DelegationPolicy", &name, spec),
+        )
+        .await;
+    let _ = api.delete(&name, &Default::default()).await;
+    ns.cleanup().await;
+    let created = created.unwrap_or_else(|e| panic!("keyVaults {entries:?} was rejected: {e}"));
+    assert_eq!(created.data["spec"]["keyVaults"], json!(entries));
 }
 
 #[tokio::test]
@@ -514,6 +579,12 @@ async fn examples_are_accepted_and_defaulted() {
     let policies = Api::<DelegationPolicy>::all(client.clone());
     let policy = policies.get(&policy_name).await.unwrap();
     assert_eq!(policy.spec.violations, ViolationAction::Revoke);
+    assert_eq!(
+        policy.spec.key_vaults,
+        vec![format!(
+            "{SUB}/resourceGroups/rg-shared/providers/Microsoft.KeyVault/vaults/contoso-kv"
+        )]
+    );
     policies
         .delete(&policy_name, &Default::default())
         .await

@@ -681,6 +681,25 @@ fn service_principal_decisions(sp: &ServicePrincipal) {
     }
 }
 
+/// Every keyVaults entry admission lets through is decided on without a panic, and is a scope the decision
+/// can read (an entry it could not parse would silently allow nothing).
+fn key_vault_decisions(p: &DelegationPolicy) {
+    for entry in &p.spec.key_vaults {
+        assert!(
+            Scope::parse(entry).is_ok(),
+            "keyVaults entry {entry} admitted"
+        );
+        let _ = policy::key_vaults::may_write(
+            std::slice::from_ref(p),
+            "tenant",
+            &BTreeMap::new(),
+            "spec.keyVaults",
+            entry,
+        );
+        let _ = policy::key_vaults::vault_key(entry);
+    }
+}
+
 fn role_decisions(rd: &RoleDelegation, policies: &[DelegationPolicy]) {
     let spec = &rd.spec;
     // A scope that admission lets through but the parser refuses (say, one with a backslash) is reported on
@@ -798,6 +817,7 @@ async fn every_object_admission_accepts_decodes_and_plans_without_panic() {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
                 "DelegationPolicy" => {
                     let p: DelegationPolicy = serde_json::from_value(admitted.clone()).unwrap();
+                    key_vault_decisions(&p);
                     policies.push(p);
                 }
                 "ServicePrincipal" => {
