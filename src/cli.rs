@@ -154,6 +154,12 @@ pub struct AzureArgs {
     #[arg(long, env = "AZURE_RESOURCE_MANAGER_ENDPOINT", value_name = "URL")]
     pub azure_resource_manager_endpoint: Option<String>,
 
+    /// DNS suffix of the cloud's key vaults, overriding the cloud's (e.g. vault.azure.net): a vault named kv is
+    /// https://kv.{suffix}, and Key Vault tokens are asked for https://{suffix}. Vaults are reached through
+    /// the standard HTTPS_PROXY/NO_PROXY variables when a proxy is set (how the local emulator serves them).
+    #[arg(long, env = "AZURE_KEY_VAULT_DNS_SUFFIX", value_name = "SUFFIX")]
+    pub azure_key_vault_dns_suffix: Option<String>,
+
     /// Extra CA certificates (PEM) to trust for every Azure endpoint, besides the system's.
     #[arg(long, env = "AZURE_CA_FILE", value_name = "PATH")]
     pub azure_ca_file: Option<std::path::PathBuf>,

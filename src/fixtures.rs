@@ -204,6 +204,7 @@ pub fn public_cloud() -> Cloud {
         azure_authority_host: None,
         azure_graph_endpoint: None,
         azure_resource_manager_endpoint: None,
+        azure_key_vault_dns_suffix: None,
         azure_ca_file: None,
         azure_credential: crate::cli::CredentialKind::ClientSecret,
         azure_client_id: None,
@@ -238,6 +239,12 @@ pub async fn context() -> (Context, TestAzure) {
         .with_metrics(metrics.clone());
     let arm = ArmClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud)
         .with_metrics(metrics.clone());
+    let key_vault = crate::azure::keyvault::KeyVaultClient::new(
+        azure.http.clone(),
+        azure.credential.clone(),
+        azure.cloud.clone(),
+    )
+    .with_metrics(metrics.clone());
     let (policies, _writer) = kube::runtime::reflector::store();
     let recorder = events::Events::new(
         client.clone(),
@@ -250,6 +257,7 @@ pub async fn context() -> (Context, TestAzure) {
         client,
         graph,
         arm,
+        key_vault,
         http: azure.http.clone(),
         roles: Default::default(),
         policies,

@@ -5,9 +5,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    AKS_CLUSTER_PATTERN, Duration, GUID_PATTERN, LocalObjectReference, OBJECT_NAME_PATTERN,
-    SecretTarget,
+use super::{
+    common::{
+        AKS_CLUSTER_PATTERN, Duration, GUID_PATTERN, LocalObjectReference, OBJECT_NAME_PATTERN,
+        SecretTarget,
+    },
+    key_vault::KeyVaultSecretTarget,
 };
 
 /// Whose secret to rotate, when, and where to publish each new one.
@@ -77,8 +80,8 @@ use super::common::{
 #[x_kube(validation = Rule::new("!has(self.renewBefore) || !has(self.credentialLifetime) || duration(self.renewBefore) < duration(self.credentialLifetime)")
     .message("renewBefore must be shorter than credentialLifetime")
     .field_path(".renewBefore"))]
-#[x_kube(validation = Rule::new("has(self.servicePrincipalRef) || (has(self.targets) && (has(self.targets.secret) || (has(self.targets.aksClusters) && size(self.targets.aksClusters) > 0)))")
-    .message("with applicationId, name at least one target to publish to: targets.secret or targets.aksClusters")
+#[x_kube(validation = Rule::new("has(self.servicePrincipalRef) || (has(self.targets) && (has(self.targets.secret) || (has(self.targets.aksClusters) && size(self.targets.aksClusters) > 0) || (has(self.targets.keyVaultSecrets) && size(self.targets.keyVaultSecrets) > 0)))")
+    .message("with applicationId, name at least one target to publish to: targets.secret, targets.aksClusters or targets.keyVaultSecrets")
     .field_path(".targets"))]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRotationSpec {
@@ -155,6 +158,14 @@ pub struct RotationTargets {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reassign_aks_clusters: bool,
 
+    /// Azure Key Vault secrets that receive each new secret as a new version (exp and nbf from the password),
+    /// once it signs in; the version holding the previous secret is disabled before that secret is removed.
+    /// With servicePrincipalRef, the ServicePrincipal's keyVaultSecrets are published as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["vault".into(), "name".into()]))]
+    pub key_vault_secrets: Vec<KeyVaultSecretTarget>,
+
     /// Workloads in this namespace to restart (through a pod-template annotation) once per rotation, after the
     /// Secret holds the new secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -209,6 +220,8 @@ pub enum TargetKind {
     AksCluster,
     /// A workload restarted to read the new secret.
     Workload(WorkloadKind),
+    /// An Azure Key Vault secret (named `{vault}/{secret}`).
+    KeyVaultSecret,
 }
 
 /// The name of the one [`TargetKind::SignIn`] entry.
@@ -221,6 +234,7 @@ impl TargetKind {
             TargetKind::SignIn => "SignIn",
             TargetKind::AksCluster => "AKSCluster",
             TargetKind::Workload(kind) => kind.as_str(),
+            TargetKind::KeyVaultSecret => "KeyVaultSecret",
         }
     }
 }
@@ -305,4 +319,7 @@ pub struct TargetStatus {
     /// For an AKS cluster: the long-running operation resetting its profile, while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// For a Key Vault secret: the version holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }

@@ -8,6 +8,7 @@ pub mod common;
 pub mod conditions;
 pub mod credential_rotation;
 pub mod delegation_policy;
+pub mod key_vault;
 pub mod protocol;
 pub mod role_delegation;
 pub mod service_principal;
@@ -20,6 +21,7 @@ pub use credential_rotation::{
     CredentialRotation, CredentialRotationSpec, CredentialRotationStatus,
 };
 pub use delegation_policy::{DelegationPolicy, DelegationPolicySpec};
+pub use key_vault::{KeyVaultSecretStatus, KeyVaultSecretTarget, KeyVaultValueFormat};
 pub use role_delegation::{RoleDelegation, RoleDelegationSpec, RoleDelegationStatus};
 pub use service_principal::{ServicePrincipal, ServicePrincipalSpec, ServicePrincipalStatus};
 

@@ -5,7 +5,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, Duration, GUID_PATTERN, SecretTarget};
+use super::{
+    common::{DeletionPolicy, Duration, GUID_PATTERN, SecretTarget},
+    key_vault::{KeyVaultSecretStatus, KeyVaultSecretTarget},
+};
 
 /// The desired application, service principal and credentials.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -58,6 +61,9 @@ use super::common::{DeletionPolicy, Duration, GUID_PATTERN, SecretTarget};
 #[x_kube(validation = Rule::new("has(self.adopt) == has(oldSelf.adopt)")
     .message("adopt can only be set when the object is created")
     .field_path(".adopt"))]
+#[x_kube(validation = Rule::new("!has(self.keyVaultSecrets) || size(self.keyVaultSecrets) == 0 || (has(self.secret) && self.secret.format != 'template')")
+    .message("keyVaultSecrets needs secret, in a format other than template: the Kubernetes Secret keeps the client secret that each vault version is written from")
+    .field_path(".keyVaultSecrets"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePrincipalSpec {
     /// Display name of the application and its service principal in Entra ID. Need not be unique.
@@ -87,6 +93,14 @@ pub struct ServicePrincipalSpec {
     /// principal that signs in only through federatedCredentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretTarget>,
+
+    /// Azure Key Vault secrets that receive the client secret too, each password as a new version whose
+    /// expiry (exp) and activation (nbf) are the password's own. Needs `secret`. A CredentialRotation of this
+    /// object publishes to them as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["vault".into(), "name".into()]))]
+    pub key_vault_secrets: Vec<KeyVaultSecretTarget>,
 
     /// Lifetime of each client secret the operator adds, as a Go duration. Default 8760h (one year, as
     /// `az ad sp create-for-rbac` does). A CredentialRotation renews it before it ends.
@@ -193,6 +207,9 @@ pub struct ServicePrincipalStatus {
     /// Name of the Secret holding the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// What each Key Vault secret of spec.keyVaultSecrets holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_vault_secrets: Vec<KeyVaultSecretStatus>,
     /// Federated identity credentials this object holds on the application, by name (on an adopted
     /// application: only those it added, recorded before it adds them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

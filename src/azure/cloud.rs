@@ -15,6 +15,22 @@ pub struct Cloud {
     /// Azure Resource Manager base URL, e.g. https://management.azure.com.
     pub resource_manager_endpoint: String,
     pub resource_manager_scope: String,
+    /// The suffix of every vault's host: a vault named `kv` is https://kv.{suffix}.
+    pub key_vault_dns_suffix: String,
+    /// The scope of Key Vault tokens (the resource a vault's challenge names).
+    pub key_vault_scope: String,
+}
+
+impl Cloud {
+    /// The URI of the vault with ARM id `vault_id` (its last segment is the vault's name).
+    pub fn vault_uri(&self, vault_id: &str) -> String {
+        let name = vault_id.rsplit('/').next().unwrap_or_default();
+        format!(
+            "https://{}.{}",
+            name.to_ascii_lowercase(),
+            self.key_vault_dns_suffix
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,15 +47,18 @@ struct Preset {
     graph_scope: &'static str,
     arm: &'static str,
     arm_scope: &'static str,
+    vault_suffix: &'static str,
 }
 
-// The sovereign clouds' hosts, from Microsoft Graph's national cloud deployments and the SDKs' environment tables.
+// The sovereign clouds' hosts, from Microsoft Graph's national cloud deployments and the SDKs' environment tables;
+// the vault suffixes from Key Vault's "About keys, secrets and certificates" (DNS suffixes per cloud).
 const PUBLIC: Preset = Preset {
     authority_host: "https://login.microsoftonline.com",
     graph: "https://graph.microsoft.com/v1.0",
     graph_scope: "https://graph.microsoft.com/.default",
     arm: "https://management.azure.com",
     arm_scope: "https://management.azure.com/.default",
+    vault_suffix: "vault.azure.net",
 };
 const US_GOVERNMENT: Preset = Preset {
     authority_host: "https://login.microsoftonline.us",
@@ -47,6 +66,7 @@ const US_GOVERNMENT: Preset = Preset {
     graph_scope: "https://graph.microsoft.us/.default",
     arm: "https://management.usgovcloudapi.net",
     arm_scope: "https://management.usgovcloudapi.net/.default",
+    vault_suffix: "vault.usgovcloudapi.net",
 };
 const CHINA: Preset = Preset {
     authority_host: "https://login.chinacloudapi.cn",
@@ -54,6 +74,7 @@ const CHINA: Preset = Preset {
     graph_scope: "https://microsoftgraph.chinacloudapi.cn/.default",
     arm: "https://management.chinacloudapi.cn",
     arm_scope: "https://management.chinacloudapi.cn/.default",
+    vault_suffix: "vault.azure.cn",
 };
 
 impl Cloud {
@@ -82,6 +103,10 @@ impl Cloud {
             }
             Ok(chosen)
         };
+        let vault_suffix = match &args.azure_key_vault_dns_suffix {
+            Some(suffix) => suffix.trim_matches('.').to_ascii_lowercase(),
+            None => preset.vault_suffix.to_string(),
+        };
         Ok(Cloud {
             name: args.azure_cloud,
             authority_host: pick(
@@ -101,6 +126,9 @@ impl Cloud {
                 "--azure-resource-manager-endpoint",
             )?,
             resource_manager_scope: preset.arm_scope.to_string(),
+            // A vault's challenge names https://{suffix} as its resource; the token is asked for that.
+            key_vault_scope: format!("https://{vault_suffix}/.default"),
+            key_vault_dns_suffix: vault_suffix,
         })
     }
 }
@@ -123,6 +151,13 @@ mod tests {
     fn public_cloud_is_the_default() {
         let cloud = Cloud::from_args(&args(CloudName::Public, [None; 3])).unwrap();
         assert_eq!(cloud.authority_host, "https://login.microsoftonline.com");
+        assert_eq!(
+            cloud.vault_uri(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/contoso-kv"
+            ),
+            "https://contoso-kv.vault.azure.net"
+        );
+        assert_eq!(cloud.key_vault_scope, "https://vault.azure.net/.default");
         assert_eq!(cloud.graph_endpoint, "https://graph.microsoft.com/v1.0");
         assert_eq!(
             cloud.resource_manager_scope,
@@ -135,6 +170,16 @@ mod tests {
         let gov = Cloud::from_args(&args(CloudName::UsGovernment, [None; 3])).unwrap();
         assert_eq!(gov.graph_scope, "https://graph.microsoft.us/.default");
         assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
+        assert_eq!(
+            gov.vault_uri(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/KV1"
+            ),
+            "https://kv1.vault.usgovcloudapi.net"
+        );
+        assert_eq!(
+            gov.key_vault_scope,
+            "https://vault.usgovcloudapi.net/.default"
+        );
         let china = Cloud::from_args(&args(CloudName::China, [None; 3])).unwrap();
         assert_eq!(
             china.resource_manager_endpoint,

@@ -7,6 +7,7 @@ pub mod credential;
 pub mod error;
 pub mod graph;
 pub mod http;
+pub mod keyvault;
 pub mod role_cache;
 pub mod scope;
 #[cfg(test)]

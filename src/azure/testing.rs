@@ -41,6 +41,7 @@ impl TestAzure {
             azure_authority_host: Some(base.clone()),
             azure_graph_endpoint: Some(format!("{base}/v1.0")),
             azure_resource_manager_endpoint: Some(base),
+            azure_key_vault_dns_suffix: None,
             azure_ca_file: Some(emulator.ca_file.clone()),
             azure_credential: CredentialKind::ClientSecret,
             azure_client_id: Some(client_id),

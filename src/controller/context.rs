@@ -8,7 +8,9 @@ use kube::{Client, runtime::reflector::Store};
 use super::{absences, claims, drift, events, reconcile};
 use crate::{
     api,
-    azure::{Cloud, arm::ArmClient, graph::GraphClient, role_cache::RoleCache},
+    azure::{
+        Cloud, arm::ArmClient, graph::GraphClient, keyvault::KeyVaultClient, role_cache::RoleCache,
+    },
     telemetry::metrics::Metrics,
 };
 
@@ -17,6 +19,8 @@ pub struct Context {
     pub client: Client,
     pub graph: GraphClient,
     pub arm: ArmClient,
+    /// Key Vault secrets, one service per vault.
+    pub key_vault: KeyVaultClient,
     /// The HTTP client behind both (for signing in with a new secret to check it).
     pub http: reqwest::Client,
     /// Role definitions by name, so that delegations of the same role do not list definitions each time.

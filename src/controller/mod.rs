@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod drift;
 pub mod events;
 pub mod failure;
+pub mod key_vault;
 pub mod leader;
 pub mod naming;
 pub mod policy;
@@ -46,7 +47,10 @@ use tracing::{info, warn};
 
 use crate::{
     api,
-    azure::{Cloud, arm::ArmClient, credential, graph::GraphClient, role_cache::RoleCache},
+    azure::{
+        Cloud, arm::ArmClient, credential, graph::GraphClient, keyvault::KeyVaultClient,
+        role_cache::RoleCache,
+    },
     cli::{AzureArgs, RunArgs},
     telemetry::{
         metrics::Metrics,
@@ -235,7 +239,10 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
     let metrics = Arc::new(Metrics::default());
     let graph =
         GraphClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
-    let arm = ArmClient::new(http.clone(), credential, &cloud).with_metrics(metrics.clone());
+    let arm =
+        ArmClient::new(http.clone(), credential.clone(), &cloud).with_metrics(metrics.clone());
+    let key_vault =
+        KeyVaultClient::new(http.clone(), credential, cloud.clone()).with_metrics(metrics.clone());
     let (policies, policy_writer) = reflector::store();
     let recorder = events::Events::new(
         client.clone(),
@@ -250,6 +257,7 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             client,
             graph,
             arm,
+            key_vault,
             http,
             roles: RoleCache::default(),
             policies,

@@ -14,8 +14,14 @@ use super::{
     targets::{self, Publication},
 };
 use crate::{
-    api::{CredentialRotation, CredentialRotationStatus},
-    controller::{credentials, naming, publish, reconcile, secrets, service_principal},
+    api::{
+        CredentialRotation, CredentialRotationStatus,
+        credential_rotation::{TargetKind, TargetState},
+    },
+    controller::{
+        credentials, key_vault, naming, publish, reconcile, secret_format, secrets,
+        service_principal,
+    },
 };
 
 /// Takes `steps` in order, recording in `status` what each did. `now` is the moment the plan was made for.
@@ -79,6 +85,27 @@ impl Run<'_> {
             Step::CheckTemplates => {
                 self.render("placeholder")?;
             }
+            Step::DisableVersions { index, versions } => {
+                let v = &self.gathered.subject.vaults[*index];
+                for version in versions {
+                    ctx.key_vault
+                        .set_enabled(&v.target.vault, &v.target.name, version, false)
+                        .await?;
+                }
+                let note = format!(
+                    "Disabled version(s) {} of Key Vault secret {}: their password is about to be removed",
+                    versions.join(", "),
+                    v.target.display()
+                );
+                publish(
+                    ctx,
+                    crot,
+                    EventType::Normal,
+                    "KeyVaultVersionsDisabled",
+                    &note,
+                )
+                .await;
+            }
             Step::RecordIntent { .. } => {
                 step.record(status);
                 reconcile::write_status(ctx, crot, status).await?;
@@ -132,9 +159,15 @@ impl Run<'_> {
         match step {
             Step::PublishSecret => {
                 let secret = &self.gathered.subject.secret.name;
-                targets::secret_holds(self.crot, status, secret, &key_id, clock::now());
+                let vaults = plan::vault_names(self.gathered);
+                targets::secret_holds(self.crot, status, secret, &vaults, &key_id, clock::now());
             }
             Step::SignIn => publication.sign_in(status).await?,
+            Step::PublishKeyVault { index, name } => {
+                if let Some(why) = self.publish_vault(status, *index, name, &issued).await {
+                    self.failures.push(why);
+                }
+            }
             Step::ResetCluster { index, cluster } => {
                 let cleared = &self.gathered.cleared;
                 if let Some(why) = publication.reset(cleared, status, *index, cluster).await? {
@@ -154,6 +187,86 @@ impl Run<'_> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Writes the current key to Key Vault target `index` (status names it `name`), unless its newest version
+    /// holds it already; records the outcome. Why it failed, if it did (the other targets go on).
+    async fn publish_vault(
+        &self,
+        status: &mut CredentialRotationStatus,
+        index: usize,
+        name: &str,
+        issued: &Issued,
+    ) -> Option<String> {
+        let ctx = self.ctx;
+        let key_id = issued.credential.key_id.as_str();
+        let outcome = self.write_vault(index, issued).await;
+        let (state, message, version) = match &outcome {
+            Ok(version) => (TargetState::Published, None, version.clone()),
+            Err(why) => (TargetState::Failed, Some(why.clone()), None),
+        };
+        let mut entry = targets::entry(
+            TargetKind::KeyVaultSecret,
+            name,
+            key_id,
+            state,
+            message,
+            clock::now(),
+        );
+        entry.version = version;
+        targets::set_target(status, entry);
+        match outcome {
+            Ok(Some(version)) => {
+                let note = format!(
+                    "Wrote password {key_id} to Key Vault secret {name} as version {version}"
+                );
+                publish(
+                    ctx,
+                    self.crot,
+                    EventType::Normal,
+                    "KeyVaultSecretWritten",
+                    &note,
+                )
+                .await;
+                None
+            }
+            Ok(None) => None,
+            Err(why) => Some(format!("Key Vault secret {name}: {why}")),
+        }
+    }
+
+    /// The write itself: the version now holding the key, or why not (a conflict, a refusal by Key Vault).
+    async fn write_vault(&self, index: usize, issued: &Issued) -> Result<Option<String>, String> {
+        let (ctx, gathered) = (self.ctx, self.gathered);
+        let v = &gathered.subject.vaults[index];
+        let key_id = issued.credential.key_id.as_str();
+        let versions = gathered.vaults.get(index).cloned().unwrap_or_default();
+        let owner = &gathered.vault_owner;
+        // Keys of ours still on the application: nothing is disabled while publishing.
+        let ours = gathered.ours(&self.ns());
+        let mut live: Vec<&str> = ours.iter().map(|p| p.key_id.as_str()).collect();
+        live.push(key_id);
+        let decision =
+            key_vault::decide(&v.field, &v.target, &versions, owner, Some(key_id), &live)
+                .map_err(|c| c.0)?;
+        let subject = &gathered.subject;
+        let credential = secret_format::Credential {
+            client_id: &subject.app.app_id,
+            client_secret: issued.text.secret(),
+            tenant_id: &ctx.tenant_id,
+            display_name: &subject.display_name,
+            cloud: &ctx.cloud,
+        };
+        let value = key_vault::render(&v.target, &credential)?;
+        let decision = key_vault::Decision {
+            disable: vec![],
+            ..decision
+        };
+        let current = Some((&issued.credential, value.as_str()));
+        let held = key_vault::apply(ctx, &v.target, &decision, owner, current)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(held.filter(|_| decision.write))
     }
 
     /// Writes the new password's text to the Secret, and makes it the current one.

@@ -12,7 +12,11 @@ use super::{
     subject::{self, Subject},
     targets::{self, ClearedClusters},
 };
-use crate::{api::CredentialRotation, azure::graph::PasswordCredential, controller::credentials};
+use crate::{
+    api::CredentialRotation,
+    azure::{graph::PasswordCredential, keyvault::SecretVersion},
+    controller::{credentials, key_vault, policy::key_vaults::may_write},
+};
 
 /// A password with its text, as the Secret delivers it or as Entra just issued it. `SecretText`'s Debug
 /// prints a placeholder, so the text cannot reach a log through this struct.
@@ -32,6 +36,11 @@ pub struct Gathered {
     /// The password of ours the Secret delivers, with its text: None when it names none of ours, or holds a
     /// rendering whose text cannot be read back.
     pub published: Option<Issued>,
+    /// The versions of each of the subject's Key Vault targets, in order (read once every vault is
+    /// authorized).
+    pub vaults: Vec<Vec<SecretVersion>>,
+    /// The owner tag of the subject's versions (see `key_vault::owner_mark`).
+    pub vault_owner: String,
 }
 
 impl Gathered {
@@ -50,11 +59,15 @@ impl Gathered {
                 text: SecretText::new(held.text?),
             })
         });
+        // The cluster's id comes with `gather`; a test's Gathered is of no cluster.
+        let vault_owner = key_vault::owner_mark("", ns, subject.owner_kind(), &subject.owner);
         Gathered {
             subject,
             cleared,
             secret,
+            vault_owner,
             published,
+            vaults: vec![],
         }
     }
 
@@ -71,8 +84,35 @@ pub(super) async fn gather(crot: &CredentialRotation, ctx: &Context) -> Result<G
     // Before anything is written: a rotation whose clusters are denied or held by another rotates nothing.
     let cleared = targets::authorize_clusters(crot, ctx, &subject.app.app_id).await?;
     plan::renewal_fits(crot, subject.lifetime)?;
+    let vaults = vaults(ctx, &subject, &ns).await?;
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&subject.secret.name)
         .await?;
-    Ok(Gathered::new(subject, cleared, secret, &ns))
+    let mut gathered = Gathered::new(subject, cleared, secret, &ns);
+    gathered.vaults = vaults;
+    let subject = &gathered.subject;
+    gathered.vault_owner =
+        key_vault::owner_mark(&ctx.cluster_id, &ns, subject.owner_kind(), &subject.owner);
+    Ok(gathered)
+}
+
+/// The versions of the subject's Key Vault targets, once a policy allows the namespace every vault: like the
+/// clusters, decided before anything is written, and before anything is read of them.
+async fn vaults(
+    ctx: &Context,
+    subject: &Subject,
+    ns: &str,
+) -> Result<Vec<Vec<SecretVersion>>, Error> {
+    if subject.vaults.is_empty() {
+        return Ok(vec![]);
+    }
+    let labels = targets::namespace_labels(ctx, &mut Default::default(), ns).await?;
+    let policies = ctx.policies.state();
+    for v in &subject.vaults {
+        let field = format!("{}.vault", v.field);
+        may_write(&policies, ns, &labels, &field, &v.target.vault)
+            .map_err(|refusal| Error::DeniedByPolicy(refusal.to_string()))?;
+    }
+    let targets: Vec<_> = subject.vaults.iter().map(|v| v.target.clone()).collect();
+    Ok(key_vault::observe(ctx, &targets).await?)
 }

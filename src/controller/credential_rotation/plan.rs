@@ -23,7 +23,7 @@ use crate::{
         credential_rotation::{SIGN_IN_TARGET, TargetKind, WorkloadKind},
     },
     azure::graph::PasswordCredential,
-    controller::{credentials, secrets},
+    controller::{credentials, key_vault, secrets},
 };
 
 /// Why a rotation happens now.
@@ -190,6 +190,11 @@ pub(crate) enum Step {
     PublishSecret,
     /// Prove the current key signs in; nothing else is published before it does.
     SignIn,
+    /// Disable `versions` of the subject's Key Vault target `index`: they hold a password that is about to be
+    /// removed (or is gone), so no version is left enabled that no longer signs in.
+    DisableVersions { index: usize, versions: Vec<String> },
+    /// Write the current key to the subject's Key Vault target `index` as a new version.
+    PublishKeyVault { index: usize, name: String },
     /// Reset spec.targets.aksClusters[index] to the current key.
     ResetCluster { index: usize, cluster: String },
     /// Restart spec.targets.restartWorkloads[index] for the current key.
@@ -272,16 +277,19 @@ pub(crate) fn plan(
     secret_ours(crot, gathered, &ns)?;
     let ours = gathered.ours(&ns);
     let published = gathered.published.as_ref().map(|p| &p.credential);
-    let status = catch_up(crot, status, gathered, &ours, now);
+    let mut status = catch_up(crot, status, gathered, &ours, now);
+    vaults_catch_up(&mut status, gathered);
     // The status each step leaves behind, so that a later decision sees what an earlier step changed.
     let mut steps = Steps {
         projected: status.clone(),
         list: vec![],
     };
     let in_flight = leftovers(&ours, &steps.projected, now);
-    for key_id in in_flight.left_behind {
-        steps.take(Step::RemoveLeftover { key_id });
-    }
+    let mut removing: Vec<Step> = in_flight
+        .left_behind
+        .into_iter()
+        .map(|key_id| Step::RemoveLeftover { key_id })
+        .collect();
     // The previous password goes once its overlap has passed and every target holds its successor.
     if let Some(old) = steps.projected.previous_key_id.clone()
         && steps
@@ -289,9 +297,21 @@ pub(crate) fn plan(
             .previous_key_removal_time
             .as_ref()
             .is_some_and(|t| t.0 <= now)
-        && all_published(crot, &steps.projected, &gathered.subject.secret.name)
+        && all_published(
+            crot,
+            &steps.projected,
+            &gathered.subject.secret.name,
+            &vault_names(gathered),
+        )
     {
-        steps.take(Step::RemovePrevious { key_id: old });
+        removing.push(Step::RemovePrevious { key_id: old });
+    }
+    // Every version naming a password about to go is disabled first (and one naming a password already gone).
+    for step in retirement(gathered, &ours, &removing) {
+        steps.take(step);
+    }
+    for step in removing {
+        steps.take(step);
     }
     // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
     let mut rotating = false;
@@ -367,6 +387,86 @@ impl Steps {
             steps: self.list,
         }
     }
+}
+
+/// How status names each of the subject's Key Vault targets.
+pub(super) fn vault_names(gathered: &Gathered) -> Vec<String> {
+    gathered
+        .subject
+        .vaults
+        .iter()
+        .map(|v| v.target.display())
+        .collect()
+}
+
+/// A Key Vault target that status says holds the current key, but whose versions say otherwise (a version
+/// disabled or written by hand, a secret deleted), is published again: its entry is forgotten.
+fn vaults_catch_up(status: &mut CredentialRotationStatus, gathered: &Gathered) {
+    let Some(current) = status.current_key_id.clone() else {
+        return;
+    };
+    for ((v, versions), name) in gathered
+        .subject
+        .vaults
+        .iter()
+        .zip(&gathered.vaults)
+        .zip(vault_names(gathered))
+    {
+        let owner = &gathered.vault_owner;
+        let holds = key_vault::decide(
+            &v.field,
+            &v.target,
+            versions,
+            owner,
+            Some(&current),
+            &[&current],
+        )
+        .is_ok_and(|d| !d.write);
+        if !holds {
+            status
+                .targets
+                .retain(|t| !(t.kind == TargetKind::KeyVaultSecret.as_str() && t.name == name));
+        }
+    }
+}
+
+/// The DisableVersions steps that must come before `removing`: every enabled version of ours whose password
+/// will not be on the application once those steps are taken.
+fn retirement(gathered: &Gathered, ours: &[&PasswordCredential], removing: &[Step]) -> Vec<Step> {
+    let gone: Vec<&str> = removing
+        .iter()
+        .filter_map(|s| match s {
+            Step::RemoveLeftover { key_id } | Step::RemovePrevious { key_id } => {
+                Some(key_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let live: Vec<&str> = ours
+        .iter()
+        .map(|p| p.key_id.as_str())
+        .filter(|k| !gone.contains(k))
+        .collect();
+    let owner = &gathered.vault_owner;
+    let mut steps = vec![];
+    for (index, (v, versions)) in gathered
+        .subject
+        .vaults
+        .iter()
+        .zip(&gathered.vaults)
+        .enumerate()
+    {
+        // A conflict is reported when the target is published; nothing of ours is disabled there.
+        if let Ok(d) = key_vault::decide(&v.field, &v.target, versions, owner, None, &live)
+            && !d.disable.is_empty()
+        {
+            steps.push(Step::DisableVersions {
+                index,
+                versions: d.disable,
+            });
+        }
+    }
+    steps
 }
 
 /// Every cluster the spec names must have been cleared in this reconcile: a policy that no longer lists one
@@ -544,6 +644,12 @@ fn publication(
     if needs(TargetKind::SignIn, SIGN_IN_TARGET) {
         steps.push(Step::SignIn);
     }
+    // After the sign-in: a reader of the vault never gets a secret that does not sign in yet.
+    for (index, name) in vault_names(gathered).into_iter().enumerate() {
+        if needs(TargetKind::KeyVaultSecret, &name) {
+            steps.push(Step::PublishKeyVault { index, name });
+        }
+    }
     for (index, cluster) in spec.aks_clusters.iter().enumerate() {
         if needs(TargetKind::AksCluster, cluster) {
             let cluster = cluster.clone();
@@ -557,7 +663,14 @@ fn publication(
         }
     }
     steps.push(Step::RequirePublished);
-    if key.is_none() || !all_published(crot, status, &gathered.subject.secret.name) {
+    if key.is_none()
+        || !all_published(
+            crot,
+            status,
+            &gathered.subject.secret.name,
+            &vault_names(gathered),
+        )
+    {
         steps.push(Step::CountCompleted);
     }
     if status.previous_key_id.is_some() && status.previous_key_removal_time.is_none() {

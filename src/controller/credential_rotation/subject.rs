@@ -14,7 +14,8 @@ use serde_json::json;
 use super::{Context, Error, targets};
 use crate::{
     api::{
-        CredentialRotation, SecretFormat, SecretTarget, ServicePrincipal, conditions,
+        CredentialRotation, KeyVaultSecretTarget, SecretFormat, SecretTarget, ServicePrincipal,
+        conditions,
         protocol::{self, ROTATED_BY_ANNOTATION},
     },
     azure::{
@@ -37,6 +38,67 @@ pub struct Subject {
     pub display_name: String,
     pub lifetime: Duration,
     pub sp: Option<ServicePrincipal>,
+    /// The Key Vault secrets each new password is published to, with the spec field naming each: the
+    /// ServicePrincipal's, then the rotation's own (a target named twice is published once).
+    pub vaults: Vec<VaultTarget>,
+}
+
+/// A Key Vault target and the spec field that names it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaultTarget {
+    pub field: String,
+    pub target: KeyVaultSecretTarget,
+}
+
+impl Subject {
+    /// The kind of the object the passwords (and the vaults' versions) belong to.
+    pub fn owner_kind(&self) -> &'static str {
+        match self.sp {
+            Some(_) => "ServicePrincipal",
+            None => "CredentialRotation",
+        }
+    }
+}
+
+/// The vault targets of a rotation of `sp` (if through a ServicePrincipal).
+pub(super) fn vault_targets(
+    crot: &CredentialRotation,
+    sp: Option<&ServicePrincipal>,
+) -> Vec<VaultTarget> {
+    let of_sp = sp.into_iter().flat_map(|sp| {
+        sp.spec
+            .key_vault_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| VaultTarget {
+                field: format!(
+                    "ServicePrincipal {} spec.keyVaultSecrets[{i}]",
+                    sp.name_any()
+                ),
+                target: t.clone(),
+            })
+    });
+    let own = crot
+        .spec
+        .targets
+        .key_vault_secrets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| VaultTarget {
+            field: format!("spec.targets.keyVaultSecrets[{i}]"),
+            target: t.clone(),
+        });
+    let mut all: Vec<VaultTarget> = vec![];
+    for v in of_sp.chain(own) {
+        let same = |o: &VaultTarget| {
+            o.target.vault.eq_ignore_ascii_case(&v.target.vault)
+                && o.target.name.eq_ignore_ascii_case(&v.target.name)
+        };
+        if !all.iter().any(same) {
+            all.push(v);
+        }
+    }
+    all
 }
 
 /// Finds the application and where its secret goes; checks what the spec may do.
@@ -101,6 +163,7 @@ async fn through_service_principal(
         secret,
         display_name: sp.spec.display_name.clone(),
         lifetime: lifetime(crot, Some(&sp)),
+        vaults: vault_targets(crot, Some(&sp)),
         sp: Some(sp),
     })
 }
@@ -127,6 +190,7 @@ async fn by_application_id(crot: &CredentialRotation, ctx: &Context) -> Result<S
         owner: crot.name_any(),
         secret: own_secret(crot),
         lifetime: lifetime(crot, None),
+        vaults: vault_targets(crot, None),
         sp: None,
     })
 }

@@ -75,6 +75,7 @@ pub(super) fn entry(
         message,
         last_transition_time: Some(Time(now)),
         operation: None,
+        version: None,
     }
 }
 
@@ -138,6 +139,7 @@ pub(super) fn all_published(
     crot: &CredentialRotation,
     status: &CredentialRotationStatus,
     secret: &str,
+    vaults: &[String],
 ) -> bool {
     let Some(key) = status.current_key_id.as_deref() else {
         return false;
@@ -153,6 +155,7 @@ pub(super) fn all_published(
     let spec = &crot.spec.targets;
     holds(TargetKind::Secret, secret)
         && holds(TargetKind::SignIn, SIGN_IN_TARGET)
+        && vaults.iter().all(|v| holds(TargetKind::KeyVaultSecret, v))
         && spec
             .aks_clusters
             .iter()
@@ -169,6 +172,7 @@ pub(super) fn secret_holds(
     crot: &CredentialRotation,
     status: &mut CredentialRotationStatus,
     secret_name: &str,
+    vaults: &[String],
     key_id: &str,
     now: Timestamp,
 ) {
@@ -187,6 +191,7 @@ pub(super) fn secret_holds(
     status.targets.retain(|t| match t.kind.as_str() {
         k if k == TargetKind::Secret.as_str() => t.name == secret_name,
         k if k == TargetKind::SignIn.as_str() => true,
+        k if k == TargetKind::KeyVaultSecret.as_str() => vaults.contains(&t.name),
         k if k == TargetKind::AksCluster.as_str() => spec
             .aks_clusters
             .iter()
@@ -879,7 +884,7 @@ mod tests {
             (TargetKind::AksCluster, AKS, "k1", TargetState::Published),
             (deployment, "api", "k1", TargetState::Published),
         ]);
-        secret_holds(&crot, &mut s, "web", "k2", t0());
+        secret_holds(&crot, &mut s, "web", &[], "k2", t0());
         let left: Vec<(&str, &str, Option<&str>)> = s
             .targets
             .iter()

@@ -70,6 +70,7 @@ fn gathered(
         secret: sp.spec.secret.clone().expect("a secret target"),
         display_name: sp.spec.display_name.clone(),
         lifetime: credentials::DEFAULT_LIFETIME,
+        vaults: vec![],
         sp: Some(sp),
     };
     Gathered::new(subject, ClearedClusters::of(cleared), secret, NAMESPACE)

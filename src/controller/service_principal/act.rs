@@ -16,10 +16,14 @@ use super::{
 };
 use crate::controller::reconcile;
 use crate::{
-    api::{SecretTarget, ServicePrincipal, ServicePrincipalStatus},
-    azure::graph::{Application, PasswordCredential},
-    controller::{Context, clock, publish, secrets},
+    api::{
+        KeyVaultSecretStatus, SecretTarget, ServicePrincipal, ServicePrincipalStatus,
+        credential_rotation::TargetState,
+    },
+    azure::graph::{Application, NewPassword, PasswordCredential},
+    controller::{Context, clock, credentials, key_vault, publish, secrets},
 };
+use kube::ResourceExt;
 
 /// Acts on `planned`; the status to write and the service principal's id.
 pub async fn act(
@@ -47,6 +51,7 @@ pub async fn act(
     };
     let federated = planned.federated?;
     let names = federated_credentials(sp, ctx, app, federated, recorded).await?;
+    let mut vaults = None;
     let delivered = match (planned.password?, &sp.spec.secret) {
         (PasswordPlan::Withdraw(keys), _) => {
             // No Secret asked for: no password either; remove any the operator issued before.
@@ -56,14 +61,20 @@ pub async fn act(
             None
         }
         (PasswordPlan::Deliver { deliver, stale }, Some(target)) => {
-            let password = deliver_password(sp, ctx, app, target, deliver).await?;
+            let (password, issued) = deliver_password(sp, ctx, app, target, deliver).await?;
+            if gathered.rotated_by.is_none() {
+                // Before any stale password goes: no version may be left naming it.
+                let text = issued.or_else(|| held_text(gathered, target, &password));
+                vaults =
+                    Some(deliver_to_vaults(sp, ctx, gathered, &password, text.as_deref()).await?);
+            }
             remove_stale(sp, ctx, app, &stale).await?;
             Some(password)
         }
         // The password plan delivers only when a Secret is asked for.
         (PasswordPlan::Deliver { .. }, None) => None,
     };
-    let status = plan::ready_status(
+    let mut status = plan::ready_status(
         sp,
         app,
         &principal,
@@ -72,7 +83,95 @@ pub async fn act(
         delivered.as_ref(),
         clock::now_time(),
     );
+    if let Some(vaults) = vaults {
+        status.key_vault_secrets = vaults;
+    }
     Ok((status, principal))
+}
+
+/// The text of `password` as the Secret holds it (None for a template, which admission keeps away from
+/// Key Vault targets).
+fn held_text(
+    gathered: &Gathered,
+    target: &SecretTarget,
+    password: &PasswordCredential,
+) -> Option<String> {
+    let secret = gathered.secret.as_ref()?;
+    credentials::held(secret, target, password.hint.as_deref())?.text
+}
+
+/// Brings every Key Vault target to `password` (whose text is `text`): a new version where the newest does not
+/// hold it, and every other enabled version of ours disabled, since this object keeps one password. What
+/// each target holds, for status.
+async fn deliver_to_vaults(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    gathered: &Gathered,
+    password: &PasswordCredential,
+    text: Option<&str>,
+) -> Result<Vec<KeyVaultSecretStatus>, Error> {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let owner = key_vault::owner_mark(&ctx.cluster_id, &ns, "ServicePrincipal", &name);
+    let setting = Setting::of(ctx);
+    let mut held = vec![];
+    for (i, (target, versions)) in sp
+        .spec
+        .key_vault_secrets
+        .iter()
+        .zip(&gathered.vaults)
+        .enumerate()
+    {
+        let field = format!("spec.keyVaultSecrets[{i}]");
+        let live = [password.key_id.as_str()];
+        let decision = key_vault::decide(
+            &field,
+            target,
+            versions,
+            &owner,
+            Some(&password.key_id),
+            &live,
+        )
+        .map_err(|c| Error::Conflict(c.0))?;
+        let value = match (decision.write, text) {
+            (false, _) => None,
+            (true, Some(text)) => {
+                let credential = setting.credential(sp, &gathered.app.app_id, text);
+                Some(key_vault::render(target, &credential).map_err(Error::Invalid)?)
+            }
+            (true, None) => {
+                return Err(Error::Invalid(format!(
+                    "{field}: the client secret cannot be read back from Secret {}; Key Vault targets need a \
+                     Secret format other than template",
+                    sp.spec
+                        .secret
+                        .as_ref()
+                        .map(|t| t.name.as_str())
+                        .unwrap_or_default()
+                )));
+            }
+        };
+        let current = value.as_deref().map(|v| (password, v));
+        let version = key_vault::apply(ctx, target, &decision, &owner, current).await?;
+        if decision.write {
+            let note = format!(
+                "Wrote password {} to Key Vault secret {} as version {}",
+                password.key_id,
+                target.display(),
+                version.as_deref().unwrap_or_default()
+            );
+            publish(ctx, sp, EventType::Normal, "KeyVaultSecretWritten", &note).await;
+        }
+        held.push(KeyVaultSecretStatus {
+            vault: target.vault.clone(),
+            name: target.name.clone(),
+            version,
+            key_id: Some(password.key_id.clone()),
+            state: TargetState::Published.as_str().into(),
+            message: None,
+            last_transition_time: Some(clock::now_time()),
+        });
+    }
+    Ok(held)
 }
 
 /// Records, creates, updates and removes federated credentials as planned; the names this object holds.
@@ -100,16 +199,17 @@ async fn federated_credentials(
     Ok(planned.names)
 }
 
-/// Puts the password into the Secret as planned; the password it delivers.
+/// Puts the password into the Secret as planned; the password it delivers, and its text when it was issued
+/// just now.
 async fn deliver_password(
     sp: &ServicePrincipal,
     ctx: &Context,
     app: &Application,
     target: &SecretTarget,
     deliver: Deliver,
-) -> Result<PasswordCredential, Error> {
+) -> Result<(PasswordCredential, Option<String>), Error> {
     match deliver {
-        Deliver::Keep(password) => Ok(password),
+        Deliver::Keep(password) => Ok((password, None)),
         Deliver::Rerender(password, rendered) => {
             write_secret(sp, ctx, target, &password.key_id, rendered.0).await?;
             publish(
@@ -120,10 +220,11 @@ async fn deliver_password(
                 &format!("Re-rendered Secret {} as {:?}", target.name, target.format),
             )
             .await;
-            Ok(password)
+            Ok((password, None))
         }
         Deliver::Issue { display_name, end } => {
-            issue(sp, ctx, app, target, &display_name, end).await
+            let new = issue(sp, ctx, app, target, &display_name, end).await?;
+            Ok((new.credential, Some(new.secret_text.secret().to_string())))
         }
     }
 }
@@ -137,7 +238,7 @@ async fn issue(
     target: &SecretTarget,
     display_name: &str,
     end: k8s_openapi::jiff::Timestamp,
-) -> Result<PasswordCredential, Error> {
+) -> Result<NewPassword, Error> {
     let new = ctx.graph.add_password(&app.id, display_name, end).await?;
     let setting = Setting::of(ctx);
     let written = match setting
@@ -171,7 +272,7 @@ async fn issue(
         ),
     )
     .await;
-    Ok(new.credential)
+    Ok(new)
 }
 
 /// Removes this object's passwords the Secret does not deliver.
@@ -261,6 +362,7 @@ mod tests {
             federated: vec![],
             secret: None,
             rotated_by: None,
+            vaults: vec![],
         };
         let err = act(&sp, &ctx, &gathered, planned, &mut None)
             .await

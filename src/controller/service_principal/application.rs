@@ -195,7 +195,10 @@ async fn authorized(
 }
 
 /// The labels policies select the namespace by.
-async fn namespace_labels(ctx: &Context, ns: &str) -> Result<BTreeMap<String, String>, Error> {
+pub(super) async fn namespace_labels(
+    ctx: &Context,
+    ns: &str,
+) -> Result<BTreeMap<String, String>, Error> {
     Ok(Api::<Namespace>::all(ctx.client.clone())
         .get(ns)
         .await?

@@ -14,10 +14,11 @@ use kube::{
 use tracing::info;
 
 use super::Error;
+use crate::controller::policy::key_vaults::may_write;
 use crate::{
     api::{DeletionPolicy, ServicePrincipal, conditions, protocol},
     azure::{error::ErrorClass, graph::Application},
-    controller::{Context, clock, credentials, naming, publish, secrets},
+    controller::{Context, clock, credentials, key_vault, naming, publish, secrets},
 };
 
 /// How long a delete believes that an application it cannot find does not exist, when one may have been
@@ -176,6 +177,10 @@ pub async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Err
             Err(e) => return Err(e.into()),
         },
     };
+    if teardown != Teardown::Orphan {
+        // Before the passwords go: no vault is left holding one that no longer signs in.
+        remove_from_vaults(sp, ctx).await?;
+    }
     for step in steps(sp, &teardown, found.as_ref(), &ctx.cluster_id, clock::now()) {
         execute(sp, ctx, step).await?;
     }
@@ -200,6 +205,33 @@ pub async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Err
         );
     }
     Ok(Action::await_change())
+}
+
+/// Removes this object's Key Vault secrets (see `key_vault::remove`), in the vaults a policy still lets the
+/// namespace write to; one it no longer may is left as it is, with a Warning, rather than holding up the
+/// delete for good.
+async fn remove_from_vaults(sp: &ServicePrincipal, ctx: &Context) -> Result<(), Error> {
+    let targets = &sp.spec.key_vault_secrets;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let labels = super::application::namespace_labels(ctx, &ns).await?;
+    let owner = key_vault::owner_mark(&ctx.cluster_id, &ns, "ServicePrincipal", &name);
+    let policies = ctx.policies.state();
+    for (i, target) in targets.iter().enumerate() {
+        let field = format!("spec.keyVaultSecrets[{i}].vault");
+        if let Err(denied) = may_write(&policies, &ns, &labels, &field, &target.vault) {
+            let note = format!(
+                "Left Key Vault secret {} in place: {denied}",
+                target.display()
+            );
+            publish(ctx, sp, EventType::Warning, "KeyVaultSecretLeft", &note).await;
+            continue;
+        }
+        key_vault::remove(ctx, target, &owner, sp.spec.purge_on_delete).await?;
+    }
+    Ok(())
 }
 
 async fn execute(sp: &ServicePrincipal, ctx: &Context, step: Step) -> Result<(), Error> {

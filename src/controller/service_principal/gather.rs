@@ -6,11 +6,19 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::{Error, application::Found, password, plan::Setting};
+use super::{
+    Error,
+    application::{self, Found},
+    password,
+    plan::Setting,
+};
 use crate::{
     api::{SecretTarget, ServicePrincipal, protocol::ROTATED_BY_ANNOTATION},
-    azure::graph::{self, Application, FederatedIdentityCredential},
-    controller::Context,
+    azure::{
+        graph::{self, Application, FederatedIdentityCredential},
+        keyvault::SecretVersion,
+    },
+    controller::{Context, key_vault},
 };
 
 /// Everything the plans decide from, besides the spec and the time. No Debug: the Secret holds a password.
@@ -26,6 +34,9 @@ pub struct Gathered {
     pub secret: Option<Secret>,
     /// The CredentialRotation that manages this object's password, read only when `password::asks_rotation`.
     pub rotated_by: Option<String>,
+    /// The versions of each of spec.keyVaultSecrets, in order; read once a policy allowed every vault, and
+    /// only when no rotation delivers the password (it publishes to them itself).
+    pub vaults: Vec<Vec<SecretVersion>>,
 }
 
 pub async fn gather(
@@ -46,6 +57,10 @@ pub async fn gather(
     } else {
         None
     };
+    let vaults = match rotated_by {
+        None => vaults(sp, ctx).await?,
+        Some(_) => vec![],
+    };
     Ok(Gathered {
         app,
         all_ours: found.all_ours,
@@ -53,7 +68,30 @@ pub async fn gather(
         federated,
         secret,
         rotated_by,
+        vaults,
     })
+}
+
+/// The versions of spec.keyVaultSecrets, once the namespace may write to every one of their vaults.
+pub async fn vaults(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+) -> Result<Vec<Vec<SecretVersion>>, Error> {
+    let targets = &sp.spec.key_vault_secrets;
+    if targets.is_empty() {
+        return Ok(vec![]);
+    }
+    let ns = sp.namespace().unwrap_or_default();
+    let labels = application::namespace_labels(ctx, &ns).await?;
+    key_vault::authorize(
+        &ctx.policies.state(),
+        &ns,
+        &labels,
+        "spec.keyVaultSecrets",
+        targets,
+    )
+    .map_err(Error::DeniedByPolicy)?;
+    Ok(key_vault::observe(ctx, targets).await?)
 }
 
 /// The Secret `target` names, if a target is given.

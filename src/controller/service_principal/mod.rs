@@ -181,7 +181,15 @@ async fn converge(
         && ctx.drift.fresh(drift::Source::Graph, &shortcut.vouched)
     {
         let secret = gather::secret(sp, ctx, shortcut.secret.map(|(target, _)| target)).await?;
-        if plan::unchanged(sp, &shortcut, secret.as_ref(), &setting)? {
+        if plan::unchanged(sp, &shortcut, secret.as_ref(), &setting)?
+            && (sp.spec.key_vault_secrets.is_empty()
+                || plan::vaults_unchanged(
+                    sp,
+                    &shortcut,
+                    &ctx.cluster_id,
+                    &gather::vaults(sp, ctx).await?,
+                ))
+        {
             return Ok(shortcut.status.clone());
         }
     }
@@ -201,7 +209,12 @@ async fn converge(
 }
 
 impl reconcile::Status for ServicePrincipalStatus {
-    const CLEARED: &'static [&'static str] = &["secretName", "credential", "federatedCredentials"];
+    const CLEARED: &'static [&'static str] = &[
+        "secretName",
+        "credential",
+        "federatedCredentials",
+        "keyVaultSecrets",
+    ];
 
     fn conditions_mut(
         &mut self,
