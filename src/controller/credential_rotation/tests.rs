@@ -15,16 +15,20 @@ use super::{
     cleanup::{self, Release},
     gather::Gathered,
     plan::{self, Step, Trigger},
-    subject::Subject,
+    subject::{Subject, VaultTarget},
     targets::{self, ClearedClusters},
 };
 use crate::{
+    api::KeyVaultSecretTarget,
     api::{
         CredentialRotation, CredentialRotationStatus, ServicePrincipal,
         credential_rotation::{SIGN_IN_TARGET, TargetKind, TargetState, WorkloadKind},
     },
-    azure::graph::PasswordCredential,
-    controller::{credentials, reconcile::Failure},
+    azure::{
+        graph::PasswordCredential,
+        keyvault::{Attributes, SecretVersion},
+    },
+    controller::{credentials, key_vault, reconcile::Failure},
     fixtures::{
         NAMESPACE, SUBSCRIPTION, application, credential_rotation_with, delivered_secret, key_id,
         owned_by, password, service_principal, t0,
@@ -600,6 +604,181 @@ fn the_plan_decides_every_moment_of_a_rotation() {
             (Err(e), Err(reason)) => assert_eq!(e.reason(), reason, "{}: {e}", case.name),
             (planned, expect) => panic!("{}: planned {planned:?}, expected {expect:?}", case.name),
         }
+    }
+}
+
+/// The Key Vault target of the rotations in [`key_vault_cases`].
+fn vault_target() -> KeyVaultSecretTarget {
+    serde_json::from_value(json!({
+        "vault": format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1"),
+        "name": "web-secret",
+    }))
+    .expect("a target")
+}
+
+/// Version `name` of the vault target, written for `web`, holding password `serial`, created at `created`.
+fn version(name: &str, serial: u64, created: i64, enabled: bool) -> SecretVersion {
+    let owner = key_vault::owner_mark("", NAMESPACE, "ServicePrincipal", OWNER);
+    SecretVersion {
+        id: format!("https://kv1.vault.azure.net/secrets/web-secret/{name}"),
+        attributes: Attributes {
+            enabled: Some(enabled),
+            created: Some(created),
+            ..Attributes::default()
+        },
+        tags: Some(
+            [
+                (key_vault::OWNER_TAG, owner),
+                (key_vault::KEY_ID_TAG, key(serial)),
+                (key_vault::FORMAT_TAG, "password".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ),
+        content_type: Some("text/plain".into()),
+    }
+}
+
+/// `gathered` with the vault target, whose versions are `versions`.
+fn with_vault(mut gathered: Gathered, versions: Vec<SecretVersion>) -> Gathered {
+    gathered.subject.vaults = vec![VaultTarget {
+        field: "spec.targets.keyVaultSecrets[0]".into(),
+        target: vault_target(),
+    }];
+    gathered.vaults = vec![versions];
+    gathered
+}
+
+/// `status` with the vault target holding `serial`.
+fn vault_holds(mut status: CredentialRotationStatus, serial: u64) -> CredentialRotationStatus {
+    let name = vault_target().display();
+    let entry = targets::entry(
+        TargetKind::KeyVaultSecret,
+        &name,
+        &key(serial),
+        TargetState::Published,
+        None,
+        t0(),
+    );
+    targets::set_target(&mut status, entry);
+    status
+}
+
+/// A rotation publishing to a Key Vault secret: after the sign-in, and disabled before its password goes.
+#[test]
+fn key_vault_targets_in_the_plan() {
+    let name = vault_target().display();
+    let publish_vault = Step::PublishKeyVault {
+        index: 0,
+        name: name.clone(),
+    };
+    struct VaultCase {
+        name: &'static str,
+        status: CredentialRotationStatus,
+        gathered: Gathered,
+        now: Timestamp,
+        expect: Vec<Step>,
+    }
+    let cases = [
+        VaultCase {
+            name: "the first password goes to the vault once it signs in",
+            status: CredentialRotationStatus::default(),
+            gathered: with_vault(gathered(vec![p1()], secret(1), &[]), vec![]),
+            now: now(),
+            expect: vec![
+                Step::RecordSchedule,
+                Step::PublishSecret,
+                Step::SignIn,
+                publish_vault.clone(),
+                Step::RequirePublished,
+                Step::CountCompleted,
+            ],
+        },
+        VaultCase {
+            name: "steady: the vault's newest version holds the key, nothing is written",
+            status: vault_holds(published(&plain(), 1, t0()), 1),
+            gathered: with_vault(
+                gathered(vec![p1()], secret(1), &[]),
+                vec![version("v1", 1, 10, true)],
+            ),
+            now: now(),
+            expect: steady(),
+        },
+        VaultCase {
+            name: "status says the vault holds the key, but its version was disabled by hand: published again",
+            status: vault_holds(published(&plain(), 1, t0()), 1),
+            gathered: with_vault(
+                gathered(vec![p1()], secret(1), &[]),
+                vec![version("v1", 1, 10, false)],
+            ),
+            now: now(),
+            expect: vec![
+                Step::RecordSchedule,
+                Step::PublishSecret,
+                publish_vault.clone(),
+                Step::RequirePublished,
+                Step::CountCompleted,
+            ],
+        },
+        VaultCase {
+            name: "the overlap is over and every target holds the successor: the previous version is disabled, then its password goes",
+            status: vault_holds(overlapping(&plain(), 2, at(20 * DAY), 1, month()), 2),
+            gathered: with_vault(
+                gathered(vec![p1(), p2()], secret(2), &[]),
+                vec![version("v1", 1, 10, true), version("v2", 2, 20, true)],
+            ),
+            now: month(),
+            expect: vec![
+                Step::DisableVersions {
+                    index: 0,
+                    versions: vec!["v1".into()],
+                },
+                Step::RemovePrevious { key_id: key(1) },
+                Step::RecordSchedule,
+                Step::PublishSecret,
+                Step::RequirePublished,
+            ],
+        },
+        VaultCase {
+            name: "the overlap is over but the vault does not hold the successor: nothing is disabled or removed",
+            status: overlapping(&plain(), 2, at(20 * DAY), 1, month()),
+            gathered: with_vault(
+                gathered(vec![p1(), p2()], secret(2), &[]),
+                vec![version("v1", 1, 10, true)],
+            ),
+            now: month(),
+            expect: vec![
+                Step::RecordSchedule,
+                Step::PublishSecret,
+                publish_vault.clone(),
+                Step::RequirePublished,
+                Step::CountCompleted,
+            ],
+        },
+        VaultCase {
+            name: "a version naming a password that is gone (a crash, a removal by hand) is disabled",
+            status: vault_holds(published(&plain(), 2, at(20 * DAY)), 2),
+            gathered: with_vault(
+                gathered(vec![p2()], secret(2), &[]),
+                vec![version("v1", 1, 10, true), version("v2", 2, 20, true)],
+            ),
+            now: month(),
+            expect: vec![
+                Step::DisableVersions {
+                    index: 0,
+                    versions: vec!["v1".into()],
+                },
+                Step::RecordSchedule,
+                Step::PublishSecret,
+                Step::RequirePublished,
+            ],
+        },
+    ];
+    for case in cases {
+        let planned = plan::plan(&plain(), &case.status, &case.gathered, case.now, false)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(planned.steps, case.expect, "{}", case.name);
     }
 }
 
