@@ -30,7 +30,9 @@ const ARM_AUDIENCES: [&str; 2] = [
 
 /// `GET /metadata/endpoints?api-version=2022-09-01`: one cloud whose login endpoint, Resource Manager and
 /// Microsoft Graph are all this emulator. Unauthenticated, as ARM serves it. Only what the emulator serves
-/// is named (no Azure AD Graph, storage or Key Vault suffixes): a client reads an absent endpoint as unset.
+/// is named (no Azure AD Graph or storage): a client reads an absent endpoint as unset. Key Vault's DNS
+/// suffix is the real one (`vault.azure.net`, as AzureCloud's metadata has it): vaults are reached under
+/// their real names through the emulator's CONNECT proxy, so `az keyvault ... --vault-name` works.
 pub fn metadata_endpoints(base: &str, tenant: &str) -> Response {
     let root = format!("{}/", base.trim_end_matches('/'));
     json_response(
@@ -46,7 +48,7 @@ pub fn metadata_endpoints(base: &str, tenant: &str) -> Response {
             },
             "resourceManager": root,
             "microsoftGraphResourceId": root,
-            "suffixes": {},
+            "suffixes": {"keyVaultDns": "vault.azure.net"},
         }),
     )
 }
