@@ -45,6 +45,10 @@ SUBSCRIPTION_SCOPE = f"/subscriptions/{SUBSCRIPTION}"
 RG_AKS = "rg-aks"
 RG_AKS_SCOPE = f"{SUBSCRIPTION_SCOPE}/resourceGroups/{RG_AKS}"
 RG_SHARED_SCOPE = f"{SUBSCRIPTION_SCOPE}/resourceGroups/rg-shared"
+# The vault of the built-in configuration; the operator is Key Vault Secrets Officer on it.
+VAULT_NAME = "contoso-kv"
+VAULT_ID = f"{RG_SHARED_SCOPE}/providers/Microsoft.KeyVault/vaults/{VAULT_NAME}"
+VAULT_URL = f"https://{VAULT_NAME}.vault.azure.net"
 CLUSTER_NAME = "prod"
 CLUSTER_ID = f"{RG_AKS_SCOPE}/providers/Microsoft.ContainerService/managedClusters/{CLUSTER_NAME}"
 LEGACY_CLUSTER_CLIENT_ID = "5a5a5a5a-0000-4000-8000-000000005a5a"
@@ -104,6 +108,8 @@ class Emulator:
     tenant_id: str
     ca_file: str
     operator_secret: str
+    # The CONNECT proxy that reaches vault hosts (https://{vault}.vault.azure.net), for HTTPS_PROXY.
+    proxy_url: str
     log_file: Path
     process: subprocess.Popen
     _tokens: dict[str, str] = field(default_factory=dict)
@@ -187,7 +193,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("azure-emulator")
     process, values, log_file = _start(emulator_binary(), workdir)
     try:
-        for key in ("AZURE_EMULATOR_URL", "AZURE_TENANT_ID", "AZURE_EMULATOR_CA_FILE"):
+        for key in ("AZURE_EMULATOR_URL", "AZURE_TENANT_ID", "AZURE_EMULATOR_CA_FILE", "AZURE_EMULATOR_PROXY_URL"):
             assert values.get(key), f"the emulator's --env-file lacks {key}: {values}"
         emu = Emulator(
             url=values["AZURE_EMULATOR_URL"].rstrip("/"),
@@ -195,6 +201,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory):
             ca_file=values["AZURE_EMULATOR_CA_FILE"],
             # Entra's generated secrets use letters, digits and ~._- ; this one looks alike.
             operator_secret="op~" + secrets.token_urlsafe(30),
+            proxy_url=values["AZURE_EMULATOR_PROXY_URL"],
             log_file=log_file,
             process=process,
         )

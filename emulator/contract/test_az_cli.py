@@ -63,6 +63,8 @@ class Az:
     binary: Path
     config_dir: Path
     emulator: Emulator
+    # HTTPS_PROXY for az, to reach vault hosts through the emulator's CONNECT proxy.
+    https_proxy: Optional[str] = None
 
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
@@ -76,6 +78,7 @@ class Az:
             "AZURE_CORE_NO_COLOR": "true",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
+            **({"HTTPS_PROXY": self.https_proxy} if self.https_proxy else {}),
         }
 
     def raw(self, *args: str) -> subprocess.CompletedProcess:
@@ -141,6 +144,10 @@ def test_cloud_register_discovers_the_emulator(az: Az):
     assert endpoints["microsoftGraphResourceId"] == root, "the emulator is this cloud's Graph"
     assert endpoints["activeDirectoryResourceId"] == "https://management.core.windows.net/"
     assert endpoints["management"] == "https://management.core.windows.net/"
+
+
+def test_cloud_register_takes_key_vaults_dns_suffix(az: Az):
+    assert az.register_cloud()["suffixes"]["keyvaultDns"] == ".vault.azure.net"
 
 
 def test_login_with_a_client_secret_then_account_show(az: Az):
@@ -369,3 +376,15 @@ def test_role_assignment_table_names_principals_for_a_directory_reader(operator_
     table = other.raw("role", "assignment", "list", "--assignee", app_id, "--all", "--output", "table")
     assert table.returncode == 0, table.stderr
     assert app_id in table.stdout and "Reader" in table.stdout and RG_DISKS in table.stdout
+
+
+# Key Vault, through the emulator's CONNECT proxy (HTTPS_PROXY), under the vault's real name.
+
+
+def test_keyvault_secret_set_and_show(operator_az: Az):
+    operator_az.https_proxy = operator_az.emulator.proxy_url
+    name = unique("az-secret")
+    operator_az("keyvault", "secret", "set", "--vault-name", "contoso-kv", "--name", name, "--value", "from-az")
+    shown = operator_az("keyvault", "secret", "show", "--vault-name", "contoso-kv", "--name", name)
+    assert shown["value"] == "from-az"
+    assert shown["id"].startswith(f"https://contoso-kv.vault.azure.net/secrets/{name}/")

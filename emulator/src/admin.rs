@@ -1,6 +1,6 @@
 //! The admin API under `/_emulator/` (loopback tooling, no authentication): state dump with secrets
-//! redacted, call counts, runtime knobs, adding to the seed, and asking whether a secret is the one an AKS
-//! cluster holds.
+//! redacted, call counts, runtime knobs, adding to the seed, asking whether a secret is the one an AKS
+//! cluster holds, and a vault's secrets as metadata.
 
 use axum::{
     body::Bytes,
@@ -93,9 +93,27 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
                 ),
             }
         }
+        (&Method::GET, p) if p.starts_with("/_emulator/keyvault/") => keyvault_view(ctx, p),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": format!("no admin route {} {path}", parts.method)}),
+        ),
+    }
+}
+
+/// `GET /_emulator/keyvault/{vault}/secrets`: a vault's secrets and their versions, metadata only (no
+/// values), for tests and the demo to look at without a token.
+fn keyvault_view(ctx: &Ctx, path: &str) -> Response {
+    let rest = path.trim_start_matches("/_emulator/keyvault/");
+    let view = match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [vault, "secrets"] => crate::keyvault::admin_view(&ctx.world.lock(), vault),
+        _ => None,
+    };
+    match view {
+        Some(v) => json_response(StatusCode::OK, &v),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no vault view at {path}")}),
         ),
     }
 }
@@ -112,9 +130,17 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
-/// The whole state, with every secret hash removed (the hints remain).
+/// The whole state, with every secret hash removed (the hints remain) and Key Vault secrets as metadata.
 fn redacted_state(ctx: &Ctx) -> Value {
-    let mut value = serde_json::to_value(&*ctx.world.lock()).expect("serializable");
+    let world = ctx.world.lock();
+    let mut value = serde_json::to_value(&*world).expect("serializable");
+    value["vaults"] = world
+        .vaults
+        .iter()
+        .map(|(name, secrets)| (name.clone(), crate::keyvault::secrets::admin_json(secrets)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    drop(world);
     fn scrub(v: &mut Value) {
         match v {
             Value::Object(map) => {

@@ -1,4 +1,4 @@
-//! Who is calling: the bearer token on a Graph or ARM request, checked for signature, lifetime and audience.
+//! Who is calling: the bearer token on a Graph, ARM or Key Vault request, checked for signature, lifetime and audience.
 
 use axum::http::HeaderMap;
 
@@ -48,6 +48,8 @@ pub fn authenticate(
                 || claims.aud.eq_ignore_ascii_case(base)
         }
         Api::Arm => ARM_AUDIENCES.contains(&claims.aud.as_str()),
+        // For Key Vault, `base` is the resource of the cloud the vault is in (`https://vault.azure.net`).
+        Api::KeyVault => claims.aud.trim_end_matches('/').eq_ignore_ascii_case(base),
     };
     if !audience_ok {
         return Err(TokenProblem::WrongAudience);

@@ -12,6 +12,10 @@ pub struct Config {
     pub seed: Seed,
     #[serde(default)]
     pub knobs: Knobs,
+    /// Port of the CONNECT proxy for vault hosts, on the main listener's address (`--proxy-listen`); 0, the
+    /// default, takes a free one.
+    #[serde(default)]
+    pub proxy_listen: u16,
 }
 
 impl Config {

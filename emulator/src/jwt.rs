@@ -20,11 +20,21 @@ pub const ARM_AUDIENCES: &[&str] = &[
     "https://management.core.windows.net/",
 ];
 
+/// Key Vault's resources, one per cloud (public, US Government, China): what its `WWW-Authenticate`
+/// challenge names and what its tokens carry as `aud`, without a trailing slash (Learn, *Authentication,
+/// requests and responses*; Key Vault's own AKV10022 message names `https://vault.azure.net`).
+pub const KEYVAULT_RESOURCES: &[&str] = &[
+    "https://vault.azure.net",
+    "https://vault.usgovcloudapi.net",
+    "https://vault.azure.cn",
+];
+
 /// Which API a token is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     Graph,
     Arm,
+    KeyVault,
 }
 
 impl Api {
@@ -38,6 +48,8 @@ impl Api {
             .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(r))
         {
             Some(Api::Arm)
+        } else if KEYVAULT_RESOURCES.iter().any(|k| k.eq_ignore_ascii_case(r)) {
+            Some(Api::KeyVault)
         } else {
             None
         }

@@ -1,4 +1,5 @@
-//! azure-emulator: serve the Entra token endpoint, Microsoft Graph, ARM authorization and AKS locally.
+//! azure-emulator: serve the Entra token endpoint, Microsoft Graph, ARM authorization, AKS and Key Vault
+//! secrets locally.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -32,6 +33,12 @@ struct Args {
     )]
     hostnames: Vec<String>,
 
+    /// Port of the CONNECT proxy that reaches vault hosts (`https://{vault}.vault.azure.net`), on the
+    /// address of --listen; clients set HTTPS_PROXY to it. Default: the config's `proxyListen`, else a free
+    /// port.
+    #[arg(long, env = "AZURE_EMULATOR_PROXY_LISTEN", value_name = "PORT")]
+    proxy_listen: Option<u16>,
+
     /// Write the base URL and CA path as KEY=value lines to this file once serving (for scripts).
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
@@ -54,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Config::default_seed(),
     };
+    let mut config = config;
+    if let Some(port) = args.proxy_listen {
+        config.proxy_listen = port;
+    }
     let persist = args.state_dir.is_some();
     let state_dir = match args.state_dir {
         Some(d) => d,
@@ -70,8 +81,9 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let base = &running.base_url;
     let lines = format!(
-        "AZURE_EMULATOR_URL={base}\nAZURE_AUTHORITY_HOST={base}\nAZURE_GRAPH_ENDPOINT={base}/v1.0\nAZURE_RESOURCE_MANAGER_ENDPOINT={base}\nAZURE_TENANT_ID={tenant}\nAZURE_EMULATOR_CA_FILE={}\n",
-        running.ca_file.display()
+        "AZURE_EMULATOR_URL={base}\nAZURE_AUTHORITY_HOST={base}\nAZURE_GRAPH_ENDPOINT={base}/v1.0\nAZURE_RESOURCE_MANAGER_ENDPOINT={base}\nAZURE_TENANT_ID={tenant}\nAZURE_EMULATOR_CA_FILE={}\nAZURE_EMULATOR_PROXY_URL={}\n",
+        running.ca_file.display(),
+        running.proxy_url
     );
     println!(
         "azure-emulator serving on {base} (state in {})\n{lines}",

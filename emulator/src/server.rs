@@ -1,6 +1,7 @@
 //! The HTTPS server: one listener for all APIs (Entra token endpoint, Graph under /v1.0, ARM under
-//! /subscriptions and /providers, the admin API under /_emulator), the shared state they work on, and the
-//! persistence of that state.
+//! /subscriptions and /providers, the admin API under /_emulator, Key Vault by its vault Host header), the
+//! CONNECT proxy that tunnels vault hosts to it, the shared state they work on, and the persistence of that
+//! state.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +42,9 @@ pub struct Shared {
     pub faults: Mutex<Faults>,
     /// Calls by route template, then by status.
     pub calls: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
+    /// The main listener's URL (`https://127.0.0.1:8443`): the authority Key Vault's challenge names, whatever
+    /// host a vault request came in on.
+    pub base_url: String,
     state_file: Option<PathBuf>,
     dirty: AtomicBool,
 }
@@ -93,14 +97,18 @@ pub struct Running {
     pub addr: SocketAddr,
     pub base_url: String,
     pub ca_file: PathBuf,
+    /// The CONNECT proxy for vault hosts, as clients' `HTTPS_PROXY` (`http://127.0.0.1:40123`).
+    pub proxy_url: String,
     pub ctx: Ctx,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    proxy: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops serving and writes a final snapshot.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.proxy.abort();
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
         let _ = self.task.await;
         self.ctx.snapshot()
@@ -109,13 +117,40 @@ impl Running {
 
 pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pki = Pki::load_or_create(&opts.state_dir, &opts.hostnames)?;
+    let mut names = opts.hostnames.clone();
+    // Vault hosts are served too (through the proxy or a Host header), under the real names.
+    names.extend(
+        crate::keyvault::DNS_SUFFIXES
+            .iter()
+            .map(|(suffix, _)| format!("*{suffix}")),
+    );
+    let pki = Pki::load_or_create(&opts.state_dir, &names)?;
     let state_file = opts.persist.then(|| opts.state_dir.join("state.json"));
     let mut world = match &state_file {
         Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)?,
         _ => World::from_seed(&opts.config.seed)?,
     };
     world.directory.rebuild_index();
+
+    let listener = std::net::TcpListener::bind(opts.listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let proxy_listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(opts.listen.ip(), opts.config.proxy_listen))
+            .await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let base_url = format!("https://{host}:{}", addr.port());
+
     let ctx = Arc::new(Shared {
         world: Mutex::new(world),
         faults: Mutex::new(Faults::new(opts.config.knobs.random_seed)),
@@ -125,6 +160,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         jwk: (pki.kid.clone(), pki.jwk_n.clone(), pki.jwk_e.clone()),
         limiter: Mutex::new(Limiter::default()),
         calls: Mutex::new(BTreeMap::new()),
+        base_url: base_url.clone(),
         dirty: AtomicBool::new(state_file.is_some()),
         state_file,
     });
@@ -134,11 +170,14 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         pki.server_key_pem.into_bytes(),
     )
     .await?;
-    let listener = std::net::TcpListener::bind(opts.listen)?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let app = router(ctx.clone());
+    let proxy = tokio::spawn(crate::keyvault::proxy::serve(
+        proxy_listener,
+        ctx.clone(),
+        tls.get_inner(),
+        app.clone(),
+    ));
     let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
     let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
 
@@ -155,18 +194,15 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         }
     });
 
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
     Ok(Running {
         addr,
-        base_url: format!("https://{host}:{}", addr.port()),
+        base_url,
         ca_file: pki.ca_file,
+        proxy_url: format!("http://{host}:{}", proxy_addr.port()),
         ctx,
         handle,
         task,
+        proxy,
     })
 }
 
@@ -185,7 +221,9 @@ async fn dispatch(State(ctx): State<Ctx>, req: Request) -> Response {
     };
     let path = parts.uri.path().to_string();
     let lower = path.to_ascii_lowercase();
-    if lower.starts_with("/_emulator/") {
+    if let Some(vault) = request_host(&parts).and_then(crate::keyvault::parse_host) {
+        crate::keyvault::handle(&ctx, &parts, body, vault).await
+    } else if lower.starts_with("/_emulator/") {
         crate::admin::handle(&ctx, &parts, body).await
     } else if lower.starts_with("/v1.0/") || lower == "/v1.0" {
         crate::graph::handle(&ctx, &parts, body).await
@@ -206,10 +244,29 @@ async fn dispatch(State(ctx): State<Ctx>, req: Request) -> Response {
     }
 }
 
+/// The host a request names: the URI's authority (HTTP/2) or the Host header (HTTP/1.1).
+fn request_host(parts: &axum::http::request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()))
+}
+
 fn too_large(parts: &axum::http::request::Parts) -> Response {
     let ids = crate::http::RequestIds::new(&parts.headers);
     let path = parts.uri.path().to_ascii_lowercase();
-    if path.starts_with("/v1.0") {
+    if request_host(parts)
+        .and_then(crate::keyvault::parse_host)
+        .is_some()
+    {
+        crate::keyvault::kv_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            "The request body is too large.",
+            None,
+        )
+    } else if path.starts_with("/v1.0") {
         crate::http::graph_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Request_EntityTooLarge",

@@ -20,6 +20,9 @@ pub struct World {
     pub managed_identity: Option<crate::config::ManagedIdentity>,
     pub directory: Directory,
     pub arm: Arm,
+    /// Key Vault secrets by lowercase vault name (the vault itself is an ARM resource in `arm.resources`).
+    #[serde(default)]
+    pub vaults: BTreeMap<String, crate::keyvault::VaultSecrets>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -402,6 +405,7 @@ impl World {
             }
         }
         self.directory.rebuild_index();
+        self.check_vault_names(&seed.resources)?;
         for resource in &seed.resources {
             self.arm.resources.insert(resource.to_ascii_lowercase());
         }
@@ -463,6 +467,28 @@ impl World {
                     created_by: "seed".into(),
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// Vault names are globally unique in Azure (they are DNS names): a seed may not hold two vaults of one
+    /// name, nor add one whose name another vault already has.
+    fn check_vault_names(&self, resources: &[String]) -> anyhow::Result<()> {
+        let mut seen: BTreeMap<String, String> = crate::keyvault::vaults(self)
+            .map(|(name, id)| (name.to_string(), id.to_string()))
+            .collect();
+        for id in resources {
+            let Some(name) = crate::keyvault::vault_name_of(id) else {
+                continue;
+            };
+            let id = id.to_ascii_lowercase();
+            if let Some(other) = seen.insert(name.to_ascii_lowercase(), id.clone())
+                && other != id
+            {
+                anyhow::bail!(
+                    "seed resources: two vaults are named {name:?} ({other} and {id}); vault names are globally unique"
+                );
+            }
         }
         Ok(())
     }

@@ -435,11 +435,16 @@ async fn token(
 /// The API a requested resource names and the audience of its tokens. Graph is `https://graph.microsoft.com`
 /// (its tokens' audience whatever the spelling asked for), or this emulator's own URL when a client uses it
 /// as its cloud's Graph: a sovereign cloud's Graph URL is its Graph audience (`https://graph.microsoft.us`),
-/// and az asks for its cloud's `microsoftGraphResourceId`. ARM keeps the audience as asked.
+/// and az asks for its cloud's `microsoftGraphResourceId`. ARM keeps the audience as asked; Key Vault's is its
+/// resource without the trailing slash, as Key Vault's own tokens carry it.
 fn audience_for(resource: &str, base: &str) -> Option<(Api, String)> {
     match Api::for_resource(resource) {
         Some(Api::Graph) => Some((Api::Graph, GRAPH_AUDIENCE.to_string())),
         Some(Api::Arm) => Some((Api::Arm, resource.to_string())),
+        Some(Api::KeyVault) => Some((
+            Api::KeyVault,
+            resource.trim_end_matches('/').to_ascii_lowercase(),
+        )),
         None if resource.trim_end_matches('/').eq_ignore_ascii_case(base) => {
             Some((Api::Graph, base.to_string()))
         }

@@ -104,6 +104,10 @@ enum Route {
         id: String,
         reset: bool,
     },
+    /// A Key Vault (`Microsoft.KeyVault/vaults/{name}`), GET only.
+    Vault {
+        id: String,
+    },
     /// managedClusters listed in a subscription or resource group.
     Clusters {
         scope: String,
@@ -134,7 +138,10 @@ impl Route {
             }
             Route::Subscriptions { .. } | Route::Tenants => Some(SUBSCRIPTIONS_API_VERSIONS),
             Route::Groups { .. } => Some(RESOURCES_API_VERSIONS),
-            Route::Cluster { .. } | Route::Clusters { .. } | Route::Operation { .. } => None,
+            Route::Cluster { .. }
+            | Route::Clusters { .. }
+            | Route::Operation { .. }
+            | Route::Vault { .. } => None,
         }
     }
 
@@ -153,6 +160,7 @@ impl Route {
                 "{scope}/providers/Microsoft.Authorization/roleDefinitions/{id}"
             }
             Route::Cluster { reset: false, .. } => "{cluster}",
+            Route::Vault { .. } => "{vault}",
             Route::Cluster { reset: true, .. } => "{cluster}/resetServicePrincipalProfile",
             Route::Clusters { .. } => {
                 "{scope}/providers/Microsoft.ContainerService/managedClusters"
@@ -209,6 +217,18 @@ fn parse(path: &str) -> Option<Route> {
         return Some(route);
     }
     match l.as_slice() {
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.keyvault",
+            "vaults",
+            _,
+        ] => Some(Route::Vault {
+            id: trimmed.to_string(),
+        }),
         [
             "subscriptions",
             _,
@@ -486,6 +506,7 @@ pub async fn handle(ctx: &Ctx, parts: &Parts, body: Bytes) -> Response {
                     definitions::handle(&req, &scope, guid.as_deref())
                 }
                 Route::Cluster { id, reset } => aks::cluster(&req, &id, reset),
+                Route::Vault { id } => resources::vault(&req, &id),
                 Route::Clusters { scope } => aks::list(&req, &scope),
                 Route::Subscriptions { id } => resources::subscription(&req, id.as_deref()),
                 Route::Tenants => resources::tenants(&req),

@@ -30,7 +30,9 @@ const ARM_AUDIENCES: [&str; 2] = [
 
 /// `GET /metadata/endpoints?api-version=2022-09-01`: one cloud whose login endpoint, Resource Manager and
 /// Microsoft Graph are all this emulator. Unauthenticated, as ARM serves it. Only what the emulator serves
-/// is named (no Azure AD Graph, storage or Key Vault suffixes): a client reads an absent endpoint as unset.
+/// is named (no Azure AD Graph or storage): a client reads an absent endpoint as unset. Key Vault's DNS
+/// suffix is the real one (`vault.azure.net`, as AzureCloud's metadata has it): vaults are reached under
+/// their real names through the emulator's CONNECT proxy, so `az keyvault ... --vault-name` works.
 pub fn metadata_endpoints(base: &str, tenant: &str) -> Response {
     let root = format!("{}/", base.trim_end_matches('/'));
     json_response(
@@ -46,7 +48,7 @@ pub fn metadata_endpoints(base: &str, tenant: &str) -> Response {
             },
             "resourceManager": root,
             "microsoftGraphResourceId": root,
-            "suffixes": {},
+            "suffixes": {"keyVaultDns": "vault.azure.net"},
         }),
     )
 }
@@ -227,6 +229,54 @@ pub fn group(req: &Req, subscription: &str, name: Option<&str>) -> Response {
             )
         }
     }
+}
+
+const VAULT_READ: &str = "Microsoft.KeyVault/vaults/read";
+
+/// `GET {vault id}`: a registered Key Vault as the REST reference *Vaults - Get* (Microsoft.KeyVault
+/// 2023-07-01) shows one, in the RBAC permission model (`enableRbacAuthorization`, no access policies) with
+/// soft delete on, the only model the emulator's data plane has.
+pub fn vault(req: &Req, id: &str) -> Response {
+    if let Some(resp) = only_get(req) {
+        return resp;
+    }
+    let world = req.ctx.world.lock();
+    if !authorized(&world, &req.caller.oid, id, VAULT_READ) {
+        return authorization_failed(req, VAULT_READ, id);
+    }
+    if let Some(resp) = crate::arm::missing_scope(req, &world, id) {
+        return resp;
+    }
+    let segs: Vec<&str> = id.trim_matches('/').split('/').collect();
+    let name = segs[7].to_ascii_lowercase();
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{name}",
+        segs[1], segs[3]
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "name": name,
+            "type": "Microsoft.KeyVault/vaults",
+            "location": crate::keyvault::VAULT_LOCATION,
+            "tags": {},
+            "properties": {
+                "sku": {"family": "A", "name": "standard"},
+                "tenantId": world.tenant_id,
+                "accessPolicies": [],
+                "enabledForDeployment": false,
+                "enabledForDiskEncryption": false,
+                "enabledForTemplateDeployment": false,
+                "enableSoftDelete": true,
+                "softDeleteRetentionInDays": crate::keyvault::secrets::RECOVERABLE_DAYS,
+                "enableRbacAuthorization": true,
+                "vaultUri": format!("https://{name}.vault.azure.net/"),
+                "provisioningState": "Succeeded",
+                "publicNetworkAccess": "Enabled",
+            },
+        }),
+    )
 }
 
 #[cfg(test)]

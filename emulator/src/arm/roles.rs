@@ -127,6 +127,73 @@ const BUILTINS: &[Builtin] = &[
             "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
         ],
     },
+    // The Key Vault data-plane roles, as Learn's "Azure built-in roles for Security" lists them: they grant
+    // dataActions only Key Vault's RBAC permission model reads; Owner and Contributor grant none.
+    Builtin {
+        name: "Key Vault Administrator",
+        guid: "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+        description: "Perform all data plane operations on a key vault and all objects in it, including certificates, \
+                      keys, and secrets. Cannot manage key vault resources or manage role assignments. Only works for \
+                      key vaults that use the 'Azure role-based access control' permission model.",
+        actions: &[
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/checkNameAvailability/read",
+            "Microsoft.KeyVault/deletedVaults/read",
+            "Microsoft.KeyVault/locations/*/read",
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/operations/read",
+        ],
+        not_actions: &[],
+        data_actions: &["Microsoft.KeyVault/vaults/*"],
+    },
+    Builtin {
+        name: "Key Vault Secrets Officer",
+        guid: "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+        description: "Perform any action on the secrets of a key vault, except manage permissions. Only works for key \
+                      vaults that use the 'Azure role-based access control' permission model.",
+        actions: &[
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/checkNameAvailability/read",
+            "Microsoft.KeyVault/deletedVaults/read",
+            "Microsoft.KeyVault/locations/*/read",
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/operations/read",
+        ],
+        not_actions: &[],
+        data_actions: &["Microsoft.KeyVault/vaults/secrets/*"],
+    },
+    Builtin {
+        name: "Key Vault Reader",
+        guid: "21090545-7ca7-4776-b22c-e363652d74d2",
+        description: "Read metadata of key vaults and its certificates, keys, and secrets. Cannot read sensitive values \
+                      such as secret contents or key material. Only works for key vaults that use the 'Azure \
+                      role-based access control' permission model.",
+        actions: &[
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/checkNameAvailability/read",
+            "Microsoft.KeyVault/deletedVaults/read",
+            "Microsoft.KeyVault/locations/*/read",
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/operations/read",
+        ],
+        not_actions: &[],
+        data_actions: &[
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+        ],
+    },
     Builtin {
         name: "AcrPull",
         guid: "7f951dda-4ed3-4680-a7ca-43fe172d538d",
@@ -239,6 +306,15 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
         }
     }
     go(pattern.as_bytes(), action.as_bytes())
+}
+
+/// Whether a role's permissions allow a data action (Key Vault's RBAC model): some `dataActions` entry
+/// matches and no `notDataActions` entry of the same permission block does.
+pub fn allows_data(role: &RoleDefinition, action: &str) -> bool {
+    role.permissions.iter().any(|p| {
+        p.data_actions.iter().any(|a| action_matches(a, action))
+            && !p.not_data_actions.iter().any(|n| action_matches(n, action))
+    })
 }
 
 /// Whether a role's permissions allow a control-plane action: some `actions` entry matches and no
