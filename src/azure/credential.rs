@@ -21,7 +21,13 @@ use super::Cloud;
 use crate::cli::{AzureArgs, CredentialKind};
 
 /// The HTTP client for everything the operator sends to Azure: rustls, the platform's roots, plus the extra CA.
+/// Proxies come from the standard HTTPS_PROXY and NO_PROXY variables.
 pub fn http_client(args: &AzureArgs) -> anyhow::Result<reqwest::Client> {
+    http_client_via(args, None)
+}
+
+/// As [`http_client`], with `proxy` for every host but the loopback ones instead of the environment's.
+pub fn http_client_via(args: &AzureArgs, proxy: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -33,6 +39,10 @@ pub fn http_client(args: &AzureArgs) -> anyhow::Result<reqwest::Client> {
         {
             builder = builder.add_root_certificate(cert);
         }
+    }
+    if let Some(proxy) = proxy {
+        let no_proxy = reqwest::NoProxy::from_string("127.0.0.1,localhost");
+        builder = builder.proxy(reqwest::Proxy::https(proxy)?.no_proxy(no_proxy));
     }
     Ok(builder.build()?)
 }

@@ -257,3 +257,73 @@ impl KeyVaultClient {
             .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::testing::TestAzure;
+
+    const VAULT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-shared/providers/Microsoft.KeyVault/vaults/contoso-kv";
+
+    /// The operator's life cycle of a secret against the emulator, reached by its real host name through the
+    /// emulator's proxy: versions with dates and tags, a disable, a delete and a purge.
+    #[tokio::test]
+    async fn a_secrets_life_cycle() {
+        let azure = TestAzure::start().await;
+        let kv = KeyVaultClient::new(
+            azure.http.clone(),
+            azure.credential.clone(),
+            azure.cloud.clone(),
+        );
+        assert_eq!(kv.versions(VAULT, "app-secret").await.unwrap(), vec![]);
+        let tags = BTreeMap::from([("owner".to_string(), "me".to_string())]);
+        let first = NewVersion {
+            value: "first-value",
+            content_type: "text/plain",
+            nbf: Some(1_700_000_000),
+            exp: Some(1_800_000_000),
+            tags: tags.clone(),
+        };
+        let v1 = kv.set(VAULT, "app-secret", &first).await.unwrap();
+        assert!(
+            v1.id
+                .starts_with("https://contoso-kv.vault.azure.net/secrets/app-secret/")
+        );
+        assert_eq!(v1.attributes.exp, Some(1_800_000_000));
+        assert_eq!(v1.attributes.nbf, Some(1_700_000_000));
+        assert_eq!(v1.tag("owner"), Some("me"));
+        let second = NewVersion {
+            value: "second-value",
+            ..first
+        };
+        let v2 = kv.set(VAULT, "app-secret", &second).await.unwrap();
+        kv.set_enabled(VAULT, "app-secret", v1.version(), false)
+            .await
+            .unwrap();
+        let mut versions = kv.versions(VAULT, "app-secret").await.unwrap();
+        versions.sort_by(|a, b| a.version().cmp(b.version()));
+        let enabled: BTreeMap<&str, bool> = versions
+            .iter()
+            .map(|v| (v.version(), v.enabled()))
+            .collect();
+        assert_eq!(
+            enabled,
+            BTreeMap::from([(v1.version(), false), (v2.version(), true)])
+        );
+        assert_eq!(versions[0].content_type.as_deref(), Some("text/plain"));
+        assert!(kv.delete(VAULT, "app-secret").await.unwrap());
+        assert!(
+            !kv.delete(VAULT, "app-secret").await.unwrap(),
+            "already gone"
+        );
+        let deleted = kv
+            .deleted(VAULT, "app-secret")
+            .await
+            .unwrap()
+            .expect("soft-deleted");
+        assert_eq!(deleted.tag("owner"), Some("me"));
+        kv.purge(VAULT, "app-secret").await.unwrap();
+        assert_eq!(kv.deleted(VAULT, "app-secret").await.unwrap(), None);
+        assert_eq!(kv.versions(VAULT, "app-secret").await.unwrap(), vec![]);
+    }
+}

@@ -50,7 +50,9 @@ impl TestAzure {
             azure_client_secret: Some(Redacted(SECRET.into())),
         };
         let cloud = Cloud::from_args(&args).unwrap();
-        let http = credential::http_client(&args).unwrap();
+        // As the operator's environment would set HTTPS_PROXY: vaults through the emulator's proxy, the rest
+        // straight to it (an environment variable would be shared by every test in the process).
+        let http = credential::http_client_via(&args, Some(&emulator.proxy_url)).unwrap();
         let credential = credential::build(&args, &cloud, &http).unwrap();
         TestAzure {
             emulator,

@@ -270,7 +270,7 @@ pub async fn emulator_trusting_testenv(ns: &str, sa: &str, dir: &Path) -> azure_
 }
 
 /// What points the operator at an emulator, whichever credential it signs in with: the custom cloud's
-/// endpoints, the emulator's CA and its tenant.
+/// endpoints, the emulator's CA, its vault proxy and its tenant.
 pub fn emulator_endpoints(emulator: &azure_emulator::Running) -> Vec<(String, String)> {
     let base = &emulator.base_url;
     [
@@ -279,6 +279,10 @@ pub fn emulator_endpoints(emulator: &azure_emulator::Running) -> Vec<(String, St
         ("AZURE_GRAPH_ENDPOINT", format!("{base}/v1.0")),
         ("AZURE_RESOURCE_MANAGER_ENDPOINT", base.clone()),
         ("AZURE_CA_FILE", emulator.ca_file.display().to_string()),
+        // Key vaults keep their real host names (https://{vault}.vault.azure.net); the emulator's CONNECT
+        // proxy serves them, as any client reaches them: through the standard proxy variables.
+        ("HTTPS_PROXY", emulator.proxy_url.clone()),
+        ("NO_PROXY", "127.0.0.1,localhost".to_string()),
         (
             "AZURE_TENANT_ID",
             azure_emulator::config::Config::default_seed()
