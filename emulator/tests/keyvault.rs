@@ -230,7 +230,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn secrets_have_versions_attributes_and_a_soft_deleted_life() {
+async fn secrets_have_versions_and_attributes() {
     let emu = Emu::new().await;
     let token = emu.kv_token(OPERATOR_APP).await;
     let t = Some(token.as_str());
@@ -319,6 +319,29 @@ async fn secrets_have_versions_attributes_and_a_soft_deleted_life() {
         list["value"][0]["id"],
         format!("{VAULT}/secrets/db-password")
     );
+    emu.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleted_secrets_are_recoverable_until_purged() {
+    let emu = Emu::new().await;
+    let token = emu.kv_token(OPERATOR_APP).await;
+    let t = Some(token.as_str());
+    emu.kv(
+        t,
+        Method::PUT,
+        "/secrets/db-password",
+        Some(json!({"value": "s3cret-1"})),
+    )
+    .await;
+    let (_, _, v2) = emu
+        .kv(
+            t,
+            Method::PUT,
+            "/secrets/db-password",
+            Some(json!({"value": "s3cret-2"})),
+        )
+        .await;
     // Soft delete, conflict on reuse, recover, delete again, purge.
     let (status, _, deleted) = emu
         .kv(t, Method::DELETE, "/secrets/db-password", None)
