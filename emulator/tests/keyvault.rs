@@ -557,6 +557,44 @@ async fn arm_shows_the_vault_and_a_host_header_reaches_it_directly() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().contains_key("www-authenticate"));
+    // A sovereign cloud's suffix: its own resource in the challenge.
+    let resp = emu
+        .vault
+        .get("https://contoso-kv.vault.azure.cn/secrets?api-version=7.5")
+        .send()
+        .await
+        .unwrap();
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.ends_with("resource=\"https://vault.azure.cn\""),
+        "{challenge}"
+    );
+    emu.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fault_knobs_apply_to_vault_routes() {
+    let emu = Emu::new().await;
+    let token = emu.kv_token(OPERATOR_APP).await;
+    let knobs = json!({"faults": [{"pathContains": "/secrets/flaky", "rate": 1.0, "status": 429}]});
+    let resp = emu
+        .direct
+        .patch(format!("{}/_emulator/knobs", emu.running.base_url))
+        .json(&knobs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, headers, body) = emu
+        .kv(Some(&token), Method::GET, "/secrets/flaky", None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "Throttled");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, _) = emu
+        .kv(Some(&token), Method::GET, "/secrets/steady", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     emu.running.shutdown().await.unwrap();
 }
 
