@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the emulator's contract suite: Microsoft's Python SDKs (azure-identity, msgraph-sdk,
-# azure-mgmt-authorization, azure-mgmt-containerservice) and the Azure CLI against the azure-emulator
+# azure-mgmt-authorization, azure-mgmt-containerservice, azure-keyvault-secrets) and the Azure CLI against the azure-emulator
 # binary, plus schema checks against Microsoft's API descriptions.
 #
 #   emulator/contract/run.sh [pytest arguments...]

@@ -60,7 +60,7 @@ struct Emu {
     vault: Client,
     /// Reaches the main listener directly.
     direct: Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Emu {
@@ -75,6 +75,14 @@ impl Emu {
         })
         .await
         .unwrap();
+        Emu {
+            _dir: Some(dir),
+            ..Emu::with(running)
+        }
+    }
+
+    /// Clients for a running emulator (whose state directory the caller keeps).
+    fn with(running: Running) -> Emu {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&running.ca_file).unwrap()).unwrap();
         let builder = || {
             Client::builder()
@@ -90,7 +98,7 @@ impl Emu {
             running,
             vault,
             direct,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -172,9 +180,16 @@ async fn the_challenge_names_the_authority_and_only_vault_tokens_pass() {
         "https://graph.microsoft.com/.default",
     ] {
         let token = emu.token(OPERATOR_APP, scope).await;
-        let (status, headers, _) = emu.kv(Some(&token), Method::GET, "/secrets/x", None).await;
+        let (status, headers, body) = emu.kv(Some(&token), Method::GET, "/secrets/x", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{scope}");
         assert!(headers.contains_key("www-authenticate"));
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "AKV10022: Invalid audience. Expected https://vault.azure.net, found: https://"
+            ),
+            "{message}"
+        );
     }
     let token = emu.kv_token(OPERATOR_APP).await;
     let claims = token.split('.').nth(1).unwrap();
@@ -215,7 +230,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn secrets_have_versions_attributes_and_a_soft_deleted_life() {
+async fn secrets_have_versions_and_attributes() {
     let emu = Emu::new().await;
     let token = emu.kv_token(OPERATOR_APP).await;
     let t = Some(token.as_str());
@@ -304,6 +319,29 @@ async fn secrets_have_versions_attributes_and_a_soft_deleted_life() {
         list["value"][0]["id"],
         format!("{VAULT}/secrets/db-password")
     );
+    emu.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleted_secrets_are_recoverable_until_purged() {
+    let emu = Emu::new().await;
+    let token = emu.kv_token(OPERATOR_APP).await;
+    let t = Some(token.as_str());
+    emu.kv(
+        t,
+        Method::PUT,
+        "/secrets/db-password",
+        Some(json!({"value": "s3cret-1"})),
+    )
+    .await;
+    let (_, _, v2) = emu
+        .kv(
+            t,
+            Method::PUT,
+            "/secrets/db-password",
+            Some(json!({"value": "s3cret-2"})),
+        )
+        .await;
     // Soft delete, conflict on reuse, recover, delete again, purge.
     let (status, _, deleted) = emu
         .kv(t, Method::DELETE, "/secrets/db-password", None)
@@ -519,6 +557,44 @@ async fn arm_shows_the_vault_and_a_host_header_reaches_it_directly() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().contains_key("www-authenticate"));
+    // A sovereign cloud's suffix: its own resource in the challenge.
+    let resp = emu
+        .vault
+        .get("https://contoso-kv.vault.azure.cn/secrets?api-version=7.5")
+        .send()
+        .await
+        .unwrap();
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.ends_with("resource=\"https://vault.azure.cn\""),
+        "{challenge}"
+    );
+    emu.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fault_knobs_apply_to_vault_routes() {
+    let emu = Emu::new().await;
+    let token = emu.kv_token(OPERATOR_APP).await;
+    let knobs = json!({"faults": [{"pathContains": "/secrets/flaky", "rate": 1.0, "status": 429}]});
+    let resp = emu
+        .direct
+        .patch(format!("{}/_emulator/knobs", emu.running.base_url))
+        .json(&knobs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, headers, body) = emu
+        .kv(Some(&token), Method::GET, "/secrets/flaky", None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "Throttled");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, _) = emu
+        .kv(Some(&token), Method::GET, "/secrets/steady", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     emu.running.shutdown().await.unwrap();
 }
 
@@ -559,4 +635,49 @@ async fn the_proxy_tunnels_only_to_known_vaults() {
     // A reqwest client through the proxy to a non-vault host fails rather than reaching anything.
     assert!(emu.vault.get("https://example.com/").send().await.is_err());
     emu.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_survive_a_restart_with_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        config: config(),
+        state_dir: dir.path().to_path_buf(),
+        persist: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        hostnames: vec![],
+    };
+    let first = Emu::with(start(opts()).await.unwrap());
+    let token = first.kv_token(OPERATOR_APP).await;
+    let (status, _, _) = first
+        .kv(
+            Some(&token),
+            Method::PUT,
+            "/secrets/kept",
+            Some(json!({"value": "across-restarts"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    first.running.shutdown().await.unwrap();
+    let second = Emu::with(start(opts()).await.unwrap());
+    let token = second.kv_token(OPERATOR_APP).await;
+    let (status, _, body) = second
+        .kv(Some(&token), Method::GET, "/secrets/kept", None)
+        .await;
+    assert_eq!(
+        (status, body["value"].clone()),
+        (StatusCode::OK, json!("across-restarts"))
+    );
+    second.running.shutdown().await.unwrap();
+}
+
+#[test]
+fn vault_names_are_globally_unique_in_a_seed() {
+    let mut seed = config().seed;
+    seed.resources.push(format!("{SUB}/resourceGroups/rg-aks"));
+    seed.resources.push(format!(
+        "{SUB}/resourceGroups/rg-aks/providers/Microsoft.KeyVault/vaults/CONTOSO-KV"
+    ));
+    let err = azure_emulator::state::World::from_seed(&seed).unwrap_err();
+    assert!(err.to_string().contains("two vaults are named"), "{err}");
 }

@@ -218,16 +218,18 @@ async fn serve(
         Ok(c) => c,
         Err(problem) => {
             let message = match problem {
+                // The texts Key Vault sends (azure-docs#109562, crossplane-contrib/provider-azure#346).
                 TokenProblem::Missing => {
                     "AKV10000: Request is missing a Bearer or PoP token.".to_string()
                 }
-                TokenProblem::WrongAudience => {
-                    format!("AKV10022: Invalid audience. Expected {}.", vault.resource)
-                }
-                TokenProblem::Expired => "AKV10032: Token expired.".to_string(),
-                TokenProblem::Invalid => {
-                    "AKV10013: Invalid token: signature validation failed.".to_string()
-                }
+                TokenProblem::WrongAudience => format!(
+                    "AKV10022: Invalid audience. Expected {}, found: {}.",
+                    vault.resource,
+                    token_audience(ctx, &parts.headers).unwrap_or_default()
+                ),
+                // No recorded Key Vault text for these: the emulator's own, without an AKV code.
+                TokenProblem::Expired => "The access token has expired.".to_string(),
+                TokenProblem::Invalid => "The access token is not valid.".to_string(),
             };
             return challenge(ctx, vault, &tenant, &message);
         }
@@ -263,6 +265,13 @@ async fn serve(
         Ok((status, value)) => json_response(status, &value),
         Err(e) => e.into_response(),
     }
+}
+
+/// The audience of the request's (validly signed) bearer token, for the AKV10022 message.
+fn token_audience(ctx: &Ctx, headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let token = value.get(7..)?.trim();
+    ctx.keys.verify(token).ok().map(|c| c.aud)
 }
 
 /// Key Vault refuses an unknown or missing api-version with 400 BadParameter (azure-sdk-for-python#28595,
