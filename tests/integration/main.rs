@@ -11,6 +11,7 @@ mod credential_rotation;
 mod explain;
 mod harness;
 mod high_availability;
+mod key_vault;
 mod operator_run;
 mod role_delegation;
 mod service_principal;

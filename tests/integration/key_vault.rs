@@ -1,0 +1,573 @@
+//! Key Vault targets end to end, on the real control plane and the emulator's vault (reached through its
+//! proxy by its real host name, as any client reaches it): the ServicePrincipal's secret delivered to a vault
+//! with the password's own dates, readable by the service principal through the Key Vault Secrets User
+//! grant; rotations that a reader polling the latest version never sees fail, a kill -9 included, each
+//! previous version disabled after the overlap; no write without a policy; a secret another object holds
+//! left alone; the delete honouring purgeOnDelete.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use entra_operator::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
+
+use crate::{
+    harness::{
+        Setup, delete_and_wait, emulator_get, emulator_http, eventually, put_policy, ready_of,
+        seed, teardown, text, token_status, wait_condition,
+    },
+    operator_run::{Azure, Operator},
+};
+
+const VAULT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-shared/providers/Microsoft.KeyVault/vaults/contoso-kv";
+const VAULT_URI: &str = "https://contoso-kv.vault.azure.net";
+/// A consumer of the vault that is not the operator: Key Vault Secrets User at the vault, seeded.
+const READER_APP: &str = "7e7e7e7e-0000-4000-8000-000000007e7e";
+const READER_SECRET: &str = "kv-reader-secret-value";
+
+fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
+    serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A client that reaches vaults as Microsoft's SDKs do here: the emulator's CA, HTTPS_PROXY for every host but
+/// the loopback ones.
+fn vault_http(azure: &Azure) -> reqwest::Client {
+    let ca = std::fs::read(&azure.emulator.ca_file).unwrap();
+    let no_proxy = reqwest::NoProxy::from_string("127.0.0.1,localhost");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .proxy(
+            reqwest::Proxy::https(&azure.emulator.proxy_url)
+                .unwrap()
+                .no_proxy(no_proxy),
+        )
+        .build()
+        .unwrap()
+}
+
+/// A Key Vault token for `client_id` signing in with `secret`; None if Entra refuses it.
+async fn vault_token(
+    http: &reqwest::Client,
+    base: &str,
+    client_id: &str,
+    secret: &str,
+) -> Option<String> {
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    let answer = http
+        .post(format!("{base}/{tenant}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("scope", "https://vault.azure.net/.default"),
+        ])
+        .send()
+        .await
+        .ok()?;
+    if !answer.status().is_success() {
+        return None;
+    }
+    let body: Value = answer.json().await.ok()?;
+    body["access_token"].as_str().map(str::to_string)
+}
+
+/// The latest version of secret `name` as `token`'s holder reads it: (status, body).
+async fn read_latest(http: &reqwest::Client, token: &str, name: &str) -> (u16, Value) {
+    let answer = http
+        .get(format!("{VAULT_URI}/secrets/{name}?api-version=7.4"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+/// The emulator's admin API, for tasks that outlive a borrow of the test's `Azure`.
+#[derive(Clone)]
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    fn of(azure: &Azure) -> Admin {
+        Admin {
+            http: emulator_http(azure),
+            base: azure.emulator.base_url.clone(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let answer = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        answer.json().await.unwrap()
+    }
+
+    /// The vault's secrets, metadata only.
+    async fn vault(&self) -> Value {
+        self.get("/_emulator/keyvault/contoso-kv/secrets").await
+    }
+
+    /// The key ids of every password on application `app_id`.
+    async fn passwords(&self, app_id: &str) -> BTreeSet<String> {
+        let world = self.get("/_emulator/state").await;
+        world["directory"]["applications"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|a| a["appId"] == app_id)
+            .flat_map(|a| a["passwordCredentials"].as_array().unwrap().clone())
+            .map(|p| p["keyId"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// The vault's secrets, metadata only, as the emulator's admin view shows them.
+async fn vault_view(azure: &Azure) -> Value {
+    emulator_get(azure, "/_emulator/keyvault/contoso-kv/secrets").await
+}
+
+/// The versions of secret `name` in the admin view (an empty list when there is none).
+fn versions(view: &Value, name: &str) -> Vec<Value> {
+    view["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .map(|s| s["versions"].as_array().unwrap().clone())
+        .unwrap_or_default()
+}
+
+/// Enabled versions of `name` whose key-id tag names no password of `app_id`'s: none may ever exist.
+async fn versions_of_removed_passwords(azure: &Azure, name: &str, app_id: &str) -> Vec<String> {
+    let live = Admin::of(azure).passwords(app_id).await;
+    versions(&vault_view(azure).await, name)
+        .into_iter()
+        .filter(|v| v["attributes"]["enabled"] != false)
+        .filter(|v| {
+            v["tags"]["entra-operator-key-id"]
+                .as_str()
+                .is_none_or(|k| !live.contains(k))
+        })
+        .map(|v| v["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// Four workers: the test blocks one reading the operator's log while the reader and the emulator run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_through_rotations_and_a_kill()
+ {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("kv-probe").await;
+    seed(
+        &azure,
+        json!({
+            "applications": [{"displayName": "kv-reader", "appId": READER_APP, "clientSecrets": [READER_SECRET]}],
+            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets User", "principalId": READER_APP}],
+        }),
+    )
+    .await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let policy = put_policy(
+        &admin,
+        &ns.name,
+        "vault",
+        json!({"keyVaults": [VAULT], "scopes": [VAULT], "roles": ["Key Vault Secrets User"]}),
+    )
+    .await;
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let rds: Api<RoleDelegation> = Api::namespaced(admin.clone(), &ns.name);
+    let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    sps.create(
+        &PostParams::default(),
+        &object(
+            "ServicePrincipal",
+            "probe",
+            json!({
+                "displayName": "probe",
+                "secret": {"name": "probe-credentials"},
+                "credentialLifetime": "2h",
+                "keyVaultSecrets": [{"vault": VAULT, "name": "probe-secret", "tags": {"team": "payments"}}],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    rds.create(
+        &PostParams::default(),
+        &object(
+            "RoleDelegation",
+            "probe-reads-the-vault",
+            json!({"principalRef": {"name": "probe"}, "role": {"name": "Key Vault Secrets User"}, "scope": VAULT}),
+        ),
+    )
+    .await
+    .unwrap();
+    let sp = wait_condition(&sps, "probe", "True", "Ready", 60).await;
+    let status = sp.status.clone().unwrap();
+    let app_id = status.app_id.clone().unwrap();
+    let credential = status.credential.clone().unwrap();
+    let held = &status.key_vault_secrets[0];
+    assert_eq!(
+        (held.state.as_str(), held.key_id.as_ref()),
+        ("Published", Some(&credential.key_id))
+    );
+
+    // What the vault holds: the password the Secret holds, dated as Entra dates it, marked and typed.
+    let http = vault_http(&azure);
+    let base = azure.emulator.base_url.clone();
+    let reader = vault_token(&http, &base, READER_APP, READER_SECRET)
+        .await
+        .expect("the reader signs in");
+    let (code, latest) = read_latest(&http, &reader, "probe-secret").await;
+    assert_eq!(code, 200, "{latest}");
+    let delivered = text(
+        &secrets.get("probe-credentials").await.unwrap(),
+        "AZURE_CLIENT_SECRET",
+    );
+    assert_eq!(latest["value"], delivered.as_str());
+    assert_eq!(latest["contentType"], "text/plain");
+    assert_eq!(latest["tags"]["team"], "payments");
+    assert_eq!(
+        latest["tags"]["entra-operator-key-id"],
+        credential.key_id.as_str()
+    );
+    assert_eq!(
+        latest["attributes"]["exp"],
+        credential.end_date_time.unwrap().0.as_second()
+    );
+    assert_eq!(
+        latest["attributes"]["nbf"],
+        credential.start_date_time.unwrap().0.as_second()
+    );
+    assert_eq!(
+        token_status(&azure, &app_id, latest["value"].as_str().unwrap()).await,
+        200
+    );
+    // The seed's Key Vault Secrets User grant really lets the service principal read its own secret.
+    wait_condition(&rds, "probe-reads-the-vault", "True", "Ready", 60).await;
+    let own = vault_token(&http, &base, &app_id, &delivered)
+        .await
+        .expect("the service principal signs in");
+    assert_eq!(read_latest(&http, &own, "probe-secret").await.0, 200);
+
+    // A reader polls the latest version and signs in with it, through rotations and a kill -9.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (attempts, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let orphans = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, attempts, failures, seen) = (
+            stop.clone(),
+            attempts.clone(),
+            failures.clone(),
+            seen.clone(),
+        );
+        let (http, base, app_id, reader) =
+            (http.clone(), base.clone(), app_id.clone(), reader.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (code, latest) = read_latest(&http, &reader, "probe-secret").await;
+                attempts.fetch_add(1, Ordering::Relaxed);
+                let value = latest["value"].as_str().unwrap_or_default().to_string();
+                if code != 200 || vault_token(&http, &base, &app_id, &value).await.is_none() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "reader: the latest version failed ({code}, key {})",
+                        latest["tags"]["entra-operator-key-id"]
+                    );
+                }
+                let version = latest["id"].as_str().unwrap_or_default().to_string();
+                {
+                    let mut seen = seen.lock().unwrap();
+                    if seen.last() != Some(&version) {
+                        seen.push(version);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Never an enabled version naming a removed password, at any moment (checked while it all runs).
+    let watch = {
+        let (stop, orphans, app_id, admin) = (
+            stop.clone(),
+            orphans.clone(),
+            app_id.clone(),
+            Admin::of(&azure),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // The passwords before and after the vault: a version enabled in between whose password is
+                // in neither was enabled after that password was gone.
+                let before = admin.passwords(&app_id).await;
+                let view = admin.vault().await;
+                let after = admin.passwords(&app_id).await;
+                for v in versions(&view, "probe-secret") {
+                    let key = v["tags"]["entra-operator-key-id"]
+                        .as_str()
+                        .unwrap_or_default();
+                    if v["attributes"]["enabled"] != false
+                        && !before.contains(key)
+                        && !after.contains(key)
+                    {
+                        orphans.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "watch: version {} enabled for removed password {key}",
+                            v["version"]
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    crots
+        .create(
+            &PostParams::default(),
+            &object(
+                "CredentialRotation",
+                "probe",
+                json!({"servicePrincipalRef": {"name": "probe"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "2h"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let versions_seen = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            eventually(90, &format!("{n} versions read"), || async {
+                let count = seen.lock().unwrap().len();
+                if count >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{count} versions"))
+                }
+            })
+            .await
+        }
+    };
+    versions_seen(3).await;
+    operator.drain();
+    // Killed right after the next password reached the Secret, before it reaches the vault.
+    operator.wait_for("rotated the client secret", Duration::from_secs(30));
+    operator.signal(Signal::SIGKILL);
+    let _ = operator.wait_exit(Duration::from_secs(10));
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    versions_seen(5).await;
+    stop.store(true, Ordering::Relaxed);
+    probe.await.unwrap();
+    watch.await.unwrap();
+    let (attempts, failures) = (
+        attempts.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    );
+    assert!(attempts > 20, "the reader read {attempts} times");
+    assert_eq!(
+        failures, 0,
+        "of {attempts} reads of the latest version, {failures} did not sign in"
+    );
+    assert_eq!(
+        orphans.load(Ordering::Relaxed),
+        0,
+        "a version stayed enabled for a removed password"
+    );
+
+    // Once a rotation's overlap has ended, only the newest version is enabled, and it is the current key.
+    let crot = eventually(30, "the previous version disabled", || async {
+        let crot = crots.get("probe").await.map_err(|e| e.to_string())?;
+        let s = crot.status.clone().unwrap_or_default();
+        let enabled: Vec<Value> = versions(&vault_view(&azure).await, "probe-secret")
+            .into_iter()
+            .filter(|v| v["attributes"]["enabled"] != false)
+            .collect();
+        match (&s.previous_key_id, enabled.as_slice()) {
+            (None, [only])
+                if only["tags"]["entra-operator-key-id"]
+                    == s.current_key_id.as_deref().unwrap_or("-") =>
+            {
+                Ok(crot)
+            }
+            _ => Err(format!(
+                "previous {:?}, {} enabled",
+                s.previous_key_id,
+                enabled.len()
+            )),
+        }
+    })
+    .await;
+    assert!(
+        versions_of_removed_passwords(&azure, "probe-secret", &app_id)
+            .await
+            .is_empty(),
+        "after the kill, a version names a removed password"
+    );
+    let target = crot
+        .status
+        .unwrap()
+        .targets
+        .into_iter()
+        .find(|t| t.kind == "KeyVaultSecret")
+        .unwrap();
+    assert_eq!(
+        (target.name.as_str(), target.state.as_str()),
+        ("contoso-kv/probe-secret", "Published")
+    );
+    assert!(target.version.is_some());
+    delete_and_wait(&crots, "probe", 60, "the rotation").await;
+    delete_and_wait(&rds, "probe-reads-the-vault", 60, "the grant").await;
+    delete_and_wait(&sps, "probe", 60, "the service principal").await;
+    // deletionPolicy Delete: the secret is soft-deleted (no purge asked for).
+    let view = vault_view(&azure).await;
+    assert!(versions(&view, "probe-secret").is_empty(), "{view}");
+    assert!(
+        view["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "probe-secret")
+    );
+    operator.signal(Signal::SIGTERM);
+    // Nothing of the secrets reached the operator's log.
+    let (_, log) = operator.wait_exit(Duration::from_secs(10));
+    assert!(
+        !log.iter().any(|l| l.contains(&delivered)),
+        "a secret in the log"
+    );
+    let _ = Api::<entra_operator::api::DelegationPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    teardown(rbac, azure, ns).await;
+}
+
+/// Without a policy naming the vault nothing is read or written there; a secret another object holds (or
+/// that someone wrote by hand) is left alone; purgeOnDelete purges only what the object wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("kv-guard").await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let sp = |name: &str, secret: &str| {
+        object::<ServicePrincipal>(
+            "ServicePrincipal",
+            name,
+            json!({
+                "displayName": name,
+                "secret": {"name": format!("{name}-credentials")},
+                "keyVaultSecrets": [{"vault": VAULT, "name": secret, "format": "sdk-auth"}],
+                "purgeOnDelete": true,
+            }),
+        )
+    };
+    sps.create(&PostParams::default(), &sp("first", "shared"))
+        .await
+        .unwrap();
+    let denied = wait_condition(&sps, "first", "False", "DeniedByPolicy", 60).await;
+    let (_, _, message) = ready_of(&denied).unwrap();
+    assert!(
+        message.contains("spec.keyVaultSecrets[0].vault"),
+        "{message}"
+    );
+    assert!(message.contains("keyVaults"), "{message}");
+    assert!(
+        versions(&vault_view(&azure).await, "shared").is_empty(),
+        "written without a policy"
+    );
+
+    let policy = put_policy(
+        &admin,
+        &ns.name,
+        "vault",
+        json!({"keyVaults": [VAULT.rsplit_once("/providers").unwrap().0]}),
+    )
+    .await;
+    let first = wait_condition(&sps, "first", "True", "Ready", 60).await;
+    let view = vault_view(&azure).await;
+    let written = versions(&view, "shared");
+    assert_eq!(written.len(), 1, "{view}");
+    assert_eq!(written[0]["contentType"], "application/json");
+    assert_eq!(written[0]["tags"]["entra-operator-format"], "sdk-auth");
+    assert_eq!(
+        first.status.unwrap().key_vault_secrets[0]
+            .version
+            .as_deref(),
+        written[0]["version"].as_str()
+    );
+
+    // A second object naming the same secret is a Conflict naming the first, and writes nothing.
+    sps.create(&PostParams::default(), &sp("second", "shared"))
+        .await
+        .unwrap();
+    let conflict = wait_condition(&sps, "second", "False", "Conflict", 60).await;
+    let (_, _, message) = ready_of(&conflict).unwrap();
+    assert!(
+        message.contains(&format!("{}/ServicePrincipal/first", ns.name)),
+        "{message}"
+    );
+    assert_eq!(versions(&vault_view(&azure).await, "shared").len(), 1);
+    delete_and_wait(&sps, "second", 60, "the second object").await;
+    assert_eq!(
+        versions(&vault_view(&azure).await, "shared").len(),
+        1,
+        "the loser's delete took the secret"
+    );
+
+    // Deleted with purgeOnDelete: gone from the vault and from its deleted secrets.
+    delete_and_wait(&sps, "first", 60, "the first object").await;
+    let view = vault_view(&azure).await;
+    assert!(versions(&view, "shared").is_empty(), "{view}");
+    assert!(
+        !view["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "shared"),
+        "{view}"
+    );
+    operator.signal(Signal::SIGTERM);
+    let _ = Api::<entra_operator::api::DelegationPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    teardown(rbac, azure, ns).await;
+}
