@@ -36,6 +36,8 @@ const VAULT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourc
 const VAULT_URI: &str = "https://contoso-kv.vault.azure.net";
 /// A consumer of the vault that is not the operator: Key Vault Secrets User at the vault, seeded.
 const READER_APP: &str = "7e7e7e7e-0000-4000-8000-000000007e7e";
+const READER_OBJECT: &str = "7e7e7e7e-0000-4000-8000-00000000a7a7";
+const READER_PRINCIPAL: &str = "7e7e7e7e-0000-4000-8000-00000000b7b7";
 const READER_SECRET: &str = "kv-reader-secret-value";
 
 fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
@@ -192,8 +194,11 @@ async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_th
     seed(
         &azure,
         json!({
-            "applications": [{"displayName": "kv-reader", "appId": READER_APP, "clientSecrets": [READER_SECRET]}],
-            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets User", "principalId": READER_APP}],
+            "applications": [{
+                "displayName": "kv-reader", "appId": READER_APP, "objectId": READER_OBJECT,
+                "servicePrincipalId": READER_PRINCIPAL, "clientSecrets": [READER_SECRET],
+            }],
+            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets User", "principalId": READER_PRINCIPAL}],
         }),
     )
     .await;

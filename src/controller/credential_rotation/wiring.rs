@@ -28,12 +28,17 @@ pub fn controller(ctx: Arc<Context>, scope: &Scope) -> BoxStream<'static, ()> {
     let rotating = store.clone();
     Controller::for_stream(changes, store.clone())
         .with_config(scope.config.clone())
-        // Which applications and AKS clusters a rotation may touch is a policy's to say; a rotation of
-        // its own namespace's ServicePrincipal that publishes to no cluster asks no policy.
+        // Which applications, AKS clusters and vaults a rotation may touch is a policy's to say; a rotation
+        // of its own namespace's ServicePrincipal that publishes to no cluster or vault of its own asks no
+        // policy (the ServicePrincipal's vaults are woken through it).
         .reconcile_on(watches::on_policy_change(
             &scope.policy_changes,
             store,
-            |c| c.spec.application_id.is_some() || !c.spec.targets.aks_clusters.is_empty(),
+            |c| {
+                c.spec.application_id.is_some()
+                    || !c.spec.targets.aks_clusters.is_empty()
+                    || !c.spec.targets.key_vault_secrets.is_empty()
+            },
         ))
         // A Secret of its own (with applicationId) that is lost or edited is repaired at once.
         .owns_stream(watches::owned_secrets(

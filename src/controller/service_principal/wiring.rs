@@ -1,5 +1,5 @@
 //! How a ServicePrincipal comes back to be reconciled: its own changes (from the watch every kind shares),
-//! its Secret, a policy change for an adoption, and drift in Azure.
+//! its Secret, a policy change for an adoption or a Key Vault target, and drift in Azure.
 
 use std::sync::Arc;
 
@@ -27,12 +27,12 @@ pub fn controller(
             scope.api::<PartialObjectMeta<Secret>>(),
             OWNER_LABEL,
         ))
-        // An adoption that a policy (no longer) lists is decided again at once; nothing else a
-        // ServicePrincipal does depends on a policy, so the others are left alone.
+        // An adoption or a Key Vault target that a policy (no longer) lists is decided again at once;
+        // nothing else a ServicePrincipal does depends on a policy, so the others are left alone.
         .reconcile_on(watches::on_policy_change(
             &scope.policy_changes,
             store,
-            |sp| sp.spec.adopt.is_some(),
+            |sp| sp.spec.adopt.is_some() || !sp.spec.key_vault_secrets.is_empty(),
         ))
         // Azure changed under it (found by the drift feeds).
         .reconcile_on(scope.drifted(&ctx.drift, |owner| match owner {
