@@ -46,6 +46,7 @@ echo "--- operator"
 AZURE_CLOUD=custom AZURE_AUTHORITY_HOST="$AZURE_AUTHORITY_HOST" AZURE_GRAPH_ENDPOINT="$AZURE_GRAPH_ENDPOINT" \
 AZURE_RESOURCE_MANAGER_ENDPOINT="$AZURE_RESOURCE_MANAGER_ENDPOINT" AZURE_CA_FILE="$AZURE_EMULATOR_CA_FILE" \
 AZURE_CLIENT_ID="$operator_app" AZURE_TENANT_ID="$AZURE_TENANT_ID" AZURE_FEDERATED_TOKEN_FILE="$DEMO_DIR/azure-identity-token" \
+HTTPS_PROXY="$AZURE_EMULATOR_PROXY_URL" NO_PROXY=127.0.0.1,localhost \
     target/debug/entra-operator run --kubeconfig "$TESTENV_STATE/kubeconfig" --log-format text >"$DEMO_DIR/operator.log" 2>&1 &
 echo $! >"$DEMO_DIR/operator.pid"
 for _ in $(seq 1 100); do grep -q 'operator ready' "$DEMO_DIR/operator.log" && break
@@ -108,6 +109,7 @@ rm -rf "$az_config"
 # A custom cloud whose endpoints az discovers from the emulator; see docs/local-azure.md.
 az() {
     AZURE_CONFIG_DIR="$az_config" REQUESTS_CA_BUNDLE="$AZURE_EMULATOR_CA_FILE" AZURE_CORE_INSTANCE_DISCOVERY=false \
+    HTTPS_PROXY="$AZURE_EMULATOR_PROXY_URL" NO_PROXY=127.0.0.1,localhost \
     AZURE_CORE_COLLECT_TELEMETRY=false AZURE_CORE_SURVEY_MESSAGE=false AZURE_CORE_NO_COLOR=true "$az_bin" "$@"
 }
 show() { echo "\$ az $*"; az "$@"; echo; }
@@ -120,3 +122,29 @@ show ad sp show --id "$app_id" --query "{appId:appId, displayName:displayName, o
 show ad app credential list --id "$app_id" --query "[].endDateTime" --output tsv
 show role assignment list --assignee "$app_id" --all --query "[].{role:roleDefinitionName, scope:scope}" --output table
 show aks show --resource-group rg-aks --name prod --query servicePrincipalProfile.clientId --output tsv
+
+# The vault, read as a consumer outside the cluster reads it: signed in as the delivered service principal
+# itself, which 03's Key Vault Secrets User grant lets read the secret 01 delivers there.
+echo "--- the vault holds the service principal's secret (az keyvault, signed in as the service principal)"
+az login --service-principal --username "$app_id" --password "$(secret_value AZURE_CLIENT_SECRET)" \
+    --tenant "$AZURE_TENANT_ID" --allow-no-subscriptions >/dev/null
+show keyvault secret show --vault-name contoso-kv --name aks-cluster-sp-secret \
+    --query "{expires:attributes.expires, notBefore:attributes.notBefore, contentType:contentType, tags:tags}" --output json
+if [ "$(az keyvault secret show --vault-name contoso-kv --name aks-cluster-sp-secret --query value --output tsv)" \
+    = "$(secret_value AZURE_CLIENT_SECRET)" ]; then
+    echo "the vault's latest version is the Secret's client secret"
+else
+    echo "the vault's latest version differs from the Secret's client secret" >&2; exit 1
+fi
+
+echo "--- a rotation (a new rotationToken) moves the vault to a new version; the previous one stays enabled for the overlap"
+before=$(kubectl -n demo get credentialrotation aks-cluster-sp -o jsonpath='{.status.currentKeyId}')
+kubectl -n demo patch credentialrotation aks-cluster-sp --type merge -p "{\"spec\":{\"rotationToken\":\"demo-$(date +%s)\"}}"
+for _ in $(seq 1 150); do
+    now=$(kubectl -n demo get credentialrotation aks-cluster-sp -o jsonpath='{.status.currentKeyId}')
+    ready=$(kubectl -n demo get credentialrotation aks-cluster-sp -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
+    [ "$now" != "$before" ] && [ "$ready" = True ] && break; sleep 0.2
+done
+[ "$now" != "$before" ] || { echo "the rotation did not complete" >&2; exit 1; }
+show keyvault secret list-versions --vault-name contoso-kv --name aks-cluster-sp-secret \
+    --query "sort_by([], &attributes.created)[].{enabled:attributes.enabled, keyId:tags.\"entra-operator-key-id\", expires:attributes.expires}" --output table

@@ -37,6 +37,15 @@ pub struct ObjectLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub vault: String,
+    pub secret: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub reconciliations: Family<ReconcileLabels, Counter>,
@@ -44,6 +53,7 @@ pub struct Metrics {
     pub azure_requests: Family<AzureLabels, Counter>,
     pub credential_expiry: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub rotations: Family<ResultLabels, Counter>,
+    pub vault_expiry: Family<VaultLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -82,7 +92,16 @@ impl Default for Metrics {
             "Client-secret rotations by result: completed (published everywhere), or the step that failed",
             rotations.clone(),
         );
+        let vault_expiry =
+            Family::<VaultLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "key_vault_secret_expiry_timestamp_seconds",
+            "When the client secret a Key Vault target's current version holds expires (the version's exp), as a \
+             Unix timestamp",
+            vault_expiry.clone(),
+        );
         Metrics {
+            vault_expiry,
             rotations,
             registry,
             reconciliations,
@@ -149,6 +168,35 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The expiry of what Key Vault target `vault`/`secret` of object `kind` `namespace/name` holds; None
+    /// forgets it.
+    pub fn set_vault_expiry(
+        &self,
+        object: [&str; 3],
+        vault: &str,
+        secret: &str,
+        unix_seconds: Option<f64>,
+    ) {
+        let [kind, namespace, name] = object;
+        let labels = VaultLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            vault: vault.into(),
+            secret: secret.into(),
+        };
+        match unix_seconds {
+            Some(t) => {
+                self.vault_expiry.get_or_create(&labels).set(t);
+            }
+            None => {
+                self.vault_expiry.remove(&labels);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +216,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"entra_operator_credential_expiry_timestamp_seconds{kind="ServicePrincipal",namespace="ns",name="app"} 1800000000"#), "{text}");
+        m.set_vault_expiry(
+            ["ServicePrincipal", "ns", "app"],
+            "kv1",
+            "app-secret",
+            Some(1_800_000_000.0),
+        );
+        let text = m.render();
+        assert!(text.contains(r#"entra_operator_key_vault_secret_expiry_timestamp_seconds{kind="ServicePrincipal",namespace="ns",name="app",vault="kv1",secret="app-secret"} 1800000000"#), "{text}");
+        m.set_vault_expiry(["ServicePrincipal", "ns", "app"], "kv1", "app-secret", None);
         m.set_expiry("ServicePrincipal", "ns", "app", None);
         assert!(
             !m.render().contains(r#"name="app""#),

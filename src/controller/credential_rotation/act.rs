@@ -215,6 +215,18 @@ impl Run<'_> {
         );
         entry.version = version;
         targets::set_target(status, entry);
+        if outcome.is_ok() {
+            let subject = &self.gathered.subject;
+            let target = &subject.vaults[index].target;
+            let ns = self.ns();
+            let object = [subject.owner_kind(), ns.as_str(), subject.owner.as_str()];
+            let expiry = issued
+                .credential
+                .end_date_time
+                .map(|t| t.as_second() as f64);
+            ctx.metrics
+                .set_vault_expiry(object, target.vault_name(), &target.name, expiry);
+        }
         match outcome {
             Ok(Some(version)) => {
                 let note = format!(

@@ -107,6 +107,15 @@ pub(super) async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<
     }
     ctx.metrics
         .set_expiry("CredentialRotation", &ns, &crot.name_any(), None);
+    // The vaults of a rotation by applicationId are its own series; a ServicePrincipal's are the
+    // ServicePrincipal's, which forgets them when it goes.
+    if crot.spec.service_principal_ref.is_none() {
+        for target in &crot.spec.targets.key_vault_secrets {
+            let object = ["CredentialRotation", ns.as_str(), &crot.name_any()];
+            ctx.metrics
+                .set_vault_expiry(object, target.vault_name(), &target.name, None);
+        }
+    }
     Ok(Action::await_change())
 }
 /// Hands one thing back, if it is still this rotation's.

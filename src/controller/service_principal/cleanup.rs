@@ -195,6 +195,11 @@ pub async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Err
         }
     }
     ctx.metrics.set_expiry("ServicePrincipal", &ns, &name, None);
+    for target in &sp.spec.key_vault_secrets {
+        let object = ["ServicePrincipal", ns.as_str(), name.as_str()];
+        ctx.metrics
+            .set_vault_expiry(object, target.vault_name(), &target.name, None);
+    }
     if let Some(status) = &sp.status {
         ctx.drift.forget(
             &[&status.object_id, &status.service_principal_id]

@@ -148,6 +148,15 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                 &sp.name_any(),
                 expiry,
             );
+            let ns = sp.namespace().unwrap_or_default();
+            for held in &status.key_vault_secrets {
+                // What the target holds is the delivered password: its version's exp is that password's end.
+                let held_expiry = expiry.filter(|_| held.key_id.is_some());
+                let (vault, name) = (vault_name(&held.vault), &held.name);
+                let object = ["ServicePrincipal", ns.as_str(), &sp.name_any()];
+                ctx.metrics
+                    .set_vault_expiry(object, vault, name, held_expiry);
+            }
             reconcile::write_status(ctx, sp, &status).await?;
             // Changes in Azure (an application deleted, a password removed) are found at the next resync.
             Ok(Action::requeue(ctx.resync))
@@ -206,6 +215,11 @@ async fn converge(
         drift::Owner::ServicePrincipal(ObjectRef::from_obj(sp)),
     );
     Ok(status)
+}
+
+/// A vault's name: the last segment of its ARM id (the metrics' label).
+fn vault_name(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or_default()
 }
 
 impl reconcile::Status for ServicePrincipalStatus {
