@@ -246,6 +246,17 @@ impl KeyVaultClient {
         self.vault(vault_id).get_opt(OP, &path).await
     }
 
+    /// Recovers deleted secret `name` with its versions (Key Vault completes it in the background: a write
+    /// right after may still be refused).
+    pub async fn recover(&self, vault_id: &str, name: &str) -> Result<(), AzureError> {
+        const OP: &str = "keyvault recover secret";
+        let path = format!("/deletedsecrets/{name}/recover?api-version={API_VERSION}");
+        self.vault(vault_id)
+            .send(OP, Method::POST, &path, None, &[])
+            .await
+            .map(drop)
+    }
+
     /// Purges deleted secret `name` for good. A deletion is not visible among the deleted secrets at once
     /// (Key Vault documents it as asynchronous), so a 404 here is for the caller to retry.
     pub async fn purge(&self, vault_id: &str, name: &str) -> Result<(), AzureError> {

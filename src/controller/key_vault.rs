@@ -156,6 +156,23 @@ pub fn version<'a>(
     }
 }
 
+/// A secret of ours that was deleted (by hand, or by an earlier object of the same name) but not purged
+/// blocks every write of its name (Key Vault answers 409): it is recovered, so that the next version goes on
+/// top of it. Someone else's deleted secret is left alone, and the write's refusal stands.
+async fn recovered(
+    ctx: &Context,
+    target: &KeyVaultSecretTarget,
+    owner: &str,
+) -> Result<bool, AzureError> {
+    match ctx.key_vault.deleted(&target.vault, &target.name).await? {
+        Some(deleted) if deleted.tag(OWNER_TAG) == Some(owner) => {
+            ctx.key_vault.recover(&target.vault, &target.name).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// What deleting the object does to one target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Teardown {
@@ -255,7 +272,12 @@ pub async fn apply(
         && let Some((password, value)) = current
     {
         let new = version(target, owner, password, value);
-        let written = ctx.key_vault.set(&target.vault, &target.name, &new).await?;
+        let written = match ctx.key_vault.set(&target.vault, &target.name, &new).await {
+            Err(AzureError::Api { status: 409, .. }) if recovered(ctx, target, owner).await? => {
+                ctx.key_vault.set(&target.vault, &target.name, &new).await?
+            }
+            other => other?,
+        };
         holding = Some(written.version().to_string());
     }
     for version in &decision.disable {

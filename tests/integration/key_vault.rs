@@ -490,6 +490,17 @@ async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
         rbac,
         _dir,
     } = Setup::new("kv-guard").await;
+    seed(
+        &azure,
+        json!({
+            "applications": [{
+                "displayName": "kv-officer", "appId": READER_APP, "objectId": READER_OBJECT,
+                "servicePrincipalId": READER_PRINCIPAL, "clientSecrets": [READER_SECRET],
+            }],
+            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets Officer", "principalId": READER_PRINCIPAL}],
+        }),
+    )
+    .await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
@@ -540,6 +551,51 @@ async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
         written[0]["version"].as_str()
     );
 
+    // Someone deletes the secret by hand (not purged): the next reconcile recovers it and writes again.
+    let http = vault_http(&azure);
+    let base = azure.emulator.base_url.clone();
+    let officer = vault_token(&http, &base, READER_APP, READER_SECRET)
+        .await
+        .expect("the officer signs in");
+    let deleted = http
+        .delete(format!("{VAULT_URI}/secrets/shared?api-version=7.4"))
+        .bearer_auth(&officer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    sps.patch(
+        "first",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let key = eventually(
+        60,
+        "the deleted secret recovered and written again",
+        || async {
+            let sp = sps.get("first").await.map_err(|e| e.to_string())?;
+            let key = sp
+                .status
+                .and_then(|s| s.credential)
+                .map(|c| c.key_id)
+                .unwrap_or_default();
+            let (code, latest) = read_latest(&http, &officer, "shared").await;
+            match (code, latest["tags"]["entra-operator-key-id"].as_str()) {
+                (200, Some(k)) if k == key => Ok(key),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(!key.is_empty());
+    let held = versions(&vault_view(&azure).await, "shared").len();
+    assert_eq!(
+        held, 2,
+        "the recovered version and the one written after it"
+    );
+
     // A second object naming the same secret is a Conflict naming the first, and writes nothing.
     sps.create(&PostParams::default(), &sp("second", "shared"))
         .await
@@ -550,11 +606,11 @@ async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
         message.contains(&format!("{}/ServicePrincipal/first", ns.name)),
         "{message}"
     );
-    assert_eq!(versions(&vault_view(&azure).await, "shared").len(), 1);
+    assert_eq!(versions(&vault_view(&azure).await, "shared").len(), held);
     delete_and_wait(&sps, "second", 60, "the second object").await;
     assert_eq!(
         versions(&vault_view(&azure).await, "shared").len(),
-        1,
+        held,
         "the loser's delete took the secret"
     );
 
