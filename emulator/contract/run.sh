@@ -11,15 +11,13 @@
 #                       tests are skipped, saying so, when it is absent
 #   PYTHON              the interpreter for the venv (default python3.11, else python3)
 #
-# The venv lives at <repo>/target/contract-venv and is rebuilt only when requirements.txt changes; the
+# The venv lives at <repo>/target/contract-venv (sdk-venv.sh) and is rebuilt only when requirements.txt changes; the
 # Azure CLI has its own (az-venv.sh: <repo>/target/az-venv, rebuilt only when az-requirements.txt changes),
 # since its pins differ from the SDKs' and it runs as a separate program anyway.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-venv="$repo/target/contract-venv"
-requirements="$here/requirements.txt"
 
 export AZURE_EMULATOR_BIN="${AZURE_EMULATOR_BIN:-$repo/target/debug/azure-emulator}"
 if [[ ! -x "$AZURE_EMULATOR_BIN" ]]; then
@@ -29,21 +27,7 @@ if [[ ! -x "$AZURE_EMULATOR_BIN" ]]; then
 fi
 export AZURE_SPECS_DIR="${AZURE_SPECS_DIR:-$repo/../shared/azure-specs}"
 
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-    if command -v python3.11 >/dev/null 2>&1; then python=python3.11; else python=python3; fi
-fi
-
-want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-stamp="$venv/.requirements.sha256"
-if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    echo "contract suite: installing $requirements into $venv" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    echo "$want" >"$stamp"
-fi
+python="$("$here/sdk-venv.sh")"
 
 # test_az_cli.py runs this az.
 export AZ_CLI_BIN="$("$here/az-venv.sh")"
@@ -52,4 +36,4 @@ cd "$here"
 # The SDKs must not pick up a developer's Azure settings or proxies: the suite talks to loopback only.
 unset AZURE_CLIENT_ID AZURE_CLIENT_SECRET AZURE_TENANT_ID AZURE_AUTHORITY_HOST REQUESTS_CA_BUNDLE SSL_CERT_FILE
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
-exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+exec "$python" -m pytest -p no:cacheprovider "$@"

@@ -92,6 +92,54 @@ async fn vault_token(
     body["access_token"].as_str().map(str::to_string)
 }
 
+/// What Microsoft's azure-keyvault-secrets reads of secret `name`, signed in (azure-identity's
+/// ClientSecretCredential) as `client_id` with `secret`: the value, its dates as Unix seconds, content type and
+/// tags. The SDKs' venv is the contract suite's (installed once, by `emulator/contract/sdk-venv.sh`).
+fn sdk_read(azure: &Azure, client_id: &str, secret: &str, name: &str) -> Value {
+    const PROGRAM: &str = r#"
+import json, os, sys
+from azure.identity import ClientSecretCredential
+from azure.keyvault.secrets import SecretClient
+tenant, client_id, secret, name = sys.argv[1:5]
+credential = ClientSecretCredential(tenant, client_id, secret, authority=os.environ["EMULATOR_URL"],
+                                    disable_instance_discovery=True)
+got = SecretClient("https://contoso-kv.vault.azure.net", credential).get_secret(name)
+p = got.properties
+print(json.dumps({"value": got.value, "expires": int(p.expires_on.timestamp()),
+                  "notBefore": int(p.not_before.timestamp()), "contentType": p.content_type, "tags": p.tags}))
+"#;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::process::Command::new(repo.join("emulator/contract/sdk-venv.sh"))
+        .output()
+        .expect("emulator/contract/sdk-venv.sh runs");
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    // Only the emulator's CA and its proxy: as a consumer anywhere reaches the vault, unchanged.
+    let out = std::process::Command::new(python)
+        .args(["-c", PROGRAM, &tenant, client_id, secret, name])
+        .env("EMULATOR_URL", &azure.emulator.base_url)
+        .env("REQUESTS_CA_BUNDLE", &azure.emulator.ca_file)
+        .env("HTTPS_PROXY", &azure.emulator.proxy_url)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("AZURE_CLIENT_ID")
+        .env_remove("AZURE_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "azure-keyvault-secrets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The latest version of secret `name` as `token`'s holder reads it: (status, body).
 async fn read_latest(http: &reqwest::Client, token: &str, name: &str) -> (u16, Value) {
     let answer = http
@@ -271,11 +319,11 @@ async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_th
     );
     assert_eq!(
         latest["attributes"]["exp"],
-        credential.end_date_time.unwrap().0.as_second()
+        credential.end_date_time.clone().unwrap().0.as_second()
     );
     assert_eq!(
         latest["attributes"]["nbf"],
-        credential.start_date_time.unwrap().0.as_second()
+        credential.start_date_time.clone().unwrap().0.as_second()
     );
     assert_eq!(
         token_status(&azure, &app_id, latest["value"].as_str().unwrap()).await,
@@ -287,6 +335,24 @@ async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_th
         .await
         .expect("the service principal signs in");
     assert_eq!(read_latest(&http, &own, "probe-secret").await.0, 200);
+    // Microsoft's SDK, signed in as the service principal, reads what the operator wrote, as the spec and the
+    // password say it.
+    let sdk = sdk_read(&azure, &app_id, &delivered, "probe-secret");
+    assert_eq!(sdk["value"], delivered.as_str());
+    assert_eq!(
+        sdk["expires"],
+        credential.end_date_time.clone().unwrap().0.as_second()
+    );
+    assert_eq!(
+        sdk["notBefore"],
+        credential.start_date_time.clone().unwrap().0.as_second()
+    );
+    assert_eq!(sdk["contentType"], "text/plain");
+    assert_eq!(sdk["tags"]["team"], "payments");
+    assert_eq!(
+        sdk["tags"]["entra-operator-key-id"],
+        credential.key_id.as_str()
+    );
 
     // A reader polls the latest version and signs in with it, through rotations and a kill -9.
     let stop = Arc::new(AtomicBool::new(false));
