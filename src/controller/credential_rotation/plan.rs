@@ -285,27 +285,7 @@ pub(crate) fn plan(
         list: vec![],
     };
     let in_flight = leftovers(&ours, &steps.projected, now);
-    let mut removing: Vec<Step> = in_flight
-        .left_behind
-        .into_iter()
-        .map(|key_id| Step::RemoveLeftover { key_id })
-        .collect();
-    // The previous password goes once its overlap has passed and every target holds its successor.
-    if let Some(old) = steps.projected.previous_key_id.clone()
-        && steps
-            .projected
-            .previous_key_removal_time
-            .as_ref()
-            .is_some_and(|t| t.0 <= now)
-        && all_published(
-            crot,
-            &steps.projected,
-            &gathered.subject.secret.name,
-            &vault_names(gathered),
-        )
-    {
-        removing.push(Step::RemovePrevious { key_id: old });
-    }
+    let removing = removals(crot, gathered, &steps.projected, in_flight.left_behind, now);
     // Every version naming a password about to go is disabled first (and one naming a password already gone).
     for step in retirement(gathered, &ours, &removing) {
         steps.take(step);
@@ -367,6 +347,32 @@ pub(crate) fn plan(
         steps.take(step);
     }
     Ok(steps.plan(status))
+}
+
+/// The passwords this reconcile removes: those a crash left behind (`left_behind`), and the previous one once
+/// its overlap has passed and every target holds its successor.
+fn removals(
+    crot: &CredentialRotation,
+    gathered: &Gathered,
+    status: &CredentialRotationStatus,
+    left_behind: Vec<String>,
+    now: Timestamp,
+) -> Vec<Step> {
+    let mut removing: Vec<Step> = left_behind
+        .into_iter()
+        .map(|key_id| Step::RemoveLeftover { key_id })
+        .collect();
+    let secret = &gathered.subject.secret.name;
+    if let Some(old) = status.previous_key_id.clone()
+        && status
+            .previous_key_removal_time
+            .as_ref()
+            .is_some_and(|t| t.0 <= now)
+        && all_published(crot, status, secret, &vault_names(gathered))
+    {
+        removing.push(Step::RemovePrevious { key_id: old });
+    }
+    removing
 }
 
 /// The steps planned so far, and the status they leave behind.

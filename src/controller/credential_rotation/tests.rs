@@ -665,22 +665,21 @@ fn vault_holds(mut status: CredentialRotationStatus, serial: u64) -> CredentialR
     status
 }
 
-/// A rotation publishing to a Key Vault secret: after the sign-in, and disabled before its password goes.
-#[test]
-fn key_vault_targets_in_the_plan() {
-    let name = vault_target().display();
+struct VaultCase {
+    name: &'static str,
+    status: CredentialRotationStatus,
+    gathered: Gathered,
+    now: Timestamp,
+    expect: Vec<Step>,
+}
+
+/// Moments of a rotation publishing to a Key Vault secret.
+fn key_vault_cases() -> Vec<VaultCase> {
     let publish_vault = Step::PublishKeyVault {
         index: 0,
-        name: name.clone(),
+        name: vault_target().display(),
     };
-    struct VaultCase {
-        name: &'static str,
-        status: CredentialRotationStatus,
-        gathered: Gathered,
-        now: Timestamp,
-        expect: Vec<Step>,
-    }
-    let cases = [
+    vec![
         VaultCase {
             name: "the first password goes to the vault once it signs in",
             status: CredentialRotationStatus::default(),
@@ -721,6 +720,16 @@ fn key_vault_targets_in_the_plan() {
                 Step::CountCompleted,
             ],
         },
+    ]
+}
+
+/// Moments of a rotation retiring the previous version of a Key Vault secret.
+fn key_vault_retirement_cases() -> Vec<VaultCase> {
+    let publish_vault = Step::PublishKeyVault {
+        index: 0,
+        name: vault_target().display(),
+    };
+    vec![
         VaultCase {
             name: "the overlap is over and every target holds the successor: the previous version is disabled, then its password goes",
             status: vault_holds(overlapping(&plain(), 2, at(20 * DAY), 1, month()), 2),
@@ -774,8 +783,16 @@ fn key_vault_targets_in_the_plan() {
                 Step::RequirePublished,
             ],
         },
-    ];
-    for case in cases {
+    ]
+}
+
+/// A rotation publishing to a Key Vault secret: after the sign-in, and disabled before its password goes.
+#[test]
+fn key_vault_targets_in_the_plan() {
+    for case in key_vault_cases()
+        .into_iter()
+        .chain(key_vault_retirement_cases())
+    {
         let planned = plan::plan(&plain(), &case.status, &case.gathered, case.now, false)
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         assert_eq!(planned.steps, case.expect, "{}", case.name);
