@@ -48,6 +48,20 @@ fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -
     .unwrap()
 }
 
+/// A consumer of the vault that is not the operator (READER_APP), holding `role` at the vault.
+async fn consumer(azure: &Azure, role: &str) {
+    let app = json!({
+        "displayName": "kv-consumer", "appId": READER_APP, "objectId": READER_OBJECT,
+        "servicePrincipalId": READER_PRINCIPAL, "clientSecrets": [READER_SECRET],
+    });
+    let grant = json!({"scope": VAULT, "role": role, "principalId": READER_PRINCIPAL});
+    seed(
+        azure,
+        json!({"applications": [app], "roleAssignments": [grant]}),
+    )
+    .await;
+}
+
 /// A client that reaches vaults as Microsoft's SDKs do here: the emulator's CA, HTTPS_PROXY for every host but
 /// the loopback ones.
 fn vault_http(azure: &Azure) -> reqwest::Client {
@@ -239,17 +253,7 @@ async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_th
         rbac,
         _dir,
     } = Setup::new("kv-probe").await;
-    seed(
-        &azure,
-        json!({
-            "applications": [{
-                "displayName": "kv-reader", "appId": READER_APP, "objectId": READER_OBJECT,
-                "servicePrincipalId": READER_PRINCIPAL, "clientSecrets": [READER_SECRET],
-            }],
-            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets User", "principalId": READER_PRINCIPAL}],
-        }),
-    )
-    .await;
+    consumer(&azure, "Key Vault Secrets User").await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     let policy = put_policy(
@@ -556,17 +560,7 @@ async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
         rbac,
         _dir,
     } = Setup::new("kv-guard").await;
-    seed(
-        &azure,
-        json!({
-            "applications": [{
-                "displayName": "kv-officer", "appId": READER_APP, "objectId": READER_OBJECT,
-                "servicePrincipalId": READER_PRINCIPAL, "clientSecrets": [READER_SECRET],
-            }],
-            "roleAssignments": [{"scope": VAULT, "role": "Key Vault Secrets Officer", "principalId": READER_PRINCIPAL}],
-        }),
-    )
-    .await;
+    consumer(&azure, "Key Vault Secrets Officer").await;
     let mut operator = Operator::start_with(&kubeconfig, &azure.env);
     operator.wait_for("operator ready", Duration::from_secs(30));
     let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
