@@ -13,7 +13,12 @@ fn the_sample_alerts_use_metrics_the_operator_exports() {
     let metrics = Metrics::default();
     metrics.set_expiry("CredentialRotation", "ns", "name", Some(1.0));
     metrics.rotated("failed");
-    metrics.set_vault_expiry(["ServicePrincipal", "ns", "name"], "kv", "secret", Some(1.0));
+    metrics.set_vault_expiry(
+        ["ServicePrincipal", "ns", "name"],
+        "kv",
+        "secret",
+        Some(1.0),
+    );
     let exported = metrics.render();
     let rules = rule["groups"][0]["rules"].as_array().unwrap();
     assert!(rules.len() >= 3);

@@ -161,7 +161,7 @@ async fn deliver_to_vaults(
             );
             publish(ctx, sp, EventType::Normal, "KeyVaultSecretWritten", &note).await;
         }
-        held.push(KeyVaultSecretStatus {
+        let mut entry = KeyVaultSecretStatus {
             vault: target.vault.clone(),
             name: target.name.clone(),
             version,
@@ -169,7 +169,26 @@ async fn deliver_to_vaults(
             state: TargetState::Published.as_str().into(),
             message: None,
             last_transition_time: Some(clock::now_time()),
-        });
+        };
+        // The time moves only when what the target holds does: an unchanged status is not written again.
+        if let Some(before) = sp
+            .status
+            .iter()
+            .flat_map(|s| &s.key_vault_secrets)
+            .find(|b| {
+                (&b.vault, &b.name, &b.version, &b.key_id, &b.state)
+                    == (
+                        &entry.vault,
+                        &entry.name,
+                        &entry.version,
+                        &entry.key_id,
+                        &entry.state,
+                    )
+            })
+        {
+            entry.last_transition_time = before.last_transition_time.clone();
+        }
+        held.push(entry);
     }
     Ok(held)
 }
