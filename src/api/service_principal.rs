@@ -61,8 +61,8 @@ use super::{
 #[x_kube(validation = Rule::new("has(self.adopt) == has(oldSelf.adopt)")
     .message("adopt can only be set when the object is created")
     .field_path(".adopt"))]
-#[x_kube(validation = Rule::new("!has(self.keyVaultSecrets) || size(self.keyVaultSecrets) == 0 || (has(self.secret) && self.secret.format != 'template')")
-    .message("keyVaultSecrets needs secret, in a format other than template: the Kubernetes Secret keeps the client secret that each vault version is written from")
+#[x_kube(validation = Rule::new("!has(self.keyVaultSecrets) || size(self.keyVaultSecrets) == 0 || !has(self.secret) || self.secret.format != 'template'")
+    .message("keyVaultSecrets cannot be written from a template Secret (its client secret cannot be read back): use another secret.format, or no secret (the vaults alone then hold it)")
     .field_path(".keyVaultSecrets"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePrincipalSpec {
@@ -89,14 +89,15 @@ pub struct ServicePrincipalSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub owners: Vec<String>,
 
-    /// The Kubernetes Secret that receives the client secret. Without it no client secret is created, for a
-    /// principal that signs in only through federatedCredentials.
+    /// The Kubernetes Secret that receives the client secret. Without it (and without keyVaultSecrets) no
+    /// client secret is created, for a principal that signs in only through federatedCredentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretTarget>,
 
-    /// Azure Key Vault secrets that receive the client secret too, each password as a new version whose
-    /// expiry (exp) and activation (nbf) are the password's own. Needs `secret`. A CredentialRotation of this
-    /// object publishes to them as well.
+    /// Azure Key Vault secrets that receive the client secret, each password as a new version whose expiry
+    /// (exp) and activation (nbf) are the password's own: beside the Secret, or instead of it (without
+    /// `secret`, the first of them is where the client secret is kept). A CredentialRotation of this object
+    /// publishes to them as well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["vault".into(), "name".into()]))]

@@ -178,6 +178,28 @@ impl KeyVaultClient {
         parse(OP, answer)
     }
 
+    /// The value of one version: the only read of a value the operator makes, for a password whose text lives
+    /// in the vault alone (a ServicePrincipal without a Kubernetes Secret). `Secret`'s Debug hides it.
+    pub async fn value(
+        &self,
+        vault_id: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<azure_core::credentials::Secret, AzureError> {
+        const OP: &str = "keyvault get secret";
+        #[derive(Deserialize)]
+        struct Bundle {
+            value: String,
+        }
+        let path = format!("/secrets/{name}/{version}?api-version={API_VERSION}");
+        let (_, body) = self
+            .vault(vault_id)
+            .send(OP, Method::GET, &path, None, &[])
+            .await?;
+        let bundle: Bundle = parse(OP, body)?;
+        Ok(azure_core::credentials::Secret::new(bundle.value))
+    }
+
     /// Every version of secret `name` (empty when there is no such secret).
     pub async fn versions(
         &self,

@@ -114,6 +114,38 @@ fn as_spec_says(target: &KeyVaultSecretTarget, version: &SecretVersion) -> bool 
         && theirs == ours
 }
 
+/// The password of `ours` that the vault holds for `owner` (its newest enabled version of ours naming one of
+/// them), and that version: where the text of a password lives when there is no Kubernetes Secret.
+pub fn held<'a>(
+    versions: &[SecretVersion],
+    owner: &str,
+    ours: &[&'a PasswordCredential],
+) -> Option<(&'a PasswordCredential, String)> {
+    versions
+        .iter()
+        .filter(|v| v.enabled() && v.tag(OWNER_TAG) == Some(owner))
+        .filter_map(|v| {
+            let key = v.tag(KEY_ID_TAG)?;
+            let password = ours.iter().find(|p| p.key_id == key)?;
+            Some((v.attributes.created, *password, v.version().to_string()))
+        })
+        .max_by_key(|(created, _, _)| *created)
+        .map(|(_, password, version)| (password, version))
+}
+
+/// The client secret in a value written in `format` (the way back from [`render`]).
+pub fn extract(format: KeyVaultValueFormat, value: &str) -> Option<String> {
+    let field = match format {
+        KeyVaultValueFormat::Password => return Some(value.to_string()),
+        KeyVaultValueFormat::Env => "AZURE_CLIENT_SECRET",
+        KeyVaultValueFormat::AzureJson => "aadClientSecret",
+        KeyVaultValueFormat::SdkAuth => "clientSecret",
+        KeyVaultValueFormat::Az => "password",
+    };
+    let doc: serde_json::Value = serde_json::from_str(value).ok()?;
+    doc.get(field)?.as_str().map(str::to_string)
+}
+
 /// The value a version holds for `text`, in the target's format. Its error names the field, never the text.
 pub fn render(
     target: &KeyVaultSecretTarget,
@@ -515,6 +547,37 @@ mod tests {
         assert_eq!(new.tags["team"], "a");
         assert_eq!(new.content_type, "text/plain");
         assert!(!format!("{new:?}").contains("the-secret-text"));
+    }
+
+    #[test]
+    fn the_held_password_is_the_newest_enabled_version_of_ours() {
+        let (p1, p2) = (password("web", 1, t0(), 30), password("web", 2, t0(), 30));
+        let mine = |name, key: &str, created, enabled| v(name, Some(OWNER), key, created, enabled);
+        let ours = [&p1, &p2];
+        let held_of = |versions: Vec<SecretVersion>| {
+            held(&versions, OWNER, &ours).map(|(p, v)| (p.key_id.clone(), v))
+        };
+        assert_eq!(held_of(vec![]), None);
+        let (k1, k2) = (p1.key_id.as_str(), p2.key_id.as_str());
+        assert_eq!(
+            held_of(vec![mine("v1", k1, 10, true), mine("v2", k2, 20, true)]),
+            Some((p2.key_id.clone(), "v2".into()))
+        );
+        assert_eq!(
+            held_of(vec![mine("v1", k1, 10, true), mine("v2", k2, 20, false)]),
+            Some((p1.key_id.clone(), "v1".into())),
+            "a disabled version holds nothing"
+        );
+        assert_eq!(
+            held_of(vec![mine("v1", "gone", 10, true)]),
+            None,
+            "a removed password"
+        );
+        assert_eq!(
+            held_of(vec![v("v1", None, k1, 10, true)]),
+            None,
+            "someone else's version"
+        );
     }
 
     #[test]

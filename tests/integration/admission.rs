@@ -106,6 +106,43 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             "ServicePrincipal",
             with(
                 valid_sp(),
+                json!({"secret": {"name": "x", "format": "template", "templates": {"k": "{{ clientSecret }}"}},
+                       "keyVaultSecrets": [{"vault": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1", "name": "web"}]}),
+            ),
+            "spec.keyVaultSecrets",
+            "cannot be written from a template Secret",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"keyVaultSecrets": [{"vault": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/kv1", "name": "web"}]}),
+            ),
+            "spec.keyVaultSecrets[0].vault",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"keyVaultSecrets": [{"vault": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1", "name": "web_secret"}]}),
+            ),
+            "spec.keyVaultSecrets[0].name",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"keyVaultSecrets": [{"vault": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1", "name": "web", "tags": {"entra-operator-owner": "me"}}]}),
+            ),
+            "spec.keyVaultSecrets[0].tags",
+            "may not begin with 'entra-operator-'",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
                 json!({"secret": {"name": "x", "templates": {"k": "v"}}}),
             ),
             "spec.secret.templates",

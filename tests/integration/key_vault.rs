@@ -692,3 +692,198 @@ async fn vault_writes_need_a_policy_and_never_take_a_secret_over() {
         .await;
     teardown(rbac, azure, ns).await;
 }
+
+/// A ServicePrincipal without a Kubernetes Secret: the vaults alone hold its client secret (the first one is
+/// where the operator reads it back from). Nothing reaches a Kubernetes Secret; a target added later gets
+/// the same password; a rotation moves every vault with no failed read, and no version outlives its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_secret_the_vaults_alone_hold_the_password_through_rotations() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("kv-only").await;
+    consumer(&azure, "Key Vault Secrets User").await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let policy = put_policy(&admin, &ns.name, "vault", json!({"keyVaults": [VAULT]})).await;
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), &ns.name);
+    let target = |name: &str, format: &str| json!({"vault": VAULT, "name": name, "format": format});
+    let mut spec = json!({
+        "displayName": "vaulted",
+        "credentialLifetime": "2h",
+        "keyVaultSecrets": [target("vaulted-home", "sdk-auth"), target("vaulted-plain", "password")],
+    });
+    sps.create(
+        &PostParams::default(),
+        &object("ServicePrincipal", "vaulted", spec.clone()),
+    )
+    .await
+    .unwrap();
+    let sp = wait_condition(&sps, "vaulted", "True", "Ready", 60).await;
+    let status = sp.status.unwrap();
+    let (app_id, key) = (status.app_id.unwrap(), status.credential.unwrap().key_id);
+    assert_eq!(status.secret_name, None);
+    let all: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let written: Vec<String> = all
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.type_.as_deref() != Some("kubernetes.io/service-account-token"))
+        .map(|s| s.metadata.name.unwrap())
+        .collect();
+    assert!(written.is_empty(), "Secrets written: {written:?}");
+    let (http, base) = (vault_http(&azure), azure.emulator.base_url.clone());
+    let reader = vault_token(&http, &base, READER_APP, READER_SECRET)
+        .await
+        .unwrap();
+    let (_, plain) = read_latest(&http, &reader, "vaulted-plain").await;
+    let (_, home) = read_latest(&http, &reader, "vaulted-home").await;
+    let text = plain["value"].as_str().unwrap().to_string();
+    let sdk_auth: Value = serde_json::from_str(home["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sdk_auth["clientSecret"],
+        text.as_str(),
+        "both vaults hold the one password"
+    );
+    assert_eq!(plain["tags"]["entra-operator-key-id"], key.as_str());
+    assert_eq!(token_status(&azure, &app_id, &text).await, 200);
+
+    // A target added later gets the same password, its text read back from the first vault.
+    spec["keyVaultSecrets"]
+        .as_array_mut()
+        .unwrap()
+        .push(target("vaulted-env", "env"));
+    sps.patch(
+        "vaulted",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": spec})),
+    )
+    .await
+    .unwrap();
+    let env = eventually(60, "the added target written", || async {
+        let (code, latest) = read_latest(&http, &reader, "vaulted-env").await;
+        match code {
+            200 => Ok(latest),
+            other => Err(format!("{other}")),
+        }
+    })
+    .await;
+    let env: Value = serde_json::from_str(env["value"].as_str().unwrap()).unwrap();
+    assert_eq!(env["AZURE_CLIENT_SECRET"], text.as_str());
+
+    // Rotations: every vault moves on, and a reader of each never fails to sign in.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, seen) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(Mutex::new(BTreeSet::new())),
+    );
+    let probe = {
+        let (stop, failures, seen) = (stop.clone(), failures.clone(), seen.clone());
+        let (http, base, app_id, reader) =
+            (http.clone(), base.clone(), app_id.clone(), reader.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for name in ["vaulted-home", "vaulted-plain"] {
+                    let (code, latest) = read_latest(&http, &reader, name).await;
+                    let value = latest["value"].as_str().unwrap_or_default();
+                    let text = match name {
+                        "vaulted-home" => serde_json::from_str::<Value>(value)
+                            .ok()
+                            .and_then(|v| v["clientSecret"].as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        _ => value.to_string(),
+                    };
+                    if code != 200 || vault_token(&http, &base, &app_id, &text).await.is_none() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("reader: {name}'s latest version failed ({code})");
+                    }
+                    let key = latest["tags"]["entra-operator-key-id"]
+                        .as_str()
+                        .unwrap_or_default();
+                    seen.lock().unwrap().insert(key.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    crots
+        .create(
+            &PostParams::default(),
+            &object(
+                "CredentialRotation",
+                "vaulted",
+                json!({"servicePrincipalRef": {"name": "vaulted"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "2h"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys_seen = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            eventually(
+                90,
+                &format!("{n} passwords read from the vaults"),
+                || async {
+                    let count = seen.lock().unwrap().len();
+                    if count >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{count} keys"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    keys_seen(3).await;
+    // Killed right after a new password reached the first vault (its only home), before anything else.
+    operator.drain();
+    operator.wait_for("rotated the client secret", Duration::from_secs(30));
+    operator.signal(Signal::SIGKILL);
+    let _ = operator.wait_exit(Duration::from_secs(10));
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    keys_seen(5).await;
+    stop.store(true, Ordering::Relaxed);
+    probe.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "a read of the latest version did not sign in"
+    );
+    for name in ["vaulted-home", "vaulted-plain", "vaulted-env"] {
+        eventually(
+            30,
+            &format!("{name}: no enabled version of a removed password"),
+            || async {
+                match versions_of_removed_passwords(&azure, name, &app_id)
+                    .await
+                    .as_slice()
+                {
+                    [] => Ok(()),
+                    left => Err(format!("{left:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let secrets_now = all.list(&Default::default()).await.unwrap().items;
+    assert!(
+        secrets_now
+            .iter()
+            .all(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token")),
+        "a rotation wrote a Kubernetes Secret"
+    );
+    operator.signal(Signal::SIGTERM);
+    let _ = Api::<entra_operator::api::DelegationPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    teardown(rbac, azure, ns).await;
+}

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     api::{
-        CredentialRotation, CredentialRotationStatus,
+        CredentialRotation, CredentialRotationStatus, SecretTarget,
         credential_rotation::{TargetKind, TargetState},
     },
     controller::{
@@ -83,7 +83,9 @@ impl Run<'_> {
                 step.record(status);
             }
             Step::CheckTemplates => {
-                self.render("placeholder")?;
+                if let Some(target) = &self.gathered.subject.secret {
+                    self.render(target, "placeholder")?;
+                }
             }
             Step::DisableVersions { index, versions } => {
                 let v = &self.gathered.subject.vaults[*index];
@@ -158,7 +160,7 @@ impl Run<'_> {
         };
         match step {
             Step::PublishSecret => {
-                let secret = &self.gathered.subject.secret.name;
+                let secret = self.gathered.subject.secret_name();
                 let vaults = plan::vault_names(self.gathered);
                 targets::secret_holds(self.crot, status, secret, &vaults, &key_id, clock::now());
             }
@@ -281,7 +283,8 @@ impl Run<'_> {
         Ok(held.filter(|_| decision.write))
     }
 
-    /// Writes the new password's text to the Secret, and makes it the current one.
+    /// Writes the new password's text to where it is kept (the Secret, else the first Key Vault target), and
+    /// makes it the current one.
     async fn write_secret(
         &mut self,
         trigger: Trigger,
@@ -291,21 +294,13 @@ impl Run<'_> {
         let subject = &self.gathered.subject;
         let issued = self.issued()?;
         let key_id = issued.credential.key_id.clone();
-        let data = self.render(issued.text.secret())?;
-        match &subject.sp {
-            Some(sp) => {
-                let label = service_principal::OWNER_LABEL;
-                let owner = secrets::Owner { object: sp, label };
-                secrets::write(&ctx.client, &owner, &subject.secret, &key_id, data).await?
+        let home_version = match &subject.secret {
+            Some(target) => {
+                self.write_to_secret(target, &issued).await?;
+                None
             }
-            None => {
-                let owner = secrets::Owner {
-                    object: crot,
-                    label: OWNER_LABEL,
-                };
-                secrets::write(&ctx.client, &owner, &subject.secret, &key_id, data).await?
-            }
-        }
+            None => Some(self.write_to_home_vault(&issued).await?),
+        };
         let object = format!("{}/{}", self.ns(), crot.name_any());
         info!(object = %object, key_id = %key_id, trigger = trigger.as_str(), "rotated the client secret");
         ctx.metrics.rotated("issued");
@@ -313,20 +308,79 @@ impl Run<'_> {
         status.last_rotation_time = Some(Time(clock::now()));
         status.observed_rotation_token = crot.spec.rotation_token.clone();
         status.targets.clear();
+        if let (Some(version), Some(name)) =
+            (home_version, plan::vault_names(self.gathered).first())
+        {
+            let (kind, state) = (TargetKind::KeyVaultSecret, TargetState::Published);
+            let mut held = targets::entry(kind, name, &key_id, state, None, clock::now());
+            held.version = Some(version);
+            targets::set_target(status, held);
+        }
         let note = format!(
-            "Issued password {key_id} ({} rotation) into Secret {}",
+            "Issued password {key_id} ({} rotation) into {}",
             trigger.as_str(),
-            subject.secret.name
+            subject.home()
         );
         publish(ctx, crot, EventType::Normal, "CredentialRotated", &note).await;
         Ok(())
     }
 
+    async fn write_to_secret(&self, target: &SecretTarget, issued: &Issued) -> Result<(), Error> {
+        let (crot, ctx) = (self.crot, self.ctx);
+        let key_id = &issued.credential.key_id;
+        let data = self.render(target, issued.text.secret())?;
+        match &self.gathered.subject.sp {
+            Some(sp) => {
+                let label = service_principal::OWNER_LABEL;
+                let owner = secrets::Owner { object: sp, label };
+                secrets::write(&ctx.client, &owner, target, key_id, data).await?
+            }
+            None => {
+                let owner = secrets::Owner {
+                    object: crot,
+                    label: OWNER_LABEL,
+                };
+                secrets::write(&ctx.client, &owner, target, key_id, data).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a Secret: the new version of the first Key Vault target, written at once since the text is
+    /// kept nowhere else (before the sign-in, as the Secret's would be). The version written.
+    async fn write_to_home_vault(&self, issued: &Issued) -> Result<String, Error> {
+        let (ctx, gathered) = (self.ctx, self.gathered);
+        let subject = &gathered.subject;
+        let home = subject.vaults.first().ok_or_else(|| {
+            Error::Invalid("no Secret and no Key Vault target to rotate into".into())
+        })?;
+        let credential = secret_format::Credential {
+            client_id: &subject.app.app_id,
+            client_secret: issued.text.secret(),
+            tenant_id: &ctx.tenant_id,
+            display_name: &subject.display_name,
+            cloud: &ctx.cloud,
+        };
+        let value = key_vault::render(&home.target, &credential).map_err(Error::Invalid)?;
+        let write = key_vault::Decision {
+            write: true,
+            ..key_vault::Decision::default()
+        };
+        let current = Some((&issued.credential, value.as_str()));
+        let held =
+            key_vault::apply(ctx, &home.target, &write, &gathered.vault_owner, current).await?;
+        Ok(held.unwrap_or_default())
+    }
+
     /// The Secret's data for `text`; the error names the field that cannot render, never the text.
-    fn render(&self, text: &str) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    fn render(
+        &self,
+        target: &SecretTarget,
+        text: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, Error> {
         let subject = &self.gathered.subject;
         let delivery = credentials::Delivery {
-            target: &subject.secret,
+            target,
             client_id: &subject.app.app_id,
             tenant_id: &self.ctx.tenant_id,
             display_name: &subject.display_name,

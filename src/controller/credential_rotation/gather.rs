@@ -51,14 +51,17 @@ impl Gathered {
         secret: Option<Secret>,
         ns: &str,
     ) -> Self {
-        let published = secret.as_ref().and_then(|s| {
-            let ours = credentials::ours(&subject.app, ns, &subject.owner);
-            let (password, held) = credentials::delivered(s, &ours, &subject.secret, false)?;
-            Some(Issued {
-                credential: password.clone(),
-                text: SecretText::new(held.text?),
-            })
-        });
+        let published = secret
+            .as_ref()
+            .zip(subject.secret.as_ref())
+            .and_then(|(s, target)| {
+                let ours = credentials::ours(&subject.app, ns, &subject.owner);
+                let (password, held) = credentials::delivered(s, &ours, target, false)?;
+                Some(Issued {
+                    credential: password.clone(),
+                    text: SecretText::new(held.text?),
+                })
+            });
         // The cluster's id comes with `gather`; a test's Gathered is of no cluster.
         let vault_owner = key_vault::owner_mark("", ns, subject.owner_kind(), &subject.owner);
         Gathered {
@@ -85,15 +88,47 @@ pub(super) async fn gather(crot: &CredentialRotation, ctx: &Context) -> Result<G
     let cleared = targets::authorize_clusters(crot, ctx, &subject.app.app_id).await?;
     plan::renewal_fits(crot, subject.lifetime)?;
     let vaults = vaults(ctx, &subject, &ns).await?;
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&subject.secret.name)
-        .await?;
+    let secret = match subject.secret_name() {
+        Some(name) => {
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(name)
+                .await?
+        }
+        None => None,
+    };
     let mut gathered = Gathered::new(subject, cleared, secret, &ns);
     gathered.vaults = vaults;
     let subject = &gathered.subject;
     gathered.vault_owner =
         key_vault::owner_mark(&ctx.cluster_id, &ns, subject.owner_kind(), &subject.owner);
+    if gathered.subject.secret.is_none() {
+        gathered.published = in_vault(ctx, &gathered, &ns).await?;
+    }
     Ok(gathered)
+}
+
+/// Without a Secret, the password the first vault target holds (its newest enabled version of ours), with its
+/// text read back from there: what the rotation publishes, as the Secret's is otherwise.
+async fn in_vault(ctx: &Context, gathered: &Gathered, ns: &str) -> Result<Option<Issued>, Error> {
+    let (Some(first), Some(versions)) = (gathered.subject.vaults.first(), gathered.vaults.first())
+    else {
+        return Ok(None);
+    };
+    let ours = gathered.ours(ns);
+    let Some((password, version)) = key_vault::held(versions, &gathered.vault_owner, &ours) else {
+        return Ok(None);
+    };
+    let target = &first.target;
+    let value = ctx
+        .key_vault
+        .value(&target.vault, &target.name, &version)
+        .await?;
+    Ok(
+        key_vault::extract(target.format, value.secret()).map(|text| Issued {
+            credential: password.clone(),
+            text: SecretText::new(text),
+        }),
+    )
 }
 
 /// The versions of the subject's Key Vault targets, once a policy allows the namespace every vault: like the

@@ -330,8 +330,8 @@ pub(crate) fn plan(
         (false, Some(p)) => Some(p.key_id.as_str()),
         (false, None) => {
             let message = format!(
-                "Secret {} holds no password of this rotation yet; waiting for the previous one's overlap",
-                gathered.subject.secret.name
+                "{} holds no password of this rotation yet; waiting for the previous one's overlap",
+                gathered.subject.home()
             );
             let until = now.checked_add(SignedDuration::from_secs(5)).unwrap_or(now);
             let reason = "WaitingForPublication";
@@ -362,7 +362,7 @@ fn removals(
         .into_iter()
         .map(|key_id| Step::RemoveLeftover { key_id })
         .collect();
-    let secret = &gathered.subject.secret.name;
+    let secret = gathered.subject.secret_name();
     if let Some(old) = status.previous_key_id.clone()
         && status
             .previous_key_removal_time
@@ -490,7 +490,22 @@ fn clusters_cleared(crot: &CredentialRotation, gathered: &Gathered) -> Result<()
 }
 
 /// A Secret that exists is written only when it is ours: the ServicePrincipal's, or the rotation's own.
+/// Without a Secret the first vault target keeps the text: it too must be ours, before a password is added.
 fn secret_ours(crot: &CredentialRotation, gathered: &Gathered, ns: &str) -> Result<(), Error> {
+    if gathered.subject.secret.is_none()
+        && let (Some(home), Some(versions)) =
+            (gathered.subject.vaults.first(), gathered.vaults.first())
+    {
+        key_vault::decide(
+            &home.field,
+            &home.target,
+            versions,
+            &gathered.vault_owner,
+            None,
+            &[],
+        )
+        .map_err(|c| Error::SecretConflict(c.0))?;
+    }
     let Some(secret) = &gathered.secret else {
         return Ok(());
     };
@@ -504,7 +519,7 @@ fn secret_ours(crot: &CredentialRotation, gathered: &Gathered, ns: &str) -> Resu
     Err(Error::SecretConflict(format!(
         "spec.targets.secret: Secret {ns}/{} exists and is not owned by this rotation (or its ServicePrincipal); \
          it is left untouched",
-        gathered.subject.secret.name
+        gathered.subject.secret_name().unwrap_or_default()
     )))
 }
 
@@ -652,7 +667,9 @@ fn publication(
     }
     // After the sign-in: a reader of the vault never gets a secret that does not sign in yet.
     for (index, name) in vault_names(gathered).into_iter().enumerate() {
-        if needs(TargetKind::KeyVaultSecret, &name) {
+        // Without a Secret, a rotation's WriteSecret has just written the first vault: it keeps the text.
+        let home = gathered.subject.secret.is_none() && index == 0;
+        if needs(TargetKind::KeyVaultSecret, &name) && !(home && key.is_none()) {
             steps.push(Step::PublishKeyVault { index, name });
         }
     }
@@ -673,7 +690,7 @@ fn publication(
         || !all_published(
             crot,
             status,
-            &gathered.subject.secret.name,
+            gathered.subject.secret_name(),
             &vault_names(gathered),
         )
     {

@@ -34,7 +34,9 @@ pub struct Subject {
     pub app: Application,
     /// Whose passwords these are (the displayName's `{ns}/{owner}`): the ServicePrincipal's, or the rotation's.
     pub owner: String,
-    pub secret: SecretTarget,
+    /// The Secret the new password is written to at once; None for a ServicePrincipal without one, whose
+    /// first Key Vault target keeps the client secret instead (see [`Subject::home`]).
+    pub secret: Option<SecretTarget>,
     pub display_name: String,
     pub lifetime: Duration,
     pub sp: Option<ServicePrincipal>,
@@ -51,6 +53,20 @@ pub struct VaultTarget {
 }
 
 impl Subject {
+    /// How messages name where the password's text is kept: the Secret, else the first vault target.
+    pub fn home(&self) -> String {
+        match (&self.secret, self.vaults.first()) {
+            (Some(secret), _) => format!("Secret {}", secret.name),
+            (None, Some(v)) => format!("Key Vault secret {}", v.target.display()),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    /// The Secret's name, if the text is kept in one.
+    pub fn secret_name(&self) -> Option<&str> {
+        self.secret.as_ref().map(|s| s.name.as_str())
+    }
+
     /// The kind of the object the passwords (and the vaults' versions) belong to.
     pub fn owner_kind(&self) -> &'static str {
         match self.sp {
@@ -188,7 +204,7 @@ async fn by_application_id(crot: &CredentialRotation, ctx: &Context) -> Result<S
         display_name: app.display_name.clone(),
         app,
         owner: crot.name_any(),
-        secret: own_secret(crot),
+        secret: Some(own_secret(crot)),
         lifetime: lifetime(crot, None),
         vaults: vault_targets(crot, None),
         sp: None,
@@ -200,11 +216,21 @@ async fn by_application_id(crot: &CredentialRotation, ctx: &Context) -> Result<S
 fn service_principal_secret(
     crot: &CredentialRotation,
     sp: &ServicePrincipal,
-) -> Result<SecretTarget, Error> {
+) -> Result<Option<SecretTarget>, Error> {
     let name = sp.name_any();
     let Some(secret) = sp.spec.secret.clone() else {
+        // Its first Key Vault target keeps the client secret instead; a Secret named here would be a second
+        // home for it, which the ServicePrincipal does not have.
+        if !sp.spec.key_vault_secrets.is_empty() && crot.spec.targets.secret.is_none() {
+            return Ok(None);
+        }
         return Err(Error::Invalid(format!(
-            "spec.servicePrincipalRef.name: ServicePrincipal {name} has no spec.secret to rotate"
+            "spec.servicePrincipalRef.name: ServicePrincipal {name} has no spec.secret{} to rotate",
+            if sp.spec.key_vault_secrets.is_empty() {
+                " or keyVaultSecrets"
+            } else {
+                " (leave spec.targets.secret unset: its Key Vault secrets hold the client secret)"
+            }
         )));
     };
     if let Some(target) = &crot.spec.targets.secret
@@ -216,7 +242,7 @@ fn service_principal_secret(
             secret.name
         )));
     }
-    Ok(secret)
+    Ok(Some(secret))
 }
 
 /// Another rotation the ServicePrincipal says rotates it, whose existence is to be checked.
@@ -399,7 +425,7 @@ mod tests {
     fn decide(crot: &CredentialRotation, sp: &ServicePrincipal) -> Decided {
         Decided {
             secret: service_principal_secret(crot, sp)
-                .map(|s| s.name)
+                .map(|s| s.map(|s| s.name).unwrap_or_default())
                 .map_err(|e| reconcile::Failure::reason(&e)),
             rival: rival(crot, sp).map(str::to_string),
             marked: marked(crot, sp),

@@ -138,7 +138,7 @@ pub(super) fn workloads_hold(
 pub(super) fn all_published(
     crot: &CredentialRotation,
     status: &CredentialRotationStatus,
-    secret: &str,
+    secret: Option<&str>,
     vaults: &[String],
 ) -> bool {
     let Some(key) = status.current_key_id.as_deref() else {
@@ -153,7 +153,7 @@ pub(super) fn all_published(
         })
     };
     let spec = &crot.spec.targets;
-    holds(TargetKind::Secret, secret)
+    secret.is_none_or(|s| holds(TargetKind::Secret, s))
         && holds(TargetKind::SignIn, SIGN_IN_TARGET)
         && vaults.iter().all(|v| holds(TargetKind::KeyVaultSecret, v))
         && spec
@@ -171,25 +171,25 @@ pub(super) fn all_published(
 pub(super) fn secret_holds(
     crot: &CredentialRotation,
     status: &mut CredentialRotationStatus,
-    secret_name: &str,
+    secret_name: Option<&str>,
     vaults: &[String],
     key_id: &str,
     now: Timestamp,
 ) {
-    set_target(
-        status,
-        entry(
+    if let Some(secret_name) = secret_name {
+        let held = entry(
             TargetKind::Secret,
             secret_name,
             key_id,
             TargetState::Published,
             None,
             now,
-        ),
-    );
+        );
+        set_target(status, held);
+    }
     let spec = &crot.spec.targets;
     status.targets.retain(|t| match t.kind.as_str() {
-        k if k == TargetKind::Secret.as_str() => t.name == secret_name,
+        k if k == TargetKind::Secret.as_str() => Some(t.name.as_str()) == secret_name,
         k if k == TargetKind::SignIn.as_str() => true,
         k if k == TargetKind::KeyVaultSecret.as_str() => vaults.contains(&t.name),
         k if k == TargetKind::AksCluster.as_str() => spec
@@ -884,7 +884,7 @@ mod tests {
             (TargetKind::AksCluster, AKS, "k1", TargetState::Published),
             (deployment, "api", "k1", TargetState::Published),
         ]);
-        secret_holds(&crot, &mut s, "web", &[], "k2", t0());
+        secret_holds(&crot, &mut s, Some("web"), &[], "k2", t0());
         let left: Vec<(&str, &str, Option<&str>)> = s
             .targets
             .iter()

@@ -71,7 +71,7 @@ fn gathered(
     let subject = Subject {
         app: application(OWNER, passwords),
         owner: OWNER.into(),
-        secret: sp.spec.secret.clone().expect("a secret target"),
+        secret: Some(sp.spec.secret.clone().expect("a secret target")),
         display_name: sp.spec.display_name.clone(),
         lifetime: credentials::DEFAULT_LIFETIME,
         vaults: vec![],
@@ -784,6 +784,38 @@ fn key_vault_retirement_cases() -> Vec<VaultCase> {
             ],
         },
     ]
+}
+
+/// Without a Secret the first vault keeps the text: a rotation writes it at once (WriteSecret) and does not
+/// publish it a second time after the sign-in; a version someone else wrote there stops it before a password
+/// is added.
+#[test]
+fn without_a_secret_the_first_vault_is_written_at_once() {
+    let crot = rotation(json!({"rotationToken": "now"}));
+    let vault_only = |versions: Vec<SecretVersion>| {
+        let mut g = with_vault(gathered(vec![p1()], None, &[]), versions);
+        g.subject.secret = None;
+        g.published = Some(super::gather::Issued {
+            credential: p1(),
+            text: azure_core::credentials::Secret::new("text-1".to_string()),
+        });
+        g
+    };
+    let status = vault_holds(published(&crot, 1, t0()), 1);
+    let planned = plan::plan(
+        &crot,
+        &status,
+        &vault_only(vec![version("v1", 1, 10, true)]),
+        now(),
+        false,
+    )
+    .expect("a plan");
+    assert_eq!(planned.steps, rotate(Some(1), 2, Trigger::Manual, now()));
+    let mut foreign = version("v1", 1, 10, true);
+    foreign.tags.as_mut().unwrap().remove(key_vault::OWNER_TAG);
+    let refused = plan::plan(&crot, &status, &vault_only(vec![foreign]), now(), false)
+        .expect_err("someone else's secret");
+    assert_eq!(refused.reason(), "SecretConflict");
 }
 
 /// A rotation publishing to a Key Vault secret: after the sign-in, and disabled before its password goes.

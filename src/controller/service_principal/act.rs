@@ -71,8 +71,13 @@ pub async fn act(
             remove_stale(sp, ctx, app, &stale).await?;
             Some(password)
         }
-        // The password plan delivers only when a Secret is asked for.
-        (PasswordPlan::Deliver { .. }, None) => None,
+        // No Secret: the vaults alone hold the password.
+        (PasswordPlan::Deliver { deliver, stale }, None) => {
+            let (password, held) = deliver_in_vaults(sp, ctx, gathered, deliver).await?;
+            vaults = held;
+            remove_stale(sp, ctx, app, &stale).await?;
+            Some(password)
+        }
     };
     let mut status = plan::ready_status(
         sp,
@@ -87,6 +92,82 @@ pub async fn act(
         status.key_vault_secrets = vaults;
     }
     Ok((status, principal))
+}
+
+/// Delivers the planned password to the vaults when there is no Secret: one just issued goes straight into
+/// them (and is removed again if they cannot take it: its text would be lost); one the first vault holds is
+/// written to the others, its text read back from there only if one needs it. Under a CredentialRotation
+/// the rotation publishes, and the vaults are left to it. The password, and what each vault holds.
+async fn deliver_in_vaults(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    gathered: &Gathered,
+    deliver: Deliver,
+) -> Result<(PasswordCredential, Option<Vec<KeyVaultSecretStatus>>), Error> {
+    let app = &gathered.app;
+    let (password, text, issued) = match deliver {
+        Deliver::Keep(password) | Deliver::Rerender(password, _) => {
+            if gathered.rotated_by.is_some() {
+                return Ok((password, None));
+            }
+            let text = text_in_vault(sp, ctx, gathered, &password).await?;
+            (password, text, false)
+        }
+        Deliver::Issue { display_name, end } => {
+            let new = ctx.graph.add_password(&app.id, &display_name, end).await?;
+            let text = new.secret_text.secret().to_string();
+            (new.credential, Some(text), true)
+        }
+    };
+    match deliver_to_vaults(sp, ctx, gathered, &password, text.as_deref()).await {
+        Ok(held) => {
+            if issued {
+                let note = format!("Issued password {} into Key Vault", password.key_id);
+                publish(ctx, sp, EventType::Normal, "CredentialIssued", &note).await;
+            }
+            Ok((password, Some(held)))
+        }
+        Err(e) => {
+            if issued
+                && let Err(removal) = ctx.graph.remove_password(&app.id, &password.key_id).await
+            {
+                warn!(key_id = %password.key_id, error = %removal,
+                    "could not remove the password whose delivery failed; the next delivery removes it");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The text of `password` as the first vault holds it, read only when some vault needs a new version.
+async fn text_in_vault(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    gathered: &Gathered,
+    password: &PasswordCredential,
+) -> Result<Option<String>, Error> {
+    let owner = &gathered.vault_owner;
+    let key = password.key_id.as_str();
+    let targets = &sp.spec.key_vault_secrets;
+    let needs = targets
+        .iter()
+        .zip(&gathered.vaults)
+        .any(|(target, versions)| {
+            key_vault::decide("", target, versions, owner, Some(key), &[key]).is_ok_and(|d| d.write)
+        });
+    let (Some(first), Some(versions), true) = (targets.first(), gathered.vaults.first(), needs)
+    else {
+        return Ok(None);
+    };
+    let ours = [password];
+    let Some((_, version)) = key_vault::held(versions, owner, &ours) else {
+        return Ok(None);
+    };
+    let value = ctx
+        .key_vault
+        .value(&first.vault, &first.name, &version)
+        .await?;
+    Ok(key_vault::extract(first.format, value.secret()))
 }
 
 /// The text of `password` as the Secret holds it (None for a template, which admission keeps away from
@@ -140,13 +221,8 @@ async fn deliver_to_vaults(
             }
             (true, None) => {
                 return Err(Error::Invalid(format!(
-                    "{field}: the client secret cannot be read back from Secret {}; Key Vault targets need a \
-                     Secret format other than template",
-                    sp.spec
-                        .secret
-                        .as_ref()
-                        .map(|t| t.name.as_str())
-                        .unwrap_or_default()
+                    "{field}: the client secret cannot be read back (from a template Secret, or from a first \
+                     vault whose value no longer parses in its format); it goes with the next password"
                 )));
             }
         };
@@ -382,6 +458,7 @@ mod tests {
             secret: None,
             rotated_by: None,
             vaults: vec![],
+            vault_owner: String::new(),
         };
         let err = act(&sp, &ctx, &gathered, planned, &mut None)
             .await

@@ -35,8 +35,11 @@ pub struct Gathered {
     /// The CredentialRotation that manages this object's password, read only when `password::asks_rotation`.
     pub rotated_by: Option<String>,
     /// The versions of each of spec.keyVaultSecrets, in order; read once a policy allowed every vault, and
-    /// only when no rotation delivers the password (it publishes to them itself).
+    /// only when no rotation delivers the password (it publishes to them itself), or when the first vault
+    /// holds the password's text (no Secret).
     pub vaults: Vec<Vec<SecretVersion>>,
+    /// The owner tag of this object's versions (see `key_vault::owner_mark`).
+    pub vault_owner: String,
 }
 
 pub async fn gather(
@@ -52,14 +55,26 @@ pub async fn gather(
         None => ctx.graph.federated_credentials(&app.id).await?,
     };
     let secret = secret(sp, ctx, sp.spec.secret.as_ref()).await?;
-    let rotated_by = if password::asks_rotation(sp, &app, secret.as_ref(), setting) {
-        rotated_by(sp, ctx).await?
-    } else {
-        None
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let vault_owner = key_vault::owner_mark(&ctx.cluster_id, &ns, "ServicePrincipal", &name);
+    // Without a Secret the first vault holds the password's text: read before the plan asks about rotation.
+    let in_vault = sp.spec.secret.is_none() && !sp.spec.key_vault_secrets.is_empty();
+    let early = match in_vault {
+        true => vaults(sp, ctx).await?,
+        false => vec![],
     };
-    let vaults = match rotated_by {
-        None => vaults(sp, ctx).await?,
-        Some(_) => vec![],
+    let asks = match in_vault {
+        true => password::asks_rotation_in_vault(sp, &app, &early, &vault_owner),
+        false => password::asks_rotation(sp, &app, secret.as_ref(), setting),
+    };
+    let rotated_by = match asks {
+        true => rotated_by(sp, ctx).await?,
+        false => None,
+    };
+    let vaults = match (in_vault, &rotated_by) {
+        (true, _) => early,
+        (false, None) => vaults(sp, ctx).await?,
+        (false, Some(_)) => vec![],
     };
     Ok(Gathered {
         app,
@@ -69,6 +84,7 @@ pub async fn gather(
         secret,
         rotated_by,
         vaults,
+        vault_owner,
     })
 }
 
@@ -111,7 +127,7 @@ pub async fn secret(
 /// The CredentialRotation that manages this object's password, read from the API server (not the cache): the
 /// watch cache may not show the annotation the rotation set a moment ago.
 async fn rotated_by(sp: &ServicePrincipal, ctx: &Context) -> Result<Option<String>, Error> {
-    if sp.spec.secret.is_none() {
+    if sp.spec.secret.is_none() && sp.spec.key_vault_secrets.is_empty() {
         return Ok(None);
     }
     let api: Api<ServicePrincipal> =

@@ -12,9 +12,10 @@ use super::{Error, gather::Gathered, plan::Setting};
 use crate::{
     api::{SecretTarget, ServicePrincipal},
     azure::graph::{Application, PasswordCredential},
+    azure::keyvault::SecretVersion,
     controller::{
         credentials::{self, Held},
-        naming, secrets,
+        key_vault, naming, secrets,
     },
 };
 
@@ -79,6 +80,9 @@ pub fn plan(
         &sp.name_any(),
     );
     let Some(target) = &sp.spec.secret else {
+        if !sp.spec.key_vault_secrets.is_empty() {
+            return in_vault(sp, gathered, setting, &ours);
+        }
         return Ok(PasswordPlan::Withdraw(
             ours.iter().map(|p| p.key_id.clone()).collect(),
         ));
@@ -145,7 +149,7 @@ fn choose(
     secret: Option<&Secret>,
     setting: &Setting,
 ) -> Result<Deliver, Error> {
-    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let ns = sp.namespace().unwrap_or_default();
     if let Some(secret) = secret
         && !secrets::owned_by(secret, sp)
     {
@@ -166,18 +170,72 @@ fn choose(
                 Deliver::Keep(password.clone())
             }
         }
-        None => {
-            let lifetime = sp
-                .spec
-                .credential_lifetime
-                .as_ref()
-                .map(|d| d.as_std())
-                .unwrap_or(credentials::DEFAULT_LIFETIME);
-            let serial = credentials::next_serial(ours, &ns, &name);
-            Deliver::Issue {
-                display_name: naming::password_name(&ns, &name, serial),
-                end: credentials::expiry(setting.now, lifetime),
-            }
-        }
+        None => issue(sp, ours, setting),
     })
+}
+
+/// A new password for `sp`, numbered after `ours`, valid for the spec's lifetime from now.
+fn issue(sp: &ServicePrincipal, ours: &[&PasswordCredential], setting: &Setting) -> Deliver {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let lifetime = sp
+        .spec
+        .credential_lifetime
+        .as_ref()
+        .map(|d| d.as_std())
+        .unwrap_or(credentials::DEFAULT_LIFETIME);
+    let serial = credentials::next_serial(ours, &ns, &name);
+    Deliver::Issue {
+        display_name: naming::password_name(&ns, &name, serial),
+        end: credentials::expiry(setting.now, lifetime),
+    }
+}
+
+/// Without a Kubernetes Secret the first Key Vault target is where the password's text lives: the password
+/// its newest version of ours holds is kept, or a new one is issued into the vaults. The other passwords of
+/// this object's go, as with a Secret, unless a CredentialRotation manages them.
+fn in_vault(
+    sp: &ServicePrincipal,
+    gathered: &Gathered,
+    setting: &Setting,
+    ours: &[&PasswordCredential],
+) -> Result<PasswordPlan, Error> {
+    let held = gathered
+        .vaults
+        .first()
+        .and_then(|versions| key_vault::held(versions, &gathered.vault_owner, ours));
+    let deliver = match held {
+        Some((password, _)) => Deliver::Keep(password.clone()),
+        None => {
+            if !ours.is_empty()
+                && let Some(rotation) = &gathered.rotated_by
+            {
+                return Err(Error::ManagedByRotation(format!(
+                    "CredentialRotation {rotation} manages this object's password; it re-issues Key Vault secret {}",
+                    sp.spec.key_vault_secrets[0].display()
+                )));
+            }
+            issue(sp, ours, setting)
+        }
+    };
+    let stale = match &gathered.rotated_by {
+        Some(_) => vec![],
+        None => others(&deliver, ours),
+    };
+    Ok(PasswordPlan::Deliver { deliver, stale })
+}
+
+/// Whether the plan of a ServicePrincipal without a Secret depends on a CredentialRotation: some password of
+/// this object's is not the one its first vault holds (see [`asks_rotation`]).
+pub fn asks_rotation_in_vault(
+    sp: &ServicePrincipal,
+    app: &Application,
+    vaults: &[Vec<SecretVersion>],
+    owner: &str,
+) -> bool {
+    let ours = credentials::ours(app, &sp.namespace().unwrap_or_default(), &sp.name_any());
+    let held = vaults
+        .first()
+        .and_then(|versions| key_vault::held(versions, owner, &ours))
+        .map(|(p, _)| p.key_id.clone());
+    ours.iter().any(|p| Some(&p.key_id) != held.as_ref())
 }

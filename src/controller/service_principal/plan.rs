@@ -88,6 +88,8 @@ pub struct Shortcut<'a> {
     pub vouched: [&'a str; 2],
     /// The Secret to read, and the credential status says it delivers; None when no Secret is asked for.
     pub secret: Option<(&'a SecretTarget, &'a CredentialStatus)>,
+    /// The credential delivered (to the Secret, the vaults or both).
+    pub credential: Option<&'a CredentialStatus>,
 }
 
 /// The first half of the shortcut, before any read: None sends the reconcile through the full path.
@@ -107,6 +109,8 @@ pub fn shortcut(sp: &ServicePrincipal) -> Option<Shortcut<'_>> {
     }
     let secret = match (&sp.spec.secret, &status.credential) {
         (None, None) => None,
+        // The vaults alone hold the password: they are checked below.
+        (None, Some(_)) if !sp.spec.key_vault_secrets.is_empty() => None,
         (Some(target), Some(credential)) if status.secret_name.as_ref() == Some(&target.name) => {
             Some((target, credential))
         }
@@ -127,6 +131,7 @@ pub fn shortcut(sp: &ServicePrincipal) -> Option<Shortcut<'_>> {
         app_id,
         vouched: [object_id, principal_id],
         secret,
+        credential: status.credential.as_ref(),
     })
 }
 
@@ -174,7 +179,7 @@ pub fn vaults_unchanged(
     vaults: &[Vec<crate::azure::keyvault::SecretVersion>],
 ) -> bool {
     use kube::ResourceExt;
-    let Some((_, credential)) = shortcut.secret else {
+    let Some(credential) = shortcut.credential else {
         return vaults.is_empty();
     };
     let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
@@ -264,9 +269,9 @@ pub fn ready_status(
     status.tenant_id = Some(tenant_id.to_string());
     status.federated_credentials = federated;
     status.observed_generation = sp.metadata.generation;
-    match (&sp.spec.secret, delivered) {
-        (Some(target), Some(delivered)) => {
-            status.secret_name = Some(target.name.clone());
+    match delivered {
+        Some(delivered) => {
+            status.secret_name = sp.spec.secret.as_ref().map(|t| t.name.clone());
             status.credential = Some(CredentialStatus {
                 key_id: delivered.key_id.clone(),
                 hint: delivered.hint.clone(),
@@ -275,7 +280,7 @@ pub fn ready_status(
                 end_date_time: delivered.end_date_time.map(Time),
             });
         }
-        _ => {
+        None => {
             status.secret_name = None;
             status.credential = None;
         }
@@ -349,6 +354,7 @@ mod tests {
             secret: secret.map(|s| owned_by(s, &web(json!({})))),
             rotated_by: None,
             vaults: vec![],
+            vault_owner: String::new(),
         }
     }
 
@@ -612,6 +618,76 @@ mod tests {
             .federated("error Conflict".into())
             .password("keep key-web-1", &[]),
         ]
+    }
+
+    /// Without a Secret the first vault holds the password: what it holds is kept, nothing there means a new
+    /// one, and under a rotation nothing is removed (nor issued over its passwords).
+    #[test]
+    fn without_a_secret_the_first_vault_decides() {
+        use crate::azure::keyvault::{Attributes, SecretVersion};
+        let cloud = public_cloud();
+        let setting = setting(&cloud);
+        let vault = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
+        let sp = web(json!({"secret": null, "keyVaultSecrets": [{"vault": vault, "name": "web"}]}));
+        assert!(sp.spec.secret.is_none());
+        let holding = |p: &PasswordCredential| SecretVersion {
+            id: "https://kv.vault.azure.net/secrets/web/v1".into(),
+            attributes: Attributes {
+                enabled: Some(true),
+                created: Some(1),
+                ..Attributes::default()
+            },
+            tags: Some(
+                [
+                    (key_vault::OWNER_TAG, "owner"),
+                    (key_vault::KEY_ID_TAG, p.key_id.as_str()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ),
+            content_type: Some("text/plain".into()),
+        };
+        let in_vault =
+            |passwords: Vec<PasswordCredential>, versions: Vec<SecretVersion>, rotated: bool| {
+                let mut g = found(passwords, None);
+                g.vaults = vec![versions];
+                g.vault_owner = "owner".into();
+                g.rotated_by = rotated.then(|| "rot".to_string());
+                g
+            };
+        let outline_of = |g: &Gathered| {
+            let (_, _, password, removed) = outline(&plan(&sp, g, &setting));
+            (password, removed)
+        };
+        // name, what was gathered, the password plan and the passwords it removes.
+        type Case = (&'static str, Gathered, (&'static str, Vec<String>));
+        let cases: [Case; 4] = [
+            (
+                "an empty vault: a new password",
+                in_vault(vec![], vec![], false),
+                ("issue #1 for 365d", vec![]),
+            ),
+            (
+                "the vault holds 1: kept, 2 goes",
+                in_vault(vec![p(1), p(2)], vec![holding(&p(1))], false),
+                ("keep key-web-1", vec![key_id("web", 2)]),
+            ),
+            (
+                "under a rotation: kept, nothing removed",
+                in_vault(vec![p(1), p(2)], vec![holding(&p(1))], true),
+                ("keep key-web-1", vec![]),
+            ),
+            (
+                "under a rotation the vault holding none of its passwords waits for it",
+                in_vault(vec![p(1)], vec![], true),
+                ("error WaitingForRotation", vec![]),
+            ),
+        ];
+        for (name, gathered, (password, removed)) in cases {
+            let (got, got_removed) = outline_of(&gathered);
+            assert_eq!((got.as_str(), got_removed), (password, removed), "{name}");
+        }
     }
 
     #[test]
