@@ -199,6 +199,13 @@ fn in_vault(
     setting: &Setting,
     ours: &[&PasswordCredential],
 ) -> Result<PasswordPlan, Error> {
+    // Before a password is issued: a vault someone else wrote to would refuse it on every retry.
+    let targets = sp.spec.key_vault_secrets.iter().zip(&gathered.vaults);
+    for (i, (target, versions)) in targets.enumerate() {
+        let field = format!("spec.keyVaultSecrets[{i}]");
+        key_vault::decide(&field, target, versions, &gathered.vault_owner, None, &[])
+            .map_err(|c| Error::Conflict(c.0))?;
+    }
     let held = gathered
         .vaults
         .first()

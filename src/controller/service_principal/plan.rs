@@ -662,7 +662,9 @@ mod tests {
         };
         // name, what was gathered, the password plan and the passwords it removes.
         type Case = (&'static str, Gathered, (&'static str, Vec<String>));
-        let cases: [Case; 4] = [
+        let mut foreign = holding(&p(1));
+        foreign.tags.as_mut().unwrap().remove(key_vault::OWNER_TAG);
+        let cases: [Case; 5] = [
             (
                 "an empty vault: a new password",
                 in_vault(vec![], vec![], false),
@@ -682,6 +684,11 @@ mod tests {
                 "under a rotation the vault holding none of its passwords waits for it",
                 in_vault(vec![p(1)], vec![], true),
                 ("error WaitingForRotation", vec![]),
+            ),
+            (
+                "a vault someone else wrote to: nothing is issued",
+                in_vault(vec![], vec![foreign], false),
+                ("error Conflict", vec![]),
             ),
         ];
         for (name, gathered, (password, removed)) in cases {
