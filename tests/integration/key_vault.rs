@@ -241,6 +241,213 @@ async fn versions_of_removed_passwords(azure: &Azure, name: &str, app_id: &str) 
         .collect()
 }
 
+/// What the vault holds of password `credential` of application `app_id`, whose text is `delivered`: the
+/// text, dated as Entra dates the password, marked and typed, as a reader of the vault and Microsoft's SDK
+/// (signed in as the service principal itself, through its Key Vault Secrets User grant) both read it.
+async fn check_delivered(
+    azure: &Azure,
+    app_id: &str,
+    credential: &entra_operator::api::service_principal::CredentialStatus,
+    delivered: &str,
+) {
+    let (http, base) = (vault_http(azure), azure.emulator.base_url.clone());
+    let reader = vault_token(&http, &base, READER_APP, READER_SECRET)
+        .await
+        .expect("the reader signs in");
+    let (code, latest) = read_latest(&http, &reader, "probe-secret").await;
+    assert_eq!(code, 200, "{latest}");
+    let (exp, nbf) = (
+        credential.end_date_time.clone().unwrap().0.as_second(),
+        credential.start_date_time.clone().unwrap().0.as_second(),
+    );
+    assert_eq!(latest["value"], delivered);
+    assert_eq!(latest["contentType"], "text/plain");
+    assert_eq!(latest["tags"]["team"], "payments");
+    assert_eq!(
+        latest["tags"]["entra-operator-key-id"],
+        credential.key_id.as_str()
+    );
+    assert_eq!(
+        (&latest["attributes"]["exp"], &latest["attributes"]["nbf"]),
+        (&json!(exp), &json!(nbf))
+    );
+    assert_eq!(token_status(azure, app_id, delivered).await, 200);
+    let own = vault_token(&http, &base, app_id, delivered)
+        .await
+        .expect("the service principal signs in");
+    assert_eq!(read_latest(&http, &own, "probe-secret").await.0, 200);
+    let sdk = sdk_read(azure, app_id, delivered, "probe-secret");
+    assert_eq!(sdk["value"], delivered);
+    assert_eq!(
+        (&sdk["expires"], &sdk["notBefore"]),
+        (&json!(exp), &json!(nbf))
+    );
+    assert_eq!(sdk["contentType"], "text/plain");
+    assert_eq!(sdk["tags"]["team"], "payments");
+    assert_eq!(
+        sdk["tags"]["entra-operator-key-id"],
+        credential.key_id.as_str()
+    );
+}
+
+/// Readers of the vault through rotations. Every 100 ms each reads the latest version of its secret, takes
+/// the client secret out of it (from the JSON of `sdk-auth`, else the value itself) and signs in with it; a
+/// failure is counted. Every 50 ms a watcher counts enabled versions whose password is gone.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    orphans: Arc<AtomicU64>,
+    /// The key ids read so far.
+    keys: Arc<Mutex<BTreeSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Probe {
+    /// Reads `secrets` (name, format) as `reader` (a Key Vault token), for application `app_id`.
+    fn start(
+        azure: &Azure,
+        reader: &str,
+        app_id: &str,
+        secrets: &[(&'static str, &'static str)],
+    ) -> Probe {
+        let mut probe = Probe {
+            stop: Arc::default(),
+            attempts: Arc::default(),
+            failures: Arc::default(),
+            orphans: Arc::default(),
+            keys: Arc::default(),
+            tasks: vec![],
+        };
+        for &(name, format) in secrets {
+            let (stop, attempts, failures, keys) = (
+                probe.stop.clone(),
+                probe.attempts.clone(),
+                probe.failures.clone(),
+                probe.keys.clone(),
+            );
+            let (http, base) = (vault_http(azure), azure.emulator.base_url.clone());
+            let (reader, app) = (reader.to_string(), app_id.to_string());
+            probe.tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (code, latest) = read_latest(&http, &reader, name).await;
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    let text = client_secret(format, latest["value"].as_str().unwrap_or_default());
+                    let key = latest["tags"]["entra-operator-key-id"]
+                        .as_str()
+                        .unwrap_or_default();
+                    if code != 200 || vault_token(&http, &base, &app, &text).await.is_none() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("reader: {name}'s latest version failed ({code}, key {key})");
+                    }
+                    keys.lock().unwrap().insert(key.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+            let (stop, orphans, admin) =
+                (probe.stop.clone(), probe.orphans.clone(), Admin::of(azure));
+            let app_id = app_id.to_string();
+            probe.tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // The passwords before and after the vault: a version enabled in between whose password
+                    // is in neither was enabled after that password was gone.
+                    let before = admin.passwords(&app_id).await;
+                    let view = admin.vault().await;
+                    let after = admin.passwords(&app_id).await;
+                    for v in versions(&view, name) {
+                        let key = v["tags"]["entra-operator-key-id"]
+                            .as_str()
+                            .unwrap_or_default();
+                        let enabled = v["attributes"]["enabled"] != false;
+                        if enabled && !before.contains(key) && !after.contains(key) {
+                            orphans.fetch_add(1, Ordering::Relaxed);
+                            eprintln!(
+                                "watch: {name} version {} enabled for removed password {key}",
+                                v["version"]
+                            );
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }));
+        }
+        probe
+    }
+
+    /// Waits until `n` passwords have been read.
+    async fn keys_seen(&self, n: usize) {
+        eventually(
+            90,
+            &format!("{n} passwords read from the vault"),
+            || async {
+                let count = self.keys.lock().unwrap().len();
+                if count >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{count} passwords"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Stops, and asserts what matters: many reads, none failed, no version outlived its password.
+    async fn stop_and_check(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        let failures = self.failures.load(Ordering::Relaxed);
+        assert!(attempts > 20, "the readers read {attempts} times");
+        assert_eq!(
+            failures, 0,
+            "of {attempts} reads of the latest version, {failures} did not sign in"
+        );
+        let orphans = self.orphans.load(Ordering::Relaxed);
+        assert_eq!(
+            orphans, 0,
+            "a version stayed enabled for a removed password"
+        );
+    }
+}
+
+/// The client secret in a value of `format`.
+fn client_secret(format: &str, value: &str) -> String {
+    match format {
+        "sdk-auth" => serde_json::from_str::<Value>(value)
+            .ok()
+            .and_then(|v| v["clientSecret"].as_str().map(str::to_string))
+            .unwrap_or_default(),
+        _ => value.to_string(),
+    }
+}
+
+/// A rotation of ServicePrincipal `name` every five seconds, with a two-second overlap.
+fn fast_rotation(name: &str) -> CredentialRotation {
+    object(
+        "CredentialRotation",
+        name,
+        json!({"servicePrincipalRef": {"name": name}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "2h"}),
+    )
+}
+
+/// Kills the operator (-9) right after its next rotation wrote a new password to where its text is kept,
+/// before anything else, and starts it again.
+fn kill_mid_rotation(
+    mut operator: Operator,
+    kubeconfig: &std::path::Path,
+    azure: &Azure,
+) -> Operator {
+    operator.drain();
+    operator.wait_for("rotated the client secret", Duration::from_secs(30));
+    operator.signal(Signal::SIGKILL);
+    let _ = operator.wait_exit(Duration::from_secs(10));
+    let mut operator = Operator::start_with(kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    operator
+}
+
 // Four workers: the test blocks one reading the operator's log while the reader and the emulator run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_through_rotations_and_a_kill()
@@ -302,184 +509,28 @@ async fn the_vault_gets_each_password_with_its_dates_and_a_reader_never_fails_th
         ("Published", Some(&credential.key_id))
     );
 
-    // What the vault holds: the password the Secret holds, dated as Entra dates it, marked and typed.
-    let http = vault_http(&azure);
-    let base = azure.emulator.base_url.clone();
-    let reader = vault_token(&http, &base, READER_APP, READER_SECRET)
-        .await
-        .expect("the reader signs in");
-    let (code, latest) = read_latest(&http, &reader, "probe-secret").await;
-    assert_eq!(code, 200, "{latest}");
     let delivered = text(
         &secrets.get("probe-credentials").await.unwrap(),
         "AZURE_CLIENT_SECRET",
     );
-    assert_eq!(latest["value"], delivered.as_str());
-    assert_eq!(latest["contentType"], "text/plain");
-    assert_eq!(latest["tags"]["team"], "payments");
-    assert_eq!(
-        latest["tags"]["entra-operator-key-id"],
-        credential.key_id.as_str()
-    );
-    assert_eq!(
-        latest["attributes"]["exp"],
-        credential.end_date_time.clone().unwrap().0.as_second()
-    );
-    assert_eq!(
-        latest["attributes"]["nbf"],
-        credential.start_date_time.clone().unwrap().0.as_second()
-    );
-    assert_eq!(
-        token_status(&azure, &app_id, latest["value"].as_str().unwrap()).await,
-        200
-    );
-    // The seed's Key Vault Secrets User grant really lets the service principal read its own secret.
+    // The example's Key Vault Secrets User grant, which lets the service principal read its own secret.
     wait_condition(&rds, "probe-reads-the-vault", "True", "Ready", 60).await;
-    let own = vault_token(&http, &base, &app_id, &delivered)
+    check_delivered(&azure, &app_id, &credential, &delivered).await;
+    let (http, base) = (vault_http(&azure), azure.emulator.base_url.clone());
+    let reader = vault_token(&http, &base, READER_APP, READER_SECRET)
         .await
-        .expect("the service principal signs in");
-    assert_eq!(read_latest(&http, &own, "probe-secret").await.0, 200);
-    // Microsoft's SDK, signed in as the service principal, reads what the operator wrote, as the spec and the
-    // password say it.
-    let sdk = sdk_read(&azure, &app_id, &delivered, "probe-secret");
-    assert_eq!(sdk["value"], delivered.as_str());
-    assert_eq!(
-        sdk["expires"],
-        credential.end_date_time.clone().unwrap().0.as_second()
-    );
-    assert_eq!(
-        sdk["notBefore"],
-        credential.start_date_time.clone().unwrap().0.as_second()
-    );
-    assert_eq!(sdk["contentType"], "text/plain");
-    assert_eq!(sdk["tags"]["team"], "payments");
-    assert_eq!(
-        sdk["tags"]["entra-operator-key-id"],
-        credential.key_id.as_str()
-    );
+        .expect("the reader signs in");
 
     // A reader polls the latest version and signs in with it, through rotations and a kill -9.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (attempts, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let orphans = Arc::new(AtomicU64::new(0));
-    let probe = {
-        let (stop, attempts, failures, seen) = (
-            stop.clone(),
-            attempts.clone(),
-            failures.clone(),
-            seen.clone(),
-        );
-        let (http, base, app_id, reader) =
-            (http.clone(), base.clone(), app_id.clone(), reader.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (code, latest) = read_latest(&http, &reader, "probe-secret").await;
-                attempts.fetch_add(1, Ordering::Relaxed);
-                let value = latest["value"].as_str().unwrap_or_default().to_string();
-                if code != 200 || vault_token(&http, &base, &app_id, &value).await.is_none() {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
-                        "reader: the latest version failed ({code}, key {})",
-                        latest["tags"]["entra-operator-key-id"]
-                    );
-                }
-                let version = latest["id"].as_str().unwrap_or_default().to_string();
-                {
-                    let mut seen = seen.lock().unwrap();
-                    if seen.last() != Some(&version) {
-                        seen.push(version);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    // Never an enabled version naming a removed password, at any moment (checked while it all runs).
-    let watch = {
-        let (stop, orphans, app_id, admin) = (
-            stop.clone(),
-            orphans.clone(),
-            app_id.clone(),
-            Admin::of(&azure),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                // The passwords before and after the vault: a version enabled in between whose password is
-                // in neither was enabled after that password was gone.
-                let before = admin.passwords(&app_id).await;
-                let view = admin.vault().await;
-                let after = admin.passwords(&app_id).await;
-                for v in versions(&view, "probe-secret") {
-                    let key = v["tags"]["entra-operator-key-id"]
-                        .as_str()
-                        .unwrap_or_default();
-                    if v["attributes"]["enabled"] != false
-                        && !before.contains(key)
-                        && !after.contains(key)
-                    {
-                        orphans.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "watch: version {} enabled for removed password {key}",
-                            v["version"]
-                        );
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let probe = Probe::start(&azure, &reader, &app_id, &[("probe-secret", "password")]);
     crots
-        .create(
-            &PostParams::default(),
-            &object(
-                "CredentialRotation",
-                "probe",
-                json!({"servicePrincipalRef": {"name": "probe"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "2h"}),
-            ),
-        )
+        .create(&PostParams::default(), &fast_rotation("probe"))
         .await
         .unwrap();
-    let versions_seen = |n: usize| {
-        let seen = seen.clone();
-        async move {
-            eventually(90, &format!("{n} versions read"), || async {
-                let count = seen.lock().unwrap().len();
-                if count >= n {
-                    Ok(())
-                } else {
-                    Err(format!("{count} versions"))
-                }
-            })
-            .await
-        }
-    };
-    versions_seen(3).await;
-    operator.drain();
-    // Killed right after the next password reached the Secret, before it reaches the vault.
-    operator.wait_for("rotated the client secret", Duration::from_secs(30));
-    operator.signal(Signal::SIGKILL);
-    let _ = operator.wait_exit(Duration::from_secs(10));
-    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
-    operator.wait_for("operator ready", Duration::from_secs(30));
-    versions_seen(5).await;
-    stop.store(true, Ordering::Relaxed);
-    probe.await.unwrap();
-    watch.await.unwrap();
-    let (attempts, failures) = (
-        attempts.load(Ordering::Relaxed),
-        failures.load(Ordering::Relaxed),
-    );
-    assert!(attempts > 20, "the reader read {attempts} times");
-    assert_eq!(
-        failures, 0,
-        "of {attempts} reads of the latest version, {failures} did not sign in"
-    );
-    assert_eq!(
-        orphans.load(Ordering::Relaxed),
-        0,
-        "a version stayed enabled for a removed password"
-    );
+    probe.keys_seen(3).await;
+    let operator = kill_mid_rotation(operator, &kubeconfig, &azure);
+    probe.keys_seen(5).await;
+    probe.stop_and_check().await;
 
     // Once a rotation's overlap has ended, only the newest version is enabled, and it is the current key.
     let crot = eventually(30, "the previous version disabled", || async {
@@ -778,86 +829,22 @@ async fn without_a_secret_the_vaults_alone_hold_the_password_through_rotations()
     let env: Value = serde_json::from_str(env["value"].as_str().unwrap()).unwrap();
     assert_eq!(env["AZURE_CLIENT_SECRET"], text.as_str());
 
-    // Rotations: every vault moves on, and a reader of each never fails to sign in.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (failures, seen) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(Mutex::new(BTreeSet::new())),
+    // Rotations: every vault moves on, and a reader of each never fails to sign in, a kill -9 included
+    // (right after a new password reached the first vault, its only home).
+    let probe = Probe::start(
+        &azure,
+        &reader,
+        &app_id,
+        &[("vaulted-home", "sdk-auth"), ("vaulted-plain", "password")],
     );
-    let probe = {
-        let (stop, failures, seen) = (stop.clone(), failures.clone(), seen.clone());
-        let (http, base, app_id, reader) =
-            (http.clone(), base.clone(), app_id.clone(), reader.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for name in ["vaulted-home", "vaulted-plain"] {
-                    let (code, latest) = read_latest(&http, &reader, name).await;
-                    let value = latest["value"].as_str().unwrap_or_default();
-                    let text = match name {
-                        "vaulted-home" => serde_json::from_str::<Value>(value)
-                            .ok()
-                            .and_then(|v| v["clientSecret"].as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        _ => value.to_string(),
-                    };
-                    if code != 200 || vault_token(&http, &base, &app_id, &text).await.is_none() {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("reader: {name}'s latest version failed ({code})");
-                    }
-                    let key = latest["tags"]["entra-operator-key-id"]
-                        .as_str()
-                        .unwrap_or_default();
-                    seen.lock().unwrap().insert(key.to_string());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
     crots
-        .create(
-            &PostParams::default(),
-            &object(
-                "CredentialRotation",
-                "vaulted",
-                json!({"servicePrincipalRef": {"name": "vaulted"}, "rotateEvery": "5s", "overlap": "2s", "credentialLifetime": "2h"}),
-            ),
-        )
+        .create(&PostParams::default(), &fast_rotation("vaulted"))
         .await
         .unwrap();
-    let keys_seen = |n: usize| {
-        let seen = seen.clone();
-        async move {
-            eventually(
-                90,
-                &format!("{n} passwords read from the vaults"),
-                || async {
-                    let count = seen.lock().unwrap().len();
-                    if count >= n {
-                        Ok(())
-                    } else {
-                        Err(format!("{count} keys"))
-                    }
-                },
-            )
-            .await
-        }
-    };
-    keys_seen(3).await;
-    // Killed right after a new password reached the first vault (its only home), before anything else.
-    operator.drain();
-    operator.wait_for("rotated the client secret", Duration::from_secs(30));
-    operator.signal(Signal::SIGKILL);
-    let _ = operator.wait_exit(Duration::from_secs(10));
-    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
-    operator.wait_for("operator ready", Duration::from_secs(30));
-    keys_seen(5).await;
-    stop.store(true, Ordering::Relaxed);
-    probe.await.unwrap();
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "a read of the latest version did not sign in"
-    );
+    probe.keys_seen(3).await;
+    let operator = kill_mid_rotation(operator, &kubeconfig, &azure);
+    probe.keys_seen(5).await;
+    probe.stop_and_check().await;
     for name in ["vaulted-home", "vaulted-plain", "vaulted-env"] {
         eventually(
             30,
