@@ -391,6 +391,7 @@ fn new_application(
         created_date_time: Timestamp::now(),
         password_credentials: vec![],
         federated_identity_credentials: vec![],
+        key_credentials: vec![],
         // What an app-only caller creates, it owns (that is how OwnedBy keeps working on it).
         owners: vec![req.caller.oid.clone()],
     };

@@ -1,0 +1,353 @@
+//! Certificate credentials: a certificate registered by seed is an application's key credential (shown by
+//! Graph without its key), and client assertions signed with its key sign in, RS256 or PS256, named by `x5t`
+//! or `x5t#S256`, while unknown or expired certificates, expired assertions and wrong audiences are refused
+//! with Entra's codes.
+
+use std::time::Duration;
+
+use aws_lc_rs::{
+    digest,
+    encoding::AsDer,
+    rand::SystemRandom,
+    rsa::{KeyPair, KeySize},
+    signature::{RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaEncoding},
+};
+use azure_emulator::{Options, Running, config::Config, start};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const APP_ID: &str = "c3c3c3c3-0000-4000-8000-00000000c3c3";
+const APP_OBJECT: &str = "c3c3c3c3-0000-4000-8000-00000000a3a3";
+const ARM: &str = "https://management.azure.com/.default";
+
+struct Cert {
+    key: KeyPair,
+    der: Vec<u8>,
+    pem: String,
+}
+
+/// A self-signed RSA certificate valid between the two years, as `create-for-rbac --create-cert` makes one.
+fn cert(from_year: i32, to_year: i32) -> Cert {
+    let key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let pkcs8 = pem::encode(&pem::Pem::new(
+        "PRIVATE KEY",
+        key.as_der().unwrap().as_ref().to_vec(),
+    ));
+    let signer = rcgen::KeyPair::from_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cert-app");
+    params.not_before = rcgen::date_time_ymd(from_year, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to_year, 1, 1);
+    let cert = params.self_signed(&signer).unwrap();
+    Cert {
+        key,
+        der: cert.der().to_vec(),
+        pem: cert.pem(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Thumbprint {
+    Sha1,
+    Sha256,
+}
+
+impl Cert {
+    /// A client assertion; `claims` are merged over valid ones for `aud`.
+    fn assertion(&self, alg: &str, thumbprint: Thumbprint, aud: &str, claims: Value) -> String {
+        let (name, algorithm) = match thumbprint {
+            Thumbprint::Sha1 => ("x5t", &digest::SHA1_FOR_LEGACY_USE_ONLY),
+            Thumbprint::Sha256 => ("x5t#S256", &digest::SHA256),
+        };
+        let print = URL_SAFE_NO_PAD.encode(digest::digest(algorithm, &self.der));
+        let header = json!({"alg": alg, "typ": "JWT", name: print});
+        let now = jiff::Timestamp::now().as_second();
+        let mut body = json!({"aud": aud, "iss": APP_ID, "sub": APP_ID, "jti": uuid::Uuid::new_v4().to_string(),
+                              "nbf": now, "iat": now, "exp": now + 600});
+        for (k, v) in claims.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(body.to_string())
+        );
+        let encoding: &'static dyn RsaEncoding = if alg == "PS256" {
+            &RSA_PSS_SHA256
+        } else {
+            &RSA_PKCS1_SHA256
+        };
+        let mut sig = vec![0; self.key.public_modulus_len()];
+        self.key
+            .sign(encoding, &SystemRandom::new(), input.as_bytes(), &mut sig)
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+struct Emu {
+    running: Running,
+    http: Client,
+    tenant: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Emu {
+    /// An emulator with an application whose key credentials are `certs`.
+    async fn with(certs: &[&Cert]) -> Emu {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default_seed();
+        let keys: Vec<Value> = certs
+            .iter()
+            .map(|c| json!({"certificatePem": c.pem}))
+            .collect();
+        config.seed.applications.push(
+            serde_json::from_value(json!({
+                "displayName": "cert-app", "appId": APP_ID, "objectId": APP_OBJECT,
+                "servicePrincipalId": "c3c3c3c3-0000-4000-8000-00000000b3b3",
+                "graphPermissions": ["Application.Read.All"], "keyCredentials": keys,
+            }))
+            .unwrap(),
+        );
+        let running = start(Options {
+            config,
+            state_dir: dir.path().to_path_buf(),
+            persist: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hostnames: vec![],
+        })
+        .await
+        .unwrap();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&running.ca_file).unwrap()).unwrap();
+        let http = Client::builder()
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Emu {
+            running,
+            http,
+            tenant: Config::default_seed().seed.tenant_id,
+            _dir: dir,
+        }
+    }
+
+    fn token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.running.base_url, self.tenant
+        )
+    }
+
+    async fn sign_in(&self, assertion: &str, scope: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", APP_ID),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+}
+
+fn code(body: &Value) -> i64 {
+    body["error_codes"][0].as_i64().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_registered_certificate_signs_in_with_either_algorithm_and_thumbprint() {
+    let cert = cert(2024, 2040);
+    let emu = Emu::with(&[&cert]).await;
+    let v1 = format!("{}/{}/oauth2/token", emu.running.base_url, emu.tenant);
+    for (alg, print, aud) in [
+        ("RS256", Thumbprint::Sha1, emu.token_url()),
+        ("PS256", Thumbprint::Sha256, emu.token_url()),
+        ("RS256", Thumbprint::Sha256, v1.clone()),
+        ("PS256", Thumbprint::Sha1, v1),
+    ] {
+        // MSAL Python sends NumericDates with fractions (time.time()).
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        let claims = json!({"iat": now, "nbf": now, "exp": now + 600.0});
+        let (status, body) = emu
+            .sign_in(&cert.assertion(alg, print, &aud, claims), ARM)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{alg} {aud}: {body}");
+        assert!(body["access_token"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn graph_shows_the_key_credential_without_its_key() {
+    let cert = cert(2024, 2040);
+    let emu = Emu::with(&[&cert]).await;
+    let assertion = cert.assertion("RS256", Thumbprint::Sha1, &emu.token_url(), json!({}));
+    let (status, body) = emu
+        .sign_in(&assertion, "https://graph.microsoft.com/.default")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let app: Value = emu
+        .http
+        .get(format!(
+            "{}/v1.0/applications/{APP_OBJECT}",
+            emu.running.base_url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = app["keyCredentials"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{app}");
+    let key = &keys[0];
+    assert_eq!(key["key"], Value::Null);
+    assert_eq!(key["type"], "AsymmetricX509Cert");
+    assert_eq!(key["usage"], "Verify");
+    assert_eq!(
+        key["customKeyIdentifier"],
+        STANDARD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &cert.der))
+    );
+    assert!(
+        key["startDateTime"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-01-01")
+    );
+    assert!(
+        key["endDateTime"]
+            .as_str()
+            .unwrap()
+            .starts_with("2040-01-01")
+    );
+}
+
+#[tokio::test]
+async fn unknown_expired_or_impersonated_certificates_are_refused_as_entra_does() {
+    let registered = cert(2024, 2040);
+    let expired = cert(2020, 2021);
+    let stranger = cert(2024, 2040);
+    let emu = Emu::with(&[&registered, &expired]).await;
+    let aud = emu.token_url();
+
+    let unknown = stranger.assertion("RS256", Thumbprint::Sha1, &aud, json!({}));
+    let (status, body) = emu.sign_in(&unknown, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not registered")
+    );
+    assert_eq!(body["error"], "invalid_client");
+
+    let old = expired.assertion("RS256", Thumbprint::Sha256, &aud, json!({}));
+    let (status, body) = emu.sign_in(&old, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    // The registered certificate's thumbprint, but signed by another key.
+    let forged = registered.assertion("RS256", Thumbprint::Sha1, &aud, json!({}));
+    let other = stranger.assertion("RS256", Thumbprint::Sha1, &aud, json!({}));
+    let forged = format!(
+        "{}.{}",
+        forged.rsplit_once('.').unwrap().0,
+        other.rsplit_once('.').unwrap().1
+    );
+    let (status, body) = emu.sign_in(&forged, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("signature validation")
+    );
+}
+
+#[tokio::test]
+async fn assertions_out_of_time_for_elsewhere_without_jti_or_in_other_algorithms_are_refused() {
+    let registered = cert(2024, 2040);
+    let emu = Emu::with(&[&registered]).await;
+    let aud = emu.token_url();
+
+    let now = jiff::Timestamp::now().as_second();
+    let late = registered.assertion(
+        "RS256",
+        Thumbprint::Sha1,
+        &aud,
+        json!({"nbf": now - 3600, "exp": now - 900}),
+    );
+    let (status, body) = emu.sign_in(&late, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 700024),
+        "{body}"
+    );
+
+    // A few seconds past exp is within Entra's clock skew.
+    let skewed = registered.assertion("RS256", Thumbprint::Sha1, &aud, json!({"exp": now - 30}));
+    assert_eq!(emu.sign_in(&skewed, ARM).await.0, StatusCode::OK);
+
+    let elsewhere = registered.assertion(
+        "RS256",
+        Thumbprint::Sha1,
+        "https://login.microsoftonline.com/another-tenant/oauth2/v2.0/token",
+        json!({}),
+    );
+    let (status, body) = emu.sign_in(&elsewhere, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 50012),
+        "{body}"
+    );
+
+    let no_jti = registered.assertion("RS256", Thumbprint::Sha1, &aud, json!({"jti": null}));
+    let (status, body) = emu.sign_in(&no_jti, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 50027),
+        "{body}"
+    );
+
+    let hs = registered.assertion("RS384", Thumbprint::Sha1, &aud, json!({}));
+    let (status, body) = emu.sign_in(&hs, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+}
