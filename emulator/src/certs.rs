@@ -167,11 +167,16 @@ fn find_key<'k>(
     let (wanted, digest): (Vec<u8>, Digest) = match (&header.x5t_s256, &header.x5t) {
         (Some(s256), _) => (decode_thumbprint(s256)?, sha256),
         (None, Some(s1)) => (decode_thumbprint(s1)?, sha1),
-        (None, None) => {
-            return Err(CertProblem::Malformed(
-                "The client assertion header must contain 'x5t' or 'x5t#S256'.",
-            ));
-        }
+        // .NET's X509SigningCredentials (Learn's proof-of-possession sample) names the key by `kid`, the
+        // certificate's SHA-1 thumbprint in hex.
+        (None, None) => match header.kid.as_deref().and_then(decode_hex) {
+            Some(print) => (print, sha1),
+            None => {
+                return Err(CertProblem::Malformed(
+                    "The client assertion header must contain 'x5t' or 'x5t#S256'.",
+                ));
+            }
+        },
     };
     let hex: String = wanted.iter().map(|b| format!("{b:02X}")).collect();
     keys.iter()
@@ -183,6 +188,16 @@ fn find_key<'k>(
         })
         .map(|k| (k, hex.clone()))
         .ok_or(CertProblem::UnknownKey(hex))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 40 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// base64url as the spec says; some clients send standard base64 (with `+`, `/` or padding), which Entra
@@ -214,4 +229,59 @@ fn check_signature(assertion: &str, alg: Algorithm, cert_der: &[u8]) -> Result<(
     signature::UnparsedPublicKey::new(algorithm, public_key)
         .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| CertProblem::BadSignature)
+}
+
+/// The audience of addKey/removeKey proofs: the legacy Azure AD Graph's application id (Learn, *application:
+/// addKey*, "proof" and *Generate proof-of-possession tokens for rolling keys*).
+pub const PROOF_AUDIENCE: &str = "00000002-0000-0000-c000-000000000000";
+/// How long a proof may be valid: at most 10 minutes (same pages).
+const PROOF_MAX_LIFETIME_SECONDS: f64 = 600.0;
+
+/// A proof's claims (Learn's sample sets no `sub`).
+#[derive(Debug, Deserialize)]
+struct ProofClaims {
+    iss: String,
+    #[serde(deserialize_with = "crate::jwt::one_or_many")]
+    aud: Vec<String>,
+    exp: f64,
+    #[serde(default)]
+    nbf: Option<f64>,
+}
+
+/// Verifies the proof of possession that addKey and removeKey require: a JWT signed with one of the
+/// application's current certificates, `aud` [`PROOF_AUDIENCE`], `iss` the application's object id, valid now
+/// and for at most 10 minutes. The reason is for the emulator's own error text.
+pub fn verify_proof(
+    proof: &str,
+    keys: &[KeyCredential],
+    app_object_id: &str,
+    now: Timestamp,
+) -> Result<(), &'static str> {
+    let header = jsonwebtoken::decode_header(proof).map_err(|_| "the proof is not a JWT")?;
+    let claims = jsonwebtoken::dangerous::insecure_decode::<ProofClaims>(proof)
+        .map_err(|_| "the proof lacks iss, aud or exp")?
+        .claims;
+    let (key, _) =
+        find_key(&header, keys).map_err(|_| "the proof's key is not one of the application's")?;
+    let der = STANDARD.decode(&key.key).map_err(|_| "unreadable key")?;
+    check_signature(proof, header.alg, &der).map_err(|_| "the proof's signature is not valid")?;
+    if key.end_date_time <= now || key.start_date_time > now {
+        return Err("the certificate that signed the proof is not valid now");
+    }
+    if !claims.aud.iter().any(|a| a == PROOF_AUDIENCE) {
+        return Err("the proof's audience must be 00000002-0000-0000-c000-000000000000");
+    }
+    if !claims.iss.eq_ignore_ascii_case(app_object_id) {
+        return Err("the proof's issuer must be the application's object id");
+    }
+    let now_s = now.as_second() as f64;
+    let skew = CLOCK_SKEW_SECONDS as f64;
+    let nbf = claims.nbf.ok_or("the proof has no nbf")?;
+    if claims.exp + skew <= now_s || nbf - skew > now_s {
+        return Err("the proof is not within its valid time range");
+    }
+    if claims.exp - nbf > PROOF_MAX_LIFETIME_SECONDS {
+        return Err("the proof's lifetime exceeds 10 minutes");
+    }
+    Ok(())
 }

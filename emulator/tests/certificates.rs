@@ -351,3 +351,113 @@ async fn assertions_out_of_time_for_elsewhere_without_jti_or_in_other_algorithms
         "{body}"
     );
 }
+
+const PROOF_AUDIENCE: &str = "00000002-0000-0000-c000-000000000000";
+
+impl Emu {
+    async fn graph_token(&self, cert: &Cert) -> String {
+        let assertion = cert.assertion("RS256", Thumbprint::Sha1, &self.token_url(), json!({}));
+        let (status, body) = self
+            .sign_in(&assertion, "https://graph.microsoft.com/.default")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn action(&self, token: &str, action: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1.0/applications/{APP_OBJECT}/{action}",
+                self.running.base_url
+            ))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// A proof of possession for addKey/removeKey signed by `cert`, as Learn's sample makes one.
+fn proof(cert: &Cert, claims: Value) -> String {
+    let mut all = json!({"iss": APP_OBJECT, "sub": null, "jti": null});
+    for (k, v) in claims.as_object().unwrap() {
+        all[k] = v.clone();
+    }
+    cert.assertion("RS256", Thumbprint::Sha1, PROOF_AUDIENCE, all)
+}
+
+#[tokio::test]
+async fn an_application_rolls_its_own_certificate_with_add_key_and_remove_key() {
+    let old = cert(2024, 2040);
+    let new = cert(2024, 2041);
+    let stranger = cert(2024, 2040);
+    let emu = Emu::with(&[&old]).await;
+    let token = emu.graph_token(&old).await;
+    let add = |proof: String| {
+        json!({"keyCredential": {"type": "AsymmetricX509Cert", "usage": "Verify",
+        "key": STANDARD.encode(&new.der)}, "passwordCredential": null, "proof": proof})
+    };
+
+    let now = jiff::Timestamp::now().as_second();
+    for bad in [
+        proof(&stranger, json!({})),
+        proof(&old, json!({"iss": "00000000-0000-4000-8000-000000000000"})),
+        proof(&old, json!({"aud": "https://graph.microsoft.com"})),
+        proof(&old, json!({"nbf": now, "exp": now + 1200})),
+        proof(&old, json!({"nbf": now - 1200, "exp": now - 900})),
+    ] {
+        let (status, body) = emu.action(&token, "addKey", add(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    let (status, added) = emu
+        .action(&token, "addKey", add(proof(&old, json!({}))))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["key"], Value::Null);
+    assert_eq!(added["type"], "AsymmetricX509Cert");
+    assert!(
+        added["endDateTime"]
+            .as_str()
+            .unwrap()
+            .starts_with("2041-01-01")
+    );
+    // The new certificate signs in at once.
+    let token = emu.graph_token(&new).await;
+
+    let app: Value = emu
+        .http
+        .get(format!(
+            "{}/v1.0/applications/{APP_OBJECT}",
+            emu.running.base_url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = app["keyCredentials"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{app}");
+    let old_id = keys.iter().find(|k| k["keyId"] != added["keyId"]).unwrap()["keyId"].clone();
+
+    let remove = json!({"keyId": old_id, "proof": proof(&new, json!({}))});
+    let (status, body) = emu.action(&token, "removeKey", remove).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let assertion = old.assertion("RS256", Thumbprint::Sha1, &emu.token_url(), json!({}));
+    let (status, body) = emu.sign_in(&assertion, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+}
