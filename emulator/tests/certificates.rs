@@ -461,3 +461,102 @@ async fn an_application_rolls_its_own_certificate_with_add_key_and_remove_key() 
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_owner_patches_key_credentials_appending_by_key_id_as_az_does() {
+    let first = cert(2024, 2040);
+    let second = cert(2024, 2041);
+    let emu = Emu::with(&[&first]).await;
+    let owner_sp = "d4d4d4d4-0000-4000-8000-00000000b4b4";
+    let seed = json!({"applications": [
+        {"displayName": "owner", "appId": "d4d4d4d4-0000-4000-8000-00000000d4d4",
+         "objectId": "d4d4d4d4-0000-4000-8000-00000000a4a4", "servicePrincipalId": owner_sp,
+         "clientSecrets": ["owner-secret-0123456789"], "graphPermissions": ["Application.ReadWrite.OwnedBy"]},
+        {"displayName": "cert-app", "appId": APP_ID, "objectId": APP_OBJECT,
+         "servicePrincipalId": "c3c3c3c3-0000-4000-8000-00000000b3b3", "owners": [owner_sp]},
+    ]});
+    let resp = emu
+        .http
+        .post(format!("{}/_emulator/seed", emu.running.base_url))
+        .json(&seed)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let resp: Value = emu
+        .http
+        .post(emu.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "d4d4d4d4-0000-4000-8000-00000000d4d4"),
+            ("client_secret", "owner-secret-0123456789"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = resp["access_token"].as_str().unwrap().to_string();
+    let url = format!("{}/v1.0/applications/{APP_OBJECT}", emu.running.base_url);
+    let app: Value = emu
+        .http
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let existing = app["keyCredentials"][0].clone();
+    assert_eq!(existing["key"], Value::Null);
+    let patch = |keys: Value| {
+        emu.http
+            .patch(&url)
+            .bearer_auth(&token)
+            .json(&json!({"keyCredentials": keys}))
+            .send()
+    };
+    let new_key = json!({"@odata.type": "#microsoft.graph.keyCredential", "type": "AsymmetricX509Cert",
+        "usage": "Verify", "key": STANDARD.encode(&second.der), "displayName": null,
+        "startDateTime": "2025-01-01T00:00:00Z", "endDateTime": "2030-01-01T00:00:00Z"});
+
+    let unknown = json!([{"keyId": uuid::Uuid::new_v4().to_string(), "key": null}]);
+    assert_eq!(
+        patch(unknown).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    let appended = patch(json!([existing, new_key])).await.unwrap();
+    assert_eq!(appended.status(), StatusCode::NO_CONTENT);
+    let app: Value = emu
+        .http
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app["keyCredentials"][1]["endDateTime"], "2030-01-01T00:00:00Z",
+        "{app}"
+    );
+    for c in [&first, &second] {
+        let assertion = c.assertion("RS256", Thumbprint::Sha1, &emu.token_url(), json!({}));
+        assert_eq!(emu.sign_in(&assertion, ARM).await.0, StatusCode::OK);
+    }
+
+    let replaced = patch(json!([new_key])).await.unwrap();
+    assert_eq!(replaced.status(), StatusCode::NO_CONTENT);
+    let assertion = first.assertion("RS256", Thumbprint::Sha1, &emu.token_url(), json!({}));
+    let (status, body) = emu.sign_in(&assertion, ARM).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, 700027),
+        "{body}"
+    );
+}

@@ -357,6 +357,10 @@ fn apply_fields(
                     "Property 'uniqueName' is read-only and cannot be changed.",
                 ));
             }
+            "keyCredentials" => {
+                app.key_credentials = super::keys::replace_key_credentials(&app.key_credentials, v)
+                    .map_err(|why| bad_request(req, why))?
+            }
             "passwordCredentials" => {
                 return Err(bad_request(
                     req,

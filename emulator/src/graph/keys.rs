@@ -1,4 +1,5 @@
-//! `addKey` and `removeKey` on applications: an application rolls its own certificates, proving possession
+//! An application's `keyCredentials` as PATCH (or create) sets them, which is how the first certificate gets
+//! there; and `addKey` and `removeKey` on applications: an application rolls its own certificates, proving possession
 //! of a current one (Learn, *application: addKey*, *application: removeKey*, *Generate proof-of-possession
 //! tokens for rolling keys*). The proof is checked by `certs::verify_proof`.
 //!
@@ -82,8 +83,29 @@ fn key_credential(cred: &Map<String, Value>) -> Result<crate::state::KeyCredenti
     let der = text("key")
         .and_then(|k| STANDARD.decode(k).ok())
         .ok_or("Invalid value specified for property 'key' of resource 'KeyCredential'.")?;
-    crate::certs::key_credential_from_der(&der, None, text("displayName").map(str::to_string))
-        .map_err(|_| "Invalid value specified for property 'key' of resource 'KeyCredential'.")
+    let mut key =
+        crate::certs::key_credential_from_der(&der, None, text("displayName").map(str::to_string))
+            .map_err(
+                |_| "Invalid value specified for property 'key' of resource 'KeyCredential'.",
+            )?;
+    // Given dates win over the certificate's validity (azure-cli sends its own, clamped to the certificate's:
+    // `role/custom.py`, `_validate_app_dates`).
+    let date = |name: &str| match cred.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) => t.parse::<Timestamp>().map(Some).map_err(|_| ()),
+        Some(_) => Err(()),
+    };
+    const BAD_DATE: &str = "Invalid value specified for property 'startDateTime' or 'endDateTime' of resource 'KeyCredential'.";
+    if let Some(start) = date("startDateTime").map_err(|_| BAD_DATE)? {
+        key.start_date_time = start;
+    }
+    if let Some(end) = date("endDateTime").map_err(|_| BAD_DATE)? {
+        key.end_date_time = end;
+    }
+    if key.end_date_time <= key.start_date_time {
+        return Err(BAD_DATE);
+    }
+    Ok(key)
 }
 
 /// `POST /applications/{id}/removeKey` `{keyId, proof}`: 204.
@@ -127,4 +149,48 @@ pub fn remove_key(req: &Req, key: &Key) -> Response {
         req.ctx.touch();
         no_content()
     })
+}
+
+/// The key credentials after `PATCH {keyCredentials: [...]}`: the list replaces the collection (Learn, *Update
+/// application*). An entry with a `key` is a certificate to add (its keyId kept if given); one without (as
+/// Graph reads them back, `key` null) keeps the existing credential of that keyId, which is how clients append:
+/// azure-cli's `az ad app credential reset --append` reads `keyCredentials`, adds one and PATCHes them all
+/// (`role/custom.py`, `_reset_credential`).
+pub fn replace_key_credentials(
+    existing: &[crate::state::KeyCredential],
+    value: &Value,
+) -> Result<Vec<crate::state::KeyCredential>, &'static str> {
+    const INVALID: &str =
+        "Invalid value specified for property 'keyCredentials' of resource 'Application'.";
+    let entries = value.as_array().ok_or(INVALID)?;
+    let mut result: Vec<crate::state::KeyCredential> = Vec::new();
+    for entry in entries {
+        let cred = entry.as_object().ok_or(INVALID)?;
+        let key_id = cred
+            .get("keyId")
+            .and_then(Value::as_str)
+            .filter(|k| uuid::Uuid::parse_str(k).is_ok())
+            .map(str::to_ascii_lowercase);
+        let next = match cred.get("key") {
+            None | Some(Value::Null) => existing
+                .iter()
+                .find(|k| Some(k.key_id.to_ascii_lowercase()) == key_id)
+                .cloned()
+                .ok_or("Key credential without 'key' must name an existing keyId.")?,
+            Some(_) => {
+                let mut k = key_credential(cred)?;
+                if let Some(id) = key_id {
+                    k.key_id = id;
+                }
+                k
+            }
+        };
+        if result.iter().any(|k| {
+            k.key_id == next.key_id || k.custom_key_identifier == next.custom_key_identifier
+        }) {
+            return Err("Duplicate key credentials (same keyId or certificate) are not allowed.");
+        }
+        result.push(next);
+    }
+    Ok(result)
 }
