@@ -86,6 +86,9 @@ pub struct SeedApplication {
     /// Federated identity credentials.
     #[serde(default)]
     pub federated_credentials: Vec<SeedFederatedCredential>,
+    /// Certificates the application accepts client assertions from (public certificates only).
+    #[serde(default)]
+    pub key_credentials: Vec<SeedKeyCredential>,
     /// Object ids of owners.
     #[serde(default)]
     pub owners: Vec<String>,
@@ -99,6 +102,19 @@ pub struct SeedFederatedCredential {
     pub subject: String,
     #[serde(default = "default_audiences")]
     pub audiences: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedKeyCredential {
+    /// The certificate, PEM (`-----BEGIN CERTIFICATE-----`; other blocks such as a key are ignored).
+    pub certificate_pem: String,
+    /// Its keyId; a new GUID when absent.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Its displayName; the certificate's subject when absent.
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 fn default_audiences() -> Vec<String> {

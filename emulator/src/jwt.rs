@@ -130,12 +130,13 @@ pub struct AssertionClaims {
     pub sub: String,
     #[serde(deserialize_with = "one_or_many")]
     pub aud: Vec<String>,
-    pub exp: i64,
+    /// NumericDate may have a fraction (RFC 7519 section 2), and MSAL Python sends `time.time()` as it is.
+    pub exp: f64,
     #[serde(default)]
-    pub nbf: Option<i64>,
+    pub nbf: Option<f64>,
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod arm;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod graph;
 pub mod http;

@@ -128,6 +128,9 @@ pub struct Application {
     pub password_credentials: Vec<Password>,
     #[serde(default)]
     pub federated_identity_credentials: Vec<FederatedCredential>,
+    /// Certificates whose keys sign client assertions for it.
+    #[serde(default)]
+    pub key_credentials: Vec<KeyCredential>,
     /// Object ids of the owners (service principals or users).
     #[serde(default)]
     pub owners: Vec<String>,
@@ -144,6 +147,25 @@ pub struct Password {
     pub end_date_time: Timestamp,
     /// SHA-256 of the secret text, hex. The text itself is only ever in addPassword's response.
     pub secret_sha256: String,
+}
+
+/// Graph's keyCredential for an X.509 certificate (see `certs`). Only the public certificate is kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCredential {
+    pub key_id: String,
+    /// Base64 of the certificate's SHA-1 thumbprint.
+    pub custom_key_identifier: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// AsymmetricX509Cert.
+    pub r#type: String,
+    /// Verify.
+    pub usage: String,
+    /// Base64 of the certificate's DER.
+    pub key: String,
+    pub start_date_time: Timestamp,
+    pub end_date_time: Timestamp,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -330,79 +352,7 @@ impl World {
             self.managed_identity = seed.managed_identity.clone();
         }
         for app in &seed.applications {
-            let passwords: Vec<Password> = app
-                .client_secrets
-                .iter()
-                .map(|secret| Password {
-                    key_id: new_id(),
-                    display_name: Some("seed".into()),
-                    hint: secret.chars().take(3).collect(),
-                    start_date_time: now,
-                    end_date_time: now + jiff::SignedDuration::from_hours(2 * 365 * 24),
-                    secret_sha256: sha256_hex(secret),
-                })
-                .collect();
-            let fics: Vec<FederatedCredential> = app
-                .federated_credentials
-                .iter()
-                .map(|f| FederatedCredential {
-                    id: new_id(),
-                    name: f.name.clone(),
-                    issuer: f.issuer.clone(),
-                    subject: f.subject.clone(),
-                    audiences: f.audiences.clone(),
-                    description: None,
-                })
-                .collect();
-            // Seeding an existing object again adds to it (e.g. a federated credential for a new cluster).
-            let entry = self
-                .directory
-                .applications
-                .entry(app.object_id.clone())
-                .or_insert_with(|| Application {
-                    id: app.object_id.clone(),
-                    app_id: app.app_id.clone(),
-                    display_name: app.display_name.clone(),
-                    unique_name: None,
-                    description: None,
-                    notes: None,
-                    tags: vec![],
-                    sign_in_audience: "AzureADMyOrg".into(),
-                    created_date_time: now - jiff::SignedDuration::from_hours(24),
-                    password_credentials: vec![],
-                    federated_identity_credentials: vec![],
-                    owners: vec![],
-                });
-            entry.password_credentials.extend(passwords);
-            for fic in fics {
-                entry
-                    .federated_identity_credentials
-                    .retain(|f: &FederatedCredential| f.name != fic.name);
-                entry.federated_identity_credentials.push(fic);
-            }
-            for owner in &app.owners {
-                if !entry.owners.contains(owner) {
-                    entry.owners.push(owner.clone());
-                }
-            }
-            let sp = self
-                .directory
-                .service_principals
-                .entry(app.service_principal_id.clone())
-                .or_insert_with(|| ServicePrincipal {
-                    id: app.service_principal_id.clone(),
-                    app_id: app.app_id.clone(),
-                    display_name: app.display_name.clone(),
-                    app_owner_organization_id: self.tenant_id.clone(),
-                    tags: vec![],
-                    created_date_time: now - jiff::SignedDuration::from_hours(24),
-                    graph_permissions: vec![],
-                });
-            for p in &app.graph_permissions {
-                if !sp.graph_permissions.contains(p) {
-                    sp.graph_permissions.push(p.clone());
-                }
-            }
+            self.add_seed_application(app, now)?;
         }
         self.directory.rebuild_index();
         self.check_vault_names(&seed.resources)?;
@@ -467,6 +417,102 @@ impl World {
                     created_by: "seed".into(),
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// One seeded application with its service principal; seeding an existing one adds to it.
+    fn add_seed_application(
+        &mut self,
+        app: &crate::config::SeedApplication,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        let passwords: Vec<Password> = app
+            .client_secrets
+            .iter()
+            .map(|secret| Password {
+                key_id: new_id(),
+                display_name: Some("seed".into()),
+                hint: secret.chars().take(3).collect(),
+                start_date_time: now,
+                end_date_time: now + jiff::SignedDuration::from_hours(2 * 365 * 24),
+                secret_sha256: sha256_hex(secret),
+            })
+            .collect();
+        let fics: Vec<FederatedCredential> = app
+            .federated_credentials
+            .iter()
+            .map(|f| FederatedCredential {
+                id: new_id(),
+                name: f.name.clone(),
+                issuer: f.issuer.clone(),
+                subject: f.subject.clone(),
+                audiences: f.audiences.clone(),
+                description: None,
+            })
+            .collect();
+        // Seeding an existing object again adds to it (e.g. a federated credential for a new cluster).
+        let entry = self
+            .directory
+            .applications
+            .entry(app.object_id.clone())
+            .or_insert_with(|| Application {
+                id: app.object_id.clone(),
+                app_id: app.app_id.clone(),
+                display_name: app.display_name.clone(),
+                unique_name: None,
+                description: None,
+                notes: None,
+                tags: vec![],
+                sign_in_audience: "AzureADMyOrg".into(),
+                created_date_time: now - jiff::SignedDuration::from_hours(24),
+                password_credentials: vec![],
+                federated_identity_credentials: vec![],
+                key_credentials: vec![],
+                owners: vec![],
+            });
+        entry.password_credentials.extend(passwords);
+        for seed_key in &app.key_credentials {
+            let key = crate::certs::key_credential_from_pem(
+                &seed_key.certificate_pem,
+                seed_key.key_id.clone(),
+                seed_key.display_name.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("seed application {}: keyCredentials: {e}", app.app_id))?;
+            // Seeding the same key again replaces it, as re-seeding a federated credential does.
+            entry.key_credentials.retain(|k| {
+                k.key_id != key.key_id && k.custom_key_identifier != key.custom_key_identifier
+            });
+            entry.key_credentials.push(key);
+        }
+        for fic in fics {
+            entry
+                .federated_identity_credentials
+                .retain(|f: &FederatedCredential| f.name != fic.name);
+            entry.federated_identity_credentials.push(fic);
+        }
+        for owner in &app.owners {
+            if !entry.owners.contains(owner) {
+                entry.owners.push(owner.clone());
+            }
+        }
+        let sp = self
+            .directory
+            .service_principals
+            .entry(app.service_principal_id.clone())
+            .or_insert_with(|| ServicePrincipal {
+                id: app.service_principal_id.clone(),
+                app_id: app.app_id.clone(),
+                display_name: app.display_name.clone(),
+                app_owner_organization_id: self.tenant_id.clone(),
+                tags: vec![],
+                created_date_time: now - jiff::SignedDuration::from_hours(24),
+                graph_permissions: vec![],
+            });
+        for p in &app.graph_permissions {
+            if !sp.graph_permissions.contains(p) {
+                sp.graph_permissions.push(p.clone());
+            }
         }
         Ok(())
     }

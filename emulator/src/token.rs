@@ -356,60 +356,17 @@ async fn token(
                 );
             }
         };
-        let matching = app.federated_identity_credentials.iter().find(|f| {
-            f.issuer == claims.iss
-                && f.subject == claims.sub
-                && claims.aud.iter().any(|a| f.audiences.contains(a))
-        });
-        if matching.is_none() {
-            let issuer_known = app
-                .federated_identity_credentials
-                .iter()
-                .any(|f| f.issuer == claims.iss);
-            return if issuer_known {
-                bad(
-                    700213,
-                    "invalid_request",
-                    &format!(
-                        "No matching federated identity record found for presented assertion subject '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
-                        claims.sub
-                    ),
-                )
-            } else {
-                bad(
-                    700211,
-                    "invalid_request",
-                    &format!(
-                        "No matching federated identity record found for presented assertion issuer '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
-                        claims.iss
-                    ),
-                )
-            };
+        // A certificate assertion is the application speaking for itself (iss == sub == its client id); a
+        // federated one comes from another issuer about one of its subjects.
+        let checked = if claims.iss == claims.sub {
+            certificate_assertion(&app, assertion, base, tenant, &client_id, ids)
+        } else {
+            federated_assertion(ctx, &app, assertion, &claims, ids).await
+        };
+        if let Err(response) = checked {
+            return response;
         }
-        match ctx.issuers.verify(assertion, &claims.iss).await {
-            Ok(()) => "2",
-            Err(AssertionProblem::Expired) => {
-                return bad(
-                    700024,
-                    "invalid_client",
-                    "Client assertion is not within its valid time range.",
-                );
-            }
-            Err(AssertionProblem::IssuerUnreachable(why)) => {
-                tracing::warn!(issuer = %claims.iss, %why, "cannot obtain the issuer's keys");
-                return bad(
-                    50166,
-                    "invalid_request",
-                    &format!(
-                        "Request to External OIDC endpoint failed: could not obtain the signing keys of issuer '{}'.",
-                        claims.iss
-                    ),
-                );
-            }
-            Err(AssertionProblem::BadSignature | AssertionProblem::Malformed) => {
-                return unauthorized(50013, "Assertion failed signature validation.");
-            }
-        }
+        "2"
     } else {
         return unauthorized(
             7000218,
@@ -430,6 +387,191 @@ async fn token(
             ),
         ),
     }
+}
+
+/// Checks a federated (workload identity) assertion: a federated credential of the application must match its
+/// issuer, subject and audience, and the issuer's keys must verify it.
+async fn federated_assertion(
+    ctx: &Ctx,
+    app: &crate::state::Application,
+    assertion: &str,
+    claims: &crate::jwt::AssertionClaims,
+    ids: &RequestIds,
+) -> Result<(), Response> {
+    let bad = |aadsts: u32, error: &str, text: &str| {
+        token_error(StatusCode::BAD_REQUEST, error, aadsts, text, ids)
+    };
+    let unauthorized = |aadsts: u32, text: &str| {
+        token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            aadsts,
+            text,
+            ids,
+        )
+    };
+    let matching = app.federated_identity_credentials.iter().find(|f| {
+        f.issuer == claims.iss
+            && f.subject == claims.sub
+            && claims.aud.iter().any(|a| f.audiences.contains(a))
+    });
+    if matching.is_none() {
+        let issuer_known = app
+            .federated_identity_credentials
+            .iter()
+            .any(|f| f.issuer == claims.iss);
+        return Err(if issuer_known {
+            bad(
+                700213,
+                "invalid_request",
+                &format!(
+                    "No matching federated identity record found for presented assertion subject '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+                    claims.sub
+                ),
+            )
+        } else {
+            bad(
+                700211,
+                "invalid_request",
+                &format!(
+                    "No matching federated identity record found for presented assertion issuer '{}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+                    claims.iss
+                ),
+            )
+        });
+    }
+    match ctx.issuers.verify(assertion, &claims.iss).await {
+        Ok(()) => Ok(()),
+        Err(AssertionProblem::Expired) => Err(bad(
+            700024,
+            "invalid_client",
+            "Client assertion is not within its valid time range.",
+        )),
+        Err(AssertionProblem::IssuerUnreachable(why)) => {
+            tracing::warn!(issuer = %claims.iss, %why, "cannot obtain the issuer's keys");
+            Err(bad(
+                50166,
+                "invalid_request",
+                &format!(
+                    "Request to External OIDC endpoint failed: could not obtain the signing keys of issuer '{}'.",
+                    claims.iss
+                ),
+            ))
+        }
+        Err(AssertionProblem::BadSignature | AssertionProblem::Malformed) => Err(unauthorized(
+            50013,
+            "Assertion failed signature validation.",
+        )),
+    }
+}
+
+/// Checks a client assertion signed with one of the application's certificates (see `certs` for the
+/// format's source), answering as Entra does when it is refused.
+///
+/// Errors:
+/// - the header names no registered certificate: 401 `invalid_client` AADSTS700027 "The certificate with
+///   identifier used to sign the client assertion is not registered on application. [Reason - The key was not
+///   found., Thumbprint of key used by client: '…']" (Learn Q&A threads on AADSTS700027 quote it verbatim);
+/// - the signature does not verify: 401 AADSTS700027 "Client assertion failed signature validation."
+///   (Learn Q&A, same threads);
+/// - the certificate is outside its validity: 401 AADSTS700027 "Client assertion contains an invalid
+///   signature. [Reason - The key used is expired., …, Found key 'Start=…, End=…']": the message reported for
+///   expired certificates in Q&A threads; no separate code (such as 7000277) was found in Learn's list;
+/// - `aud` is not this tenant's token endpoint (v2 `/oauth2/v2.0/token` or v1 `/oauth2/token`, both of which
+///   Learn's certificate-credentials page allows): 401 AADSTS50012 "Client assertion audience claim does not
+///   match Realm issuer." (Learn's error list: 50012 AuthenticationFailed, "invalid client assertion");
+/// - outside `nbf`..`exp` (with `certs::CLOCK_SKEW_SECONDS`): 400 AADSTS700024, as for federated assertions;
+/// - `iss`/`sub` not the client_id sent: 401 AADSTS700021 "Client assertion application identifier doesn't
+///   match 'client_id' parameter." (from Entra's answers as reported; not in Learn's list);
+/// - no `jti`, no `x5t`, unreadable: 400 `invalid_request` AADSTS50027 (invalid JWT), the emulator's choice.
+fn certificate_assertion(
+    app: &crate::state::Application,
+    assertion: &str,
+    base: &str,
+    tenant: &str,
+    client_id: &str,
+    ids: &RequestIds,
+) -> Result<(), Response> {
+    use crate::certs::CertProblem;
+    let unauthorized = |code: u32, text: &str| {
+        token_error(StatusCode::UNAUTHORIZED, "invalid_client", code, text, ids)
+    };
+    let audiences = token_endpoints(base, tenant);
+    let expected = crate::certs::Expected {
+        audiences: &audiences,
+        now: Timestamp::now(),
+    };
+    let claims = match crate::certs::verify(assertion, &app.key_credentials, &expected) {
+        Ok(claims) => claims,
+        Err(CertProblem::Malformed(why)) => {
+            return Err(token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                why,
+                ids,
+            ));
+        }
+        Err(CertProblem::UnknownKey(thumbprint)) => {
+            return Err(unauthorized(
+                700027,
+                &format!(
+                    "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{}'.]",
+                    app.app_id
+                ),
+            ));
+        }
+        Err(CertProblem::BadSignature) => {
+            return Err(unauthorized(
+                700027,
+                "Client assertion failed signature validation.",
+            ));
+        }
+        Err(CertProblem::KeyExpired(thumbprint, start, end)) => {
+            return Err(unauthorized(
+                700027,
+                &format!(
+                    "Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key used by client: '{thumbprint}', Found key 'Start={start}, End={end}']"
+                ),
+            ));
+        }
+        Err(CertProblem::WrongAudience(_)) => {
+            return Err(unauthorized(
+                50012,
+                "Client assertion audience claim does not match Realm issuer.",
+            ));
+        }
+        Err(CertProblem::OutsideTimeRange) => {
+            return Err(token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
+                ids,
+            ));
+        }
+    };
+    if !claims.iss.eq_ignore_ascii_case(client_id) {
+        return Err(unauthorized(
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        ));
+    }
+    Ok(())
+}
+
+/// The token endpoints an assertion may name as its audience: v2 and v1, under the tenant id or
+/// `organizations`.
+fn token_endpoints(base: &str, tenant: &str) -> Vec<String> {
+    [tenant, "organizations"]
+        .iter()
+        .flat_map(|t| {
+            [
+                format!("{base}/{t}/oauth2/v2.0/token"),
+                format!("{base}/{t}/oauth2/token"),
+            ]
+        })
+        .collect()
 }
 
 /// The API a requested resource names and the audience of its tokens. Graph is `https://graph.microsoft.com`

@@ -75,7 +75,7 @@ const SIGN_IN_AUDIENCES: &[&str] = &[
 ];
 
 /// How a request names an application.
-enum Key {
+pub(super) enum Key {
     Id(String),
     AppId(String),
     UniqueName(String),
@@ -138,6 +138,8 @@ pub fn handle(req: Req) -> Response {
         ),
         (["addpassword"], "POST") => add_password(&req, &key),
         (["removepassword"], "POST") => remove_password(&req, &key),
+        (["addkey"], "POST") => super::keys::add_key(&req, &key),
+        (["removekey"], "POST") => super::keys::remove_key(&req, &key),
         // A keyed segment (`federatedIdentityCredentials(name='x')`) or an id after it names one credential.
         (["federatedidentitycredentials", ..], _) if rest.len() == 2 || rest[0].key.is_some() => {
             let fic_key = match (&rest[0].key, rest.get(1)) {
@@ -153,7 +155,8 @@ pub fn handle(req: Req) -> Response {
         (["owners"], "GET") => owners(&req, &key, None),
         (["owners", "$ref"], "POST") => owners(&req, &key, Some(None)),
         (["owners", _, "$ref"], "DELETE") => owners(&req, &key, Some(Some(rest[1].name.clone()))),
-        ([], _) | (["addpassword"] | ["removepassword"] | ["owners", ..], _) => {
+        ([], _)
+        | (["addpassword"] | ["removepassword"] | ["addkey"] | ["removekey"] | ["owners", ..], _) => {
             method_not_allowed(&req)
         }
         _ => not_found_segment(&req),
@@ -165,6 +168,18 @@ fn with_app(
     req: &Req,
     key: &Key,
     write: bool,
+    f: impl FnOnce(&Req, &mut World, &str) -> Response,
+) -> Response {
+    with_app_as(req, key, write, false, f)
+}
+
+/// As `with_app`; with `allow_self` the application itself may act on its own object without any permission
+/// (addKey/removeKey: "Applications don't need any specific permission to roll their own keys", Learn).
+pub(super) fn with_app_as(
+    req: &Req,
+    key: &Key,
+    write: bool,
+    allow_self: bool,
     f: impl FnOnce(&Req, &mut World, &str) -> Response,
 ) -> Response {
     let mut world = req.ctx.world.lock();
@@ -183,6 +198,7 @@ fn with_app(
         return not_found(req, &label);
     }
     match access(req.caller, write) {
+        _ if allow_self && app.app_id.eq_ignore_ascii_case(&req.caller.app_id) => {}
         Access::All => {}
         Access::Owned if app.owners.contains(&req.caller.oid) => {}
         // Without any application permission Graph refuses outright; with OwnedBy, someone else's app is
@@ -341,6 +357,10 @@ fn apply_fields(
                     "Property 'uniqueName' is read-only and cannot be changed.",
                 ));
             }
+            "keyCredentials" => {
+                app.key_credentials = super::keys::replace_key_credentials(&app.key_credentials, v)
+                    .map_err(|why| bad_request(req, why))?
+            }
             "passwordCredentials" => {
                 return Err(bad_request(
                     req,
@@ -391,6 +411,7 @@ fn new_application(
         created_date_time: Timestamp::now(),
         password_credentials: vec![],
         federated_identity_credentials: vec![],
+        key_credentials: vec![],
         // What an app-only caller creates, it owns (that is how OwnedBy keeps working on it).
         owners: vec![req.caller.oid.clone()],
     };

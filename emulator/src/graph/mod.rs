@@ -6,6 +6,7 @@ mod applications;
 mod batch;
 mod delta;
 mod directory_objects;
+mod keys;
 mod query;
 mod render;
 mod service_principals;

@@ -244,6 +244,7 @@ mod tests {
             created_date_time: jiff::Timestamp::UNIX_EPOCH,
             password_credentials: vec![],
             federated_identity_credentials: vec![],
+            key_credentials: vec![],
             owners: vec![],
         };
         for (f, want) in [

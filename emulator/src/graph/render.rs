@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::{
     http::rfc3339,
-    state::{Application, FederatedCredential, Password, ServicePrincipal},
+    state::{Application, FederatedCredential, KeyCredential, Password, ServicePrincipal},
 };
 
 pub fn application(app: &Application) -> Value {
@@ -21,7 +21,7 @@ pub fn application(app: &Application) -> Value {
         "signInAudience": app.sign_in_audience,
         "createdDateTime": rfc3339(app.created_date_time),
         "identifierUris": [],
-        "keyCredentials": [],
+        "keyCredentials": app.key_credentials.iter().map(key_credential).collect::<Vec<_>>(),
         "passwordCredentials": app.password_credentials.iter().map(|p| password(p, None)).collect::<Vec<_>>(),
     })
 }
@@ -35,6 +35,21 @@ pub fn password(p: &Password, secret_text: Option<&str>) -> Value {
         "keyId": p.key_id,
         "secretText": secret_text,
         "startDateTime": rfc3339(p.start_date_time),
+    })
+}
+
+/// A key credential as Graph reads it back: `key` is always null on reads (Learn, *keyCredential resource
+/// type*: "the value of the key property is always null" from GET), the thumbprint is kept.
+pub fn key_credential(k: &KeyCredential) -> Value {
+    json!({
+        "customKeyIdentifier": k.custom_key_identifier,
+        "displayName": k.display_name,
+        "endDateTime": rfc3339(k.end_date_time),
+        "key": null,
+        "keyId": k.key_id,
+        "startDateTime": rfc3339(k.start_date_time),
+        "type": k.r#type,
+        "usage": k.usage,
     })
 }
 
