@@ -18,6 +18,15 @@ use crate::support::{
 };
 
 /// Polls until `check` returns Some, or fails after `secs` with what was last seen.
+/// One of the operator's custom resources, of `kind`, named `name`, with `spec`.
+pub fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
+    serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

@@ -13,27 +13,19 @@ use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use entra_operator::api::{CredentialRotation, ServicePrincipal};
 
 use crate::{
     chart::template,
-    harness::{all_gone, eventually, text, token_status, wait_condition},
+    harness::{all_gone, eventually, object, text, token_status, wait_condition},
     operator_run::{Azure, Operator},
     support::{
         TestNamespace, admin_client, apply_chart_rbac, client_from, install_crds,
         service_account_kubeconfig,
     },
 };
-
-fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
-    serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
-}
 
 fn web_deployment() -> Deployment {
     serde_json::from_value(json!({

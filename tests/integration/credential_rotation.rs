@@ -23,22 +23,14 @@ use entra_operator::api::{CredentialRotation, DelegationPolicy, ServicePrincipal
 
 use crate::{
     harness::{
-        Setup, delete_and_wait, emulator_http, eventually, knobs, ready_of as ready, seed, state,
-        teardown, text, token_status, wait_condition as wait_reason,
+        Setup, delete_and_wait, emulator_http, eventually, knobs, object, ready_of as ready, seed,
+        state, teardown, text, token_status, wait_condition as wait_reason,
     },
     operator_run::{Azure, Operator},
 };
 
 const LEGACY_APP: &str = "5a5a5a5a-0000-4000-8000-000000005a5a";
 const CLUSTER: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/prod";
-
-fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
-    serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
-}
 
 /// The key ids of the operator's passwords (displayName `entra-operator:...`) on the application `app_id`.
 async fn operator_passwords(azure: &Azure, app_id: &str) -> Vec<String> {

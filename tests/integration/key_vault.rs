@@ -26,8 +26,8 @@ use entra_operator::api::{CredentialRotation, RoleDelegation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, delete_and_wait, emulator_get, emulator_http, eventually, put_policy, ready_of,
-        seed, teardown, text, token_status, wait_condition,
+        Setup, delete_and_wait, emulator_get, emulator_http, eventually, object, put_policy,
+        ready_of, seed, teardown, text, token_status, wait_condition,
     },
     operator_run::{Azure, Operator},
 };
@@ -39,14 +39,6 @@ const READER_APP: &str = "7e7e7e7e-0000-4000-8000-000000007e7e";
 const READER_OBJECT: &str = "7e7e7e7e-0000-4000-8000-00000000a7a7";
 const READER_PRINCIPAL: &str = "7e7e7e7e-0000-4000-8000-00000000b7b7";
 const READER_SECRET: &str = "kv-reader-secret-value";
-
-fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
-    serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
-}
 
 /// A consumer of the vault that is not the operator (READER_APP), holding `role` at the vault.
 async fn consumer(azure: &Azure, role: &str) {

@@ -16,8 +16,8 @@ use entra_operator::api::{self, CredentialRotation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, all_gone, emulator_http, put_policy, ready_of as ready, seed, state, teardown, text,
-        token_status, wait_condition as wait_reason,
+        Setup, all_gone, emulator_http, object, put_policy, ready_of as ready, seed, state,
+        teardown, text, token_status, wait_condition as wait_reason,
     },
     operator_run::{Azure, Operator},
     support::TestNamespace,
@@ -30,14 +30,6 @@ fn cluster(name: &str) -> String {
     format!(
         "{SUB}/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/{name}"
     )
-}
-
-fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
-    serde_json::from_value(json!({
-        "apiVersion": "entra-operator.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
 }
 
 /// The operator's environment, watching every namespace of the test.
