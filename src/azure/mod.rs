@@ -2,6 +2,7 @@
 //! typed Graph client, and what each failure means for the caller.
 
 pub mod arm;
+pub mod certificate;
 pub mod cloud;
 pub mod credential;
 pub mod error;
