@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     Cloud,
+    certificate::Material,
     error::AzureError,
     http::{Service, parse},
 };
@@ -51,6 +52,67 @@ pub struct Application {
     pub tags: Vec<String>,
     #[serde(default)]
     pub password_credentials: Vec<PasswordCredential>,
+    /// Certificates. Graph returns them with every read of an application (no `$select` here leaves them
+    /// out), always with `key` null.
+    #[serde(default)]
+    pub key_credentials: Vec<KeyCredential>,
+}
+
+/// A certificate credential as Graph lists it (Learn, *keyCredential resource type*): `customKeyIdentifier`
+/// is the base64 SHA-1 thumbprint ([`Material::thumbprint`]); the certificate itself (`key`) is never read back.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCredential {
+    pub key_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub custom_key_identifier: Option<String>,
+    #[serde(default)]
+    pub start_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub end_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub r#type: Option<String>,
+    #[serde(default)]
+    pub usage: Option<String>,
+}
+
+impl KeyCredential {
+    /// The entry that keeps this credential in a PATCH of `keyCredentials`: as read, `key` null (azure-cli,
+    /// `role/custom.py` `_reset_credential`, appends by sending the credentials it read back this way).
+    fn kept(&self) -> Value {
+        json!({
+            "keyId": self.key_id,
+            "type": self.r#type.as_deref().unwrap_or("AsymmetricX509Cert"),
+            "usage": self.usage.as_deref().unwrap_or("Verify"),
+            "displayName": self.display_name,
+            "customKeyIdentifier": self.custom_key_identifier,
+            "startDateTime": self.start_date_time.map(|t| t.to_string()),
+            "endDateTime": self.end_date_time.map(|t| t.to_string()),
+            "key": null,
+        })
+    }
+}
+
+/// A new certificate as addKey and PATCH take it: the DER in `key`, valid for the certificate's own validity,
+/// ending at `end` if that is sooner (Graph refuses dates outside the certificate's; azure-cli clamps the same
+/// way, `role/custom.py` `_validate_app_dates`).
+fn new_key_credential(material: &Material, display_name: &str, end: Option<Timestamp>) -> Value {
+    use base64::Engine as _;
+    // Whole seconds, as the certificate's own dates: Graph keeps 100 ns, a caller comparing what it asked for
+    // with what it reads back should not have to care.
+    let end = end
+        .and_then(|e| Timestamp::from_second(e.as_second()).ok())
+        .map_or(material.not_after(), |e| e.min(material.not_after()));
+    json!({
+        "type": "AsymmetricX509Cert",
+        "usage": "Verify",
+        "key": base64::engine::general_purpose::STANDARD.encode(material.certificate_der()),
+        "displayName": display_name,
+        "startDateTime": material.not_before().to_string(),
+        "endDateTime": end.to_string(),
+    })
 }
 
 /// A password credential as Graph lists it: never with its secret text.
@@ -353,6 +415,101 @@ impl GraphClient {
         }
     }
 
+    /// POST /applications/{id}/addKey (Learn, *application: addKey*): adds a certificate, proving possession of
+    /// one of the application's current ones with `proof` ([`Material::proof`] of that other certificate). An
+    /// application without a current certificate cannot use it: see [`Self::set_key_credentials`].
+    pub async fn add_key(
+        &self,
+        object_id: &str,
+        material: &Material,
+        display_name: &str,
+        end: Option<Timestamp>,
+        proof: &str,
+    ) -> Result<KeyCredential, AzureError> {
+        const OP: &str = "graph addKey";
+        let body = json!({
+            "keyCredential": new_key_credential(material, display_name, end),
+            "passwordCredential": null,
+            "proof": proof,
+        });
+        let (_, value) = self
+            .send(
+                OP,
+                Method::POST,
+                &format!("/applications/{object_id}/addKey"),
+                Some(&body),
+                false,
+            )
+            .await?;
+        Self::parse(OP, value)
+    }
+
+    /// POST /applications/{id}/removeKey (Learn, *application: removeKey*), with a proof signed by a current
+    /// certificate (it may be the one removed). Removing a key that is already gone is success.
+    pub async fn remove_key(
+        &self,
+        object_id: &str,
+        key_id: &str,
+        proof: &str,
+    ) -> Result<(), AzureError> {
+        let body = json!({"keyId": key_id, "proof": proof});
+        match self
+            .send(
+                "graph removeKey",
+                Method::POST,
+                &format!("/applications/{object_id}/removeKey"),
+                Some(&body),
+                false,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Graph does not document its answer for an unknown keyId; the emulator answers 400 "No key
+            // credential found with keyId {id}." (lowercase id). As for removePassword, an error naming the
+            // key means it is not there.
+            Err(AzureError::Api {
+                status: 400 | 404,
+                ref message,
+                ..
+            }) if message
+                .to_ascii_lowercase()
+                .contains(&key_id.to_ascii_lowercase()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// PATCH /applications/{id} `{keyCredentials: [...]}` (Learn, *Update application*): the collection is
+    /// replaced by the credentials in `keep` (sent as read, `key` null, which Graph keeps by keyId) and `add`
+    /// (a certificate with its display name and optional end). This is how the first certificate gets on an
+    /// application, since addKey needs a proof from a current one (Learn, *application: addKey*:
+    /// "Applications that don't have any existing valid certificates ... use the Update application
+    /// operation"), and how a certificate goes when no private key of a current one is held. The append
+    /// pattern is azure-cli's `az ad app credential reset --append` (`role/custom.py`, `_reset_credential`).
+    /// Entries follow Learn, *keyCredential resource type*. Needs Application.ReadWrite.OwnedBy (or All).
+    pub async fn set_key_credentials(
+        &self,
+        object_id: &str,
+        keep: &[&KeyCredential],
+        add: Option<(&Material, &str, Option<Timestamp>)>,
+    ) -> Result<(), AzureError> {
+        let mut entries: Vec<Value> = keep.iter().map(|k| k.kept()).collect();
+        if let Some((material, display_name, end)) = add {
+            entries.push(new_key_credential(material, display_name, end));
+        }
+        self.send(
+            "graph update application keyCredentials",
+            Method::PATCH,
+            &format!("/applications/{object_id}"),
+            Some(&json!({"keyCredentials": entries})),
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// PATCH /servicePrincipals(appId='…') with `Prefer: create-if-missing`, then the principal itself (a 204
     /// carries no body).
     pub async fn upsert_service_principal(
@@ -616,6 +773,117 @@ mod tests {
         );
         graph.purge_deleted(&app.id).await.unwrap();
         graph.delete_application(&app.id).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn certificates_get_on_by_patch_then_roll_by_proof() {
+        let (graph, _azure) = client().await;
+        let name = "eo-cluster-ns-certs";
+        let (_, id) = graph
+            .upsert_application_id(name, &json!({"displayName": "certs"}))
+            .await
+            .unwrap();
+        let id = id.unwrap();
+        let now = Timestamp::now();
+        let cert = |cn: &str| {
+            Material::generate(
+                cn,
+                now - jiff::SignedDuration::from_mins(5),
+                now + jiff::SignedDuration::from_hours(48),
+            )
+            .unwrap()
+        };
+        let read = async || {
+            graph
+                .application_by_unique_name(name)
+                .await
+                .unwrap()
+                .unwrap()
+                .key_credentials
+        };
+        let first = cert("first");
+        // Without a current certificate there is nothing to prove possession with: addKey is refused.
+        let refused = graph
+            .add_key(&id, &first, "first", None, &first.proof(&id, now).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.class(), ErrorClass::Invalid, "{refused}");
+        let end = now + jiff::SignedDuration::from_hours(24);
+        graph
+            .set_key_credentials(&id, &[], Some((&first, "entra-operator/1", Some(end))))
+            .await
+            .unwrap();
+        let keys = read().await;
+        assert_eq!(keys.len(), 1);
+        let one = keys[0].clone();
+        assert_eq!(
+            one.custom_key_identifier.as_deref(),
+            Some(first.thumbprint().as_str())
+        );
+        assert_eq!(one.display_name.as_deref(), Some("entra-operator/1"));
+        assert_eq!(
+            one.end_date_time,
+            Some(Timestamp::from_second(end.as_second()).unwrap()),
+            "clamped to end, in whole seconds"
+        );
+        assert_eq!(one.start_date_time, Some(first.not_before()));
+
+        let second = cert("second");
+        let two = graph
+            .add_key(
+                &id,
+                &second,
+                "entra-operator/2",
+                None,
+                &first.proof(&id, now).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            two.custom_key_identifier.as_deref(),
+            Some(second.thumbprint().as_str())
+        );
+        assert_eq!(
+            two.end_date_time,
+            Some(second.not_after()),
+            "the certificate's own end"
+        );
+        assert_eq!(read().await.len(), 2);
+
+        let proof = second.proof(&id, now).unwrap();
+        graph.remove_key(&id, &one.key_id, &proof).await.unwrap();
+        graph
+            .remove_key(&id, &one.key_id.to_ascii_uppercase(), &proof)
+            .await
+            .unwrap();
+        let keys = read().await;
+        assert_eq!(keys, vec![two.clone()]);
+        // A proof signed by a certificate no longer on the application is refused.
+        let stale = graph
+            .remove_key(&id, &two.key_id, &first.proof(&id, now).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(stale.class(), ErrorClass::Invalid, "{stale}");
+
+        // PATCH keeps what it is told to keep (without its key) and adds the new one; what is not kept goes.
+        let third = cert("third");
+        graph
+            .set_key_credentials(&id, &[&two], Some((&third, "entra-operator/3", None)))
+            .await
+            .unwrap();
+        let keys = read().await;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0], two, "kept as it was");
+        assert_eq!(
+            keys[1].custom_key_identifier.as_deref(),
+            Some(third.thumbprint().as_str())
+        );
+        graph
+            .set_key_credentials(&id, &[&keys[1]], None)
+            .await
+            .unwrap();
+        let left = read().await;
+        assert_eq!(left, vec![keys[1].clone()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
