@@ -12,12 +12,13 @@ use azure_core::{
     http::{ClientOptions, Transport},
 };
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 
-use super::Cloud;
+use super::{Cloud, certificate::Material};
 use crate::cli::{AzureArgs, CredentialKind};
 
 /// The HTTP client for everything the operator sends to Azure: rustls, the platform's roots, plus the extra CA.
@@ -115,6 +116,71 @@ pub async fn client_secret_signs_in(
         .map_err(|e| format!("Entra refused the new secret ({:?})", e.kind()))
 }
 
+/// Client assertions signed with a certificate, a fresh one for each token request (each has its own `jti`
+/// and a 10-minute life). Debug shows the certificate's thumbprint only.
+#[derive(Debug)]
+struct CertificateAssertion {
+    material: Material,
+    client_id: String,
+    token_endpoint: String,
+}
+
+#[async_trait::async_trait]
+impl ClientAssertion for CertificateAssertion {
+    async fn secret(
+        &self,
+        _options: Option<azure_core::http::ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
+        self.material
+            .client_assertion(
+                &self.client_id,
+                &self.token_endpoint,
+                jiff::Timestamp::now(),
+            )
+            .map_err(|e| {
+                azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, e)
+            })
+    }
+}
+
+/// Whether Entra issues a token for an application's certificate: as [`client_secret_signs_in`], for a
+/// certificate credential. azure_identity's own ClientCertificateCredential needs OpenSSL and a PKCS#12
+/// file; its ClientAssertionCredential with an assertion signed here makes the same request (Microsoft's
+/// SDK still builds and sends it). The assertion's audience is the token endpoint that credential posts to:
+/// the authority host joined with `/{tenant}/oauth2/v2.0/token`, as azure_identity
+/// (`client_assertion_credential.rs`, `new_exclusive`) computes it.
+pub async fn client_certificate_signs_in(
+    cloud: &Cloud,
+    http: &reqwest::Client,
+    tenant_id: &str,
+    client_id: &str,
+    material: &Material,
+) -> Result<(), String> {
+    let token_endpoint = azure_core::http::Url::parse(&cloud.authority_host)
+        .and_then(|host| host.join(&format!("/{tenant_id}/oauth2/v2.0/token")))
+        .map_err(|e| format!("no token endpoint for the authority host ({e})"))?;
+    let assertion = CertificateAssertion {
+        material: material.clone(),
+        client_id: client_id.to_string(),
+        token_endpoint: token_endpoint.to_string(),
+    };
+    let credential = ClientAssertionCredential::new(
+        tenant_id.to_string(),
+        client_id.to_string(),
+        assertion,
+        Some(ClientAssertionCredentialOptions {
+            client_options: client_options(cloud, http),
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    credential
+        .get_token(&[cloud.resource_manager_scope.as_str()], None)
+        .await
+        .map(|_| ())
+        // Only the kind of failure: azure_identity's message may quote the request, assertion included.
+        .map_err(|e| format!("Entra refused the certificate ({:?})", e.kind()))
+}
+
 /// The object id (`oid` claim) of the principal an Entra access token was issued to: the operator's own
 /// identity, which no tenant may be granted a role for. The token is not verified here: it is the operator's
 /// own, just issued to it by Entra over TLS, and only read. (No JWT crate is needed for reading one claim of a
@@ -132,8 +198,62 @@ pub fn object_id(access_token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;
+    use serde_json::json;
 
-    use super::object_id;
+    use super::{client_certificate_signs_in, object_id};
+    use crate::azure::{certificate::Material, graph::GraphClient, testing::TestAzure};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registered_certificate_signs_in_and_another_does_not() {
+        let azure = TestAzure::start().await;
+        let graph = GraphClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud);
+        let (_, id) = graph
+            .upsert_application_id("eo-cert-sign-in", &json!({"displayName": "cert sign-in"}))
+            .await
+            .unwrap();
+        let id = id.unwrap();
+        let app = graph
+            .application_by_unique_name("eo-cert-sign-in")
+            .await
+            .unwrap()
+            .unwrap();
+        graph.upsert_service_principal(&app.app_id).await.unwrap();
+        let now = jiff::Timestamp::now();
+        let cert = || {
+            Material::generate(
+                "eo-cert-sign-in",
+                now - jiff::SignedDuration::from_mins(5),
+                now + jiff::SignedDuration::from_hours(1),
+            )
+            .unwrap()
+        };
+        let (registered, stranger) = (cert(), cert());
+        graph
+            .set_key_credentials(&id, &[], Some((&registered, "entra-operator/1", None)))
+            .await
+            .unwrap();
+        let signs_in = |m: &Material| {
+            let m = m.clone();
+            let (azure, app_id) = (&azure, app.app_id.clone());
+            async move {
+                client_certificate_signs_in(
+                    &azure.cloud,
+                    &azure.http,
+                    &azure.tenant_id,
+                    &app_id,
+                    &m,
+                )
+                .await
+            }
+        };
+        signs_in(&registered).await.unwrap();
+        let refused = signs_in(&stranger).await.unwrap_err();
+        assert!(
+            refused.starts_with("Entra refused the certificate"),
+            "{refused}"
+        );
+        assert!(!refused.contains("eyJ"), "no JWT in the message: {refused}");
+    }
 
     fn token(claims: serde_json::Value) -> String {
         let part = |v: &serde_json::Value| {
