@@ -22,7 +22,7 @@ use crate::{
     azure::{
         Cloud,
         arm::ArmClient,
-        graph::{Application, GraphClient, PasswordCredential},
+        graph::{AppCredential, Application, GraphClient},
         testing::TestAzure,
     },
     controller::{Context, drift, events, naming, reconcile::FINALIZER},
@@ -122,7 +122,7 @@ pub fn delegation_policy(name: &str, spec: serde_json::Value) -> DelegationPolic
 pub const SUBSCRIPTION: &str = "00000000-0000-4000-8000-0000000000a1";
 
 /// An application as Graph returns it, created for `owner` (in [`NAMESPACE`]) by this cluster.
-pub fn application(owner: &str, passwords: Vec<PasswordCredential>) -> Application {
+pub fn application(owner: &str, passwords: Vec<AppCredential>) -> Application {
     let mut app: Application = serde_json::from_value(json!({
         "id": format!("object-{owner}"),
         "appId": format!("app-{owner}"),
@@ -136,7 +136,7 @@ pub fn application(owner: &str, passwords: Vec<PasswordCredential>) -> Applicati
 
 /// Password number `serial` that `owner` issued, valid from `start` for `days` days. Its hint is the first
 /// three characters of [`secret_text`].
-pub fn password(owner: &str, serial: u64, start: Timestamp, days: i64) -> PasswordCredential {
+pub fn password(owner: &str, serial: u64, start: Timestamp, days: i64) -> AppCredential {
     serde_json::from_value(json!({
         "keyId": key_id(owner, serial),
         "displayName": naming::password_name(NAMESPACE, owner, serial),
@@ -309,12 +309,17 @@ mod tests {
     #[test]
     fn a_delivered_secret_holds_the_password_it_names() {
         let app = application("web", vec![password("web", 1, t0(), 365)]);
-        let ours = credentials::ours(&app, NAMESPACE, "web");
+        let ours = credentials::ours(&app, credentials::Kind::Password, NAMESPACE, "web");
         let sp = service_principal("web");
         let secret = delivered_secret("web", "web", 1);
-        let (found, held) =
-            credentials::delivered(&secret, &ours, sp.spec.secret.as_ref().unwrap(), true)
-                .expect("held");
+        let (found, held) = credentials::delivered(
+            &secret,
+            &ours,
+            sp.spec.secret.as_ref().unwrap(),
+            credentials::Kind::Password,
+            true,
+        )
+        .expect("held");
         assert_eq!(found.key_id, key_id("web", 1));
         assert_eq!(held.text, Some(secret_text("web", 1)));
     }

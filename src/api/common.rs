@@ -300,23 +300,31 @@ pub enum DeletionPolicy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum SecretFormat {
     /// Keys AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID, as the Azure SDKs' EnvironmentCredential
-    /// reads them.
+    /// reads them; for a certificate, AZURE_CLIENT_CERTIFICATE_PATH (the PEM file under mountPath) instead of
+    /// AZURE_CLIENT_SECRET, and the key certificate.pem.
     #[default]
     #[serde(rename = "env")]
     Env,
-    /// Key azure.json: the cloud-provider configuration file that AKS nodes keep at /etc/kubernetes/azure.json.
+    /// Key azure.json: the cloud-provider configuration file that AKS nodes keep at /etc/kubernetes/azure.json;
+    /// for a certificate, aadClientCertPath (the PEM file under mountPath) and the key certificate.pem.
     #[serde(rename = "azure.json")]
     AzureJson,
     /// Key sdk-auth.json: the JSON that `az ad sp create-for-rbac --sdk-auth` prints (clientId, clientSecret,
     /// tenantId and the endpoints).
     #[serde(rename = "sdk-auth")]
     SdkAuth,
-    /// Keys appId, displayName, password and tenant, as `az ad sp create-for-rbac` prints them.
+    /// Keys appId, displayName, password and tenant, as `az ad sp create-for-rbac` prints them; for a
+    /// certificate, fileWithCertAndPrivateKey (the PEM file under mountPath) instead of password, as
+    /// `--create-cert` prints it, and the key certificate.pem.
     #[serde(rename = "az")]
     Az,
     /// One key per entry of `templates`.
     #[serde(rename = "template")]
     Template,
+    /// Keys tls.crt and tls.key: a certificate credential's certificate and private key, as a
+    /// kubernetes.io/tls Secret holds them (certificate credentials only).
+    #[serde(rename = "tls")]
+    Tls,
 }
 
 /// Where and how the client secret is delivered in Kubernetes.
@@ -331,18 +339,39 @@ pub struct SecretTarget {
     #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 
-    /// Layout of the Secret's data: env, azure.json, sdk-auth, az, or template.
+    /// Layout of the Secret's data: env, azure.json, sdk-auth, az, tls (certificates), or template.
     #[serde(default)]
     pub format: SecretFormat,
 
     /// With format template: Secret key to template. Placeholders {{ clientId }}, {{ clientSecret }},
     /// {{ tenantId }}, {{ authorityHost }}, {{ graphEndpoint }} and {{ resourceManagerEndpoint }} are replaced
-    /// by their values.
+    /// by their values; for a certificate credential {{ certificate }}, {{ privateKey }} and
+    /// {{ certificatePath }} instead of {{ clientSecret }}.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && k.size() <= 253)")
         .message("every key must be a valid Secret key: letters, digits, '-', '_' or '.', at most 253 characters"))]
     #[schemars(extend("maxProperties" = 32))]
     pub templates: Option<BTreeMap<String, String>>,
+
+    /// For a certificate credential: the directory consumers mount this Secret at, so that the env, az and
+    /// azure.json formats can name the PEM file in it (certificate.pem). Default /var/run/secrets/azure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = "^/[^,]*$"))]
+    pub mount_path: Option<String>,
+}
+
+/// Where consumers mount a certificate credential's Secret when spec.secret.mountPath says nothing.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/azure";
+
+/// The key of a certificate credential's Secret that holds its private key and certificate together.
+pub const CERTIFICATE_FILE: &str = "certificate.pem";
+
+impl SecretTarget {
+    /// The path of the PEM file (private key and certificate) as consumers who mount the Secret see it.
+    pub fn certificate_path(&self) -> String {
+        let dir = self.mount_path.as_deref().unwrap_or(DEFAULT_MOUNT_PATH);
+        format!("{}/{CERTIFICATE_FILE}", dir.trim_end_matches('/'))
+    }
 }
 
 /// What a DelegationPolicy's keyVaults admits: a subscription, a resource group, or a Key Vault (vault names are

@@ -83,6 +83,9 @@ use super::{
 #[x_kube(validation = Rule::new("has(self.servicePrincipalRef) || (has(self.targets) && (has(self.targets.secret) || (has(self.targets.aksClusters) && size(self.targets.aksClusters) > 0) || (has(self.targets.keyVaultSecrets) && size(self.targets.keyVaultSecrets) > 0)))")
     .message("with applicationId, name at least one target to publish to: targets.secret, targets.aksClusters or targets.keyVaultSecrets")
     .field_path(".targets"))]
+#[x_kube(validation = Rule::new("!has(self.applicationId) || !has(self.targets) || !has(self.targets.secret) || self.targets.secret.format != 'tls'")
+    .message("a rotation by applicationId renews a client secret, which the tls format cannot carry")
+    .field_path(".targets.secret.format"))]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRotationSpec {
     /// A ServicePrincipal in this namespace: the rotation then manages that object's client secret. Immutable.

@@ -229,7 +229,16 @@ mod tests {
         };
         let (registered, stranger) = (cert(), cert());
         graph
-            .set_key_credentials(&id, &[], Some((&registered, "entra-operator/1", None)))
+            .set_key_credentials(
+                &id,
+                &[],
+                Some(crate::azure::graph::NewKey {
+                    material: &registered,
+                    display_name: "entra-operator/1",
+                    end: None,
+                    key_id: "0c0c0c0c-0000-4000-8000-000000000001",
+                }),
+            )
             .await
             .unwrap();
         let signs_in = |m: &Material| {

@@ -51,34 +51,14 @@ pub struct Application {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
-    pub password_credentials: Vec<PasswordCredential>,
+    pub password_credentials: Vec<AppCredential>,
     /// Certificates. Graph returns them with every read of an application (no `$select` here leaves them
     /// out), always with `key` null.
     #[serde(default)]
-    pub key_credentials: Vec<KeyCredential>,
+    pub key_credentials: Vec<AppCredential>,
 }
 
-/// A certificate credential as Graph lists it (Learn, *keyCredential resource type*): `customKeyIdentifier`
-/// is the base64 SHA-1 thumbprint ([`Material::thumbprint`]); the certificate itself (`key`) is never read back.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyCredential {
-    pub key_id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub custom_key_identifier: Option<String>,
-    #[serde(default)]
-    pub start_date_time: Option<Timestamp>,
-    #[serde(default)]
-    pub end_date_time: Option<Timestamp>,
-    #[serde(default)]
-    pub r#type: Option<String>,
-    #[serde(default)]
-    pub usage: Option<String>,
-}
-
-impl KeyCredential {
+impl AppCredential {
     /// The entry that keeps this credential in a PATCH of `keyCredentials`: as read, `key` null (azure-cli,
     /// `role/custom.py` `_reset_credential`, appends by sending the credentials it read back this way).
     fn kept(&self) -> Value {
@@ -115,10 +95,14 @@ fn new_key_credential(material: &Material, display_name: &str, end: Option<Times
     })
 }
 
-/// A password credential as Graph lists it: never with its secret text.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// A credential on an application as Graph lists it, a password (`passwordCredentials`) or a certificate
+/// (`keyCredentials`, Learn, *keyCredential resource type*): never with its secret text or certificate. The
+/// two share their identity and dates, so the operator handles both alike; `hint` is a password's,
+/// `customKeyIdentifier` (the base64 SHA-1 thumbprint, [`Material::thumbprint`]), `type` and `usage` a
+/// certificate's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct PasswordCredential {
+pub struct AppCredential {
     pub key_id: String,
     #[serde(default)]
     pub display_name: Option<String>,
@@ -128,12 +112,27 @@ pub struct PasswordCredential {
     pub start_date_time: Option<Timestamp>,
     #[serde(default)]
     pub end_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub custom_key_identifier: Option<String>,
+    #[serde(default)]
+    pub r#type: Option<String>,
+    #[serde(default)]
+    pub usage: Option<String>,
+}
+
+/// A certificate to add with PATCH keyCredentials: its key id is chosen here, so that the credential is known
+/// without reading the application back (which replication may not show yet).
+pub struct NewKey<'a> {
+    pub material: &'a Material,
+    pub display_name: &'a str,
+    pub end: Option<Timestamp>,
+    pub key_id: &'a str,
 }
 
 /// A password just added: the only moment its text exists.
 #[derive(Debug)]
 pub struct NewPassword {
-    pub credential: PasswordCredential,
+    pub credential: AppCredential,
     /// `Secret`'s Debug and Display print a placeholder, never the text.
     pub secret_text: Secret,
 }
@@ -425,7 +424,7 @@ impl GraphClient {
         display_name: &str,
         end: Option<Timestamp>,
         proof: &str,
-    ) -> Result<KeyCredential, AzureError> {
+    ) -> Result<AppCredential, AzureError> {
         const OP: &str = "graph addKey";
         let body = json!({
             "keyCredential": new_key_credential(material, display_name, end),
@@ -492,12 +491,14 @@ impl GraphClient {
     pub async fn set_key_credentials(
         &self,
         object_id: &str,
-        keep: &[&KeyCredential],
-        add: Option<(&Material, &str, Option<Timestamp>)>,
+        keep: &[&AppCredential],
+        add: Option<NewKey<'_>>,
     ) -> Result<(), AzureError> {
         let mut entries: Vec<Value> = keep.iter().map(|k| k.kept()).collect();
-        if let Some((material, display_name, end)) = add {
-            entries.push(new_key_credential(material, display_name, end));
+        if let Some(new) = add {
+            let mut entry = new_key_credential(new.material, new.display_name, new.end);
+            entry["keyId"] = json!(new.key_id);
+            entries.push(entry);
         }
         self.send(
             "graph update application keyCredentials",
@@ -810,12 +811,25 @@ mod tests {
         assert_eq!(refused.class(), ErrorClass::Invalid, "{refused}");
         let end = now + jiff::SignedDuration::from_hours(24);
         graph
-            .set_key_credentials(&id, &[], Some((&first, "entra-operator/1", Some(end))))
+            .set_key_credentials(
+                &id,
+                &[],
+                Some(NewKey {
+                    material: &first,
+                    display_name: "entra-operator/1",
+                    end: Some(end),
+                    key_id: "0b0b0b0b-0000-4000-8000-000000000001",
+                }),
+            )
             .await
             .unwrap();
         let keys = read().await;
         assert_eq!(keys.len(), 1);
         let one = keys[0].clone();
+        assert_eq!(
+            one.key_id, "0b0b0b0b-0000-4000-8000-000000000001",
+            "the key id chosen"
+        );
         assert_eq!(
             one.custom_key_identifier.as_deref(),
             Some(first.thumbprint().as_str())
@@ -868,7 +882,16 @@ mod tests {
         // PATCH keeps what it is told to keep (without its key) and adds the new one; what is not kept goes.
         let third = cert("third");
         graph
-            .set_key_credentials(&id, &[&two], Some((&third, "entra-operator/3", None)))
+            .set_key_credentials(
+                &id,
+                &[&two],
+                Some(NewKey {
+                    material: &third,
+                    display_name: "entra-operator/3",
+                    end: None,
+                    key_id: "0b0b0b0b-0000-4000-8000-000000000003",
+                }),
+            )
             .await
             .unwrap();
         let keys = read().await;

@@ -17,7 +17,7 @@ use crate::{
     api::{KeyVaultSecretTarget, KeyVaultValueFormat, SecretFormat, key_vault::TAG_PREFIX},
     azure::{
         error::AzureError,
-        graph::PasswordCredential,
+        graph::AppCredential,
         keyvault::{NewVersion, SecretVersion},
     },
     controller::Context,
@@ -119,8 +119,8 @@ fn as_spec_says(target: &KeyVaultSecretTarget, version: &SecretVersion) -> bool 
 pub fn held<'a>(
     versions: &[SecretVersion],
     owner: &str,
-    ours: &[&'a PasswordCredential],
-) -> Option<(&'a PasswordCredential, String)> {
+    ours: &[&'a AppCredential],
+) -> Option<(&'a AppCredential, String)> {
     versions
         .iter()
         .filter(|v| v.enabled() && v.tag(OWNER_TAG) == Some(owner))
@@ -152,7 +152,12 @@ pub fn render(
     credential: &secret_format::Credential,
 ) -> Result<String, String> {
     let format = match target.format {
-        KeyVaultValueFormat::Password => return Ok(credential.client_secret.to_string()),
+        KeyVaultValueFormat::Password => match credential.secret {
+            secret_format::Secret::Password(text) => return Ok(text.to_string()),
+            secret_format::Secret::Certificate { .. } => {
+                return Err("Key Vault targets take a client secret, not a certificate".into());
+            }
+        },
         KeyVaultValueFormat::Env => SecretFormat::Env,
         KeyVaultValueFormat::AzureJson => SecretFormat::AzureJson,
         KeyVaultValueFormat::SdkAuth => SecretFormat::SdkAuth,
@@ -172,7 +177,7 @@ pub fn render(
 pub fn version<'a>(
     target: &'a KeyVaultSecretTarget,
     owner: &str,
-    password: &PasswordCredential,
+    password: &AppCredential,
     value: &'a str,
 ) -> NewVersion<'a> {
     let mut tags = target.tags.clone();
@@ -297,7 +302,7 @@ pub async fn apply(
     target: &KeyVaultSecretTarget,
     decision: &Decision,
     owner: &str,
-    current: Option<(&PasswordCredential, &str)>,
+    current: Option<(&AppCredential, &str)>,
 ) -> Result<Option<String>, AzureError> {
     let mut holding = decision.holding.clone();
     if decision.write
@@ -585,7 +590,7 @@ mod tests {
         let cloud = public_cloud();
         let c = secret_format::Credential {
             client_id: "app",
-            client_secret: "s3cret",
+            secret: secret_format::Secret::Password("s3cret"),
             tenant_id: "tenant",
             display_name: "web",
             cloud: &cloud,

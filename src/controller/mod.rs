@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod drift;
 pub mod events;
 pub mod failure;
+pub mod issuance;
 pub mod key_vault;
 pub mod leader;
 pub mod naming;

@@ -14,7 +14,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::api::SecretTarget;
+use crate::{api::SecretTarget, azure::certificate::Material};
 
 pub use crate::api::protocol::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTATION};
 
@@ -92,4 +92,17 @@ pub async fn write<K: Resource<DynamicType = ()>>(
         )
         .await?;
     Ok(())
+}
+
+/// The certificate credential a kubernetes.io/tls Secret (cert-manager's, say) holds in tls.crt and tls.key,
+/// or why it holds none; the reason never quotes the key.
+pub fn tls_material(secret: &Secret) -> Result<Material, String> {
+    let data = secret.data.as_ref();
+    let text = |key: &str| {
+        data.and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| format!("it has no {key} (not issued yet?)"))
+    };
+    Material::from_tls(&text("tls.crt")?, &text("tls.key")?)
 }

@@ -239,6 +239,31 @@ pub fn owned_secrets(
         .touched_objects()
 }
 
+/// The kubernetes.io/tls Secrets, as metadata (a field selector on their type): a certificate credential
+/// taken from one (cert-manager's) follows each renewal of it at once.
+pub fn tls_secrets(
+    api: Api<PartialObjectMeta<Secret>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    watcher(
+        api,
+        watcher::Config::default().fields("type=kubernetes.io/tls"),
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// Whether `sp` takes its certificate from the TLS Secret `secret`.
+pub fn takes_certificate_from(sp: &ServicePrincipal, secret: &PartialObjectMeta<Secret>) -> bool {
+    use kube::ResourceExt;
+    sp.namespace() == secret.namespace()
+        && sp
+            .spec
+            .certificate
+            .as_ref()
+            .and_then(|c| c.secret_ref.as_ref())
+            .is_some_and(|r| r.name == secret.name_any())
+}
+
 /// Hashes any value: the building block of the properties passed to `changes_of`.
 pub fn hashed(value: impl Hash) -> Option<u64> {
     let mut h = DefaultHasher::new();

@@ -659,9 +659,35 @@ fn service_principal_decisions(sp: &ServicePrincipal) {
         return;
     };
     let cloud = Cloud::from_args(&AzureArgs::default()).unwrap();
+    // One certificate for every case: generating an RSA key takes a while.
+    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let certificate = sp.spec.certificate.is_some();
+    let path = secret.certificate_path();
+    let (given, expected) = match certificate {
+        false => {
+            let text = "not-a-real-secret";
+            (secret_format::Secret::Password(text), text)
+        }
+        true => {
+            let pem = PEM.get_or_init(|| {
+                let now = jiff::Timestamp::now();
+                entra_operator::azure::certificate::Material::generate(
+                    "fuzz",
+                    now,
+                    now + jiff::SignedDuration::from_hours(1),
+                )
+                .unwrap()
+                .bundle()
+            });
+            (
+                secret_format::Secret::Certificate { pem, path: &path },
+                pem.as_str(),
+            )
+        }
+    };
     let credential = secret_format::Credential {
         client_id: "7f951dda-4ed3-4680-a7ca-43fe172d538d",
-        client_secret: "not-a-real-secret",
+        secret: given,
         tenant_id: "72f988bf-0000-4000-8000-000000000001",
         display_name: &sp.spec.display_name,
         cloud: &cloud,
@@ -671,8 +697,8 @@ fn service_principal_decisions(sp: &ServicePrincipal) {
             let bytes: BTreeMap<String, Vec<u8>> =
                 data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
             assert_eq!(
-                secret_format::extract_secret(secret.format, &bytes).as_deref(),
-                Some("not-a-real-secret"),
+                secret_format::extract_secret(secret.format, &bytes, certificate).as_deref(),
+                Some(expected),
                 "what is rendered is found again"
             );
         }

@@ -18,9 +18,11 @@ use crate::{
         CredentialRotation, CredentialRotationStatus, SecretTarget,
         credential_rotation::{TargetKind, TargetState},
     },
+    azure::certificate::Material,
     controller::{
-        credentials, key_vault, naming, publish, reconcile, secret_format, secrets,
-        service_principal,
+        credentials::{self, Kind},
+        issuance::{self, Fresh},
+        key_vault, naming, publish, reconcile, secret_format, secrets, service_principal,
     },
 };
 
@@ -69,22 +71,29 @@ impl Run<'_> {
         let app = &self.gathered.subject.app;
         match &step {
             Step::RemoveLeftover { key_id } => {
-                ctx.graph.remove_password(&app.id, key_id).await?;
-                let note = format!("Removed password {key_id} that no target holds");
+                let kind = self.gathered.subject.kind;
+                let signer = self.signer();
+                issuance::remove(&ctx.graph, app, kind, key_id, signer.as_ref()).await?;
+                let note = format!("Removed {} {key_id} that no target holds", kind.noun());
                 publish(ctx, crot, EventType::Normal, "CredentialRemoved", &note).await;
             }
             Step::RemovePrevious { key_id } => {
-                ctx.graph.remove_password(&app.id, key_id).await?;
+                let kind = self.gathered.subject.kind;
+                let signer = self.signer();
+                issuance::remove(&ctx.graph, app, kind, key_id, signer.as_ref()).await?;
                 let object = format!("{}/{}", self.ns(), crot.name_any());
-                info!(object = %object, key_id = %key_id, "removed the previous password");
-                let note = format!("Removed the previous password {key_id} after the overlap");
+                info!(object = %object, key_id = %key_id, "removed the previous {}", kind.noun());
+                let note = format!(
+                    "Removed the previous {} {key_id} after the overlap",
+                    kind.noun()
+                );
                 let reason = "PreviousCredentialRemoved";
                 publish(ctx, crot, EventType::Normal, reason, &note).await;
                 step.record(status);
             }
             Step::CheckTemplates => {
                 if let Some(target) = &self.gathered.subject.secret {
-                    self.render(target, "placeholder")?;
+                    self.delivery(target).check().map_err(Error::Invalid)?;
                 }
             }
             Step::DisableVersions { index, versions } => {
@@ -116,7 +125,19 @@ impl Run<'_> {
                 let subject = &self.gathered.subject;
                 let name = naming::password_name(&self.ns(), &subject.owner, *serial);
                 let end = credentials::expiry(clock::now(), *lifetime);
-                let new = ctx.graph.add_password(&app.id, &name, end).await?;
+                let fresh = match (subject.kind, &subject.source) {
+                    (Kind::Password, _) => Fresh::Password,
+                    (Kind::Certificate, Some(source)) => Fresh::Certificate(source.clone()),
+                    (Kind::Certificate, None) => {
+                        let made = Material::generate(&subject.display_name, clock::now(), end);
+                        Fresh::Certificate(made.map_err(|e| {
+                            Error::Invalid(format!("generating a certificate: {e}"))
+                        })?)
+                    }
+                };
+                let signer = self.signer();
+                let new =
+                    issuance::add(&ctx.graph, app, fresh, &name, end, signer.as_ref()).await?;
                 self.issued = Some(Issued {
                     credential: new.credential,
                     text: new.secret_text,
@@ -157,6 +178,7 @@ impl Run<'_> {
             client_id: &self.gathered.subject.app.app_id,
             key_id: &key_id,
             text: issued.text.secret(),
+            kind: self.gathered.subject.kind,
         };
         match step {
             Step::PublishSecret => {
@@ -266,7 +288,7 @@ impl Run<'_> {
         let subject = &gathered.subject;
         let credential = secret_format::Credential {
             client_id: &subject.app.app_id,
-            client_secret: issued.text.secret(),
+            secret: secret_format::Secret::Password(issued.text.secret()),
             tenant_id: &ctx.tenant_id,
             display_name: &subject.display_name,
             cloud: &ctx.cloud,
@@ -356,7 +378,7 @@ impl Run<'_> {
         })?;
         let credential = secret_format::Credential {
             client_id: &subject.app.app_id,
-            client_secret: issued.text.secret(),
+            secret: secret_format::Secret::Password(issued.text.secret()),
             tenant_id: &ctx.tenant_id,
             display_name: &subject.display_name,
             cloud: &ctx.cloud,
@@ -378,15 +400,30 @@ impl Run<'_> {
         target: &SecretTarget,
         text: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        self.delivery(target).render(text).map_err(Error::Invalid)
+    }
+
+    /// How the subject's Secret renders a credential.
+    fn delivery<'t>(&'t self, target: &'t SecretTarget) -> credentials::Delivery<'t> {
         let subject = &self.gathered.subject;
-        let delivery = credentials::Delivery {
+        credentials::Delivery {
             target,
+            kind: subject.kind,
             client_id: &subject.app.app_id,
             tenant_id: &self.ctx.tenant_id,
             display_name: &subject.display_name,
             cloud: &self.ctx.cloud,
-        };
-        delivery.render(text).map_err(Error::Invalid)
+        }
+    }
+
+    /// The current certificate, whose private key signs the proofs for adding and removing the others
+    /// (None for passwords, or when no Secret holds one: then Graph's PATCH does without).
+    fn signer(&self) -> Option<Material> {
+        let issued = self.issued.as_ref()?;
+        match self.gathered.subject.kind {
+            Kind::Certificate => Material::from_pem(issued.text.secret()).ok(),
+            Kind::Password => None,
+        }
     }
 
     /// The current password; the plan publishes only when there is one.

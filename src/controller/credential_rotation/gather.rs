@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     api::CredentialRotation,
-    azure::{graph::PasswordCredential, keyvault::SecretVersion},
+    azure::{graph::AppCredential, keyvault::SecretVersion},
     controller::{credentials, key_vault, policy::key_vaults::may_write},
 };
 
@@ -22,7 +22,7 @@ use crate::{
 /// prints a placeholder, so the text cannot reach a log through this struct.
 #[derive(Clone, Debug)]
 pub struct Issued {
-    pub credential: PasswordCredential,
+    pub credential: AppCredential,
     pub text: SecretText,
 }
 
@@ -55,8 +55,9 @@ impl Gathered {
             .as_ref()
             .zip(subject.secret.as_ref())
             .and_then(|(s, target)| {
-                let ours = credentials::ours(&subject.app, ns, &subject.owner);
-                let (password, held) = credentials::delivered(s, &ours, target, false)?;
+                let ours = credentials::ours(&subject.app, subject.kind, ns, &subject.owner);
+                let (password, held) =
+                    credentials::delivered(s, &ours, target, subject.kind, false)?;
                 Some(Issued {
                     credential: password.clone(),
                     text: SecretText::new(held.text?),
@@ -75,8 +76,13 @@ impl Gathered {
     }
 
     /// The passwords on the application that are ours, oldest first.
-    pub fn ours(&self, ns: &str) -> Vec<&PasswordCredential> {
-        credentials::ours(&self.subject.app, ns, &self.subject.owner)
+    pub fn ours(&self, ns: &str) -> Vec<&AppCredential> {
+        credentials::ours(
+            &self.subject.app,
+            self.subject.kind,
+            ns,
+            &self.subject.owner,
+        )
     }
 }
 

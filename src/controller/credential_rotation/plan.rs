@@ -22,7 +22,7 @@ use crate::{
         CredentialRotation, CredentialRotationStatus,
         credential_rotation::{SIGN_IN_TARGET, TargetKind, WorkloadKind},
     },
-    azure::graph::PasswordCredential,
+    azure::graph::AppCredential,
     controller::{credentials, key_vault, secrets},
 };
 
@@ -37,6 +37,8 @@ pub enum Trigger {
     Scheduled,
     /// The current secret expires within renewBefore.
     Expiring,
+    /// The TLS Secret a certificate comes from holds a new one (cert-manager renewed it).
+    Renewed,
 }
 
 impl Trigger {
@@ -46,6 +48,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Scheduled => "scheduled",
             Trigger::Expiring => "expiring",
+            Trigger::Renewed => "renewed",
         }
     }
 }
@@ -295,7 +298,7 @@ pub(crate) fn plan(
     }
     // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
     let mut rotating = false;
-    if let Some(trigger) = due_now(crot, &steps.projected, published, now)
+    if let Some(trigger) = due_now(crot, &steps.projected, published, gathered, now)
         && !finishing
     {
         let projected = &steps.projected;
@@ -438,7 +441,7 @@ fn vaults_catch_up(status: &mut CredentialRotationStatus, gathered: &Gathered) {
 
 /// The DisableVersions steps that must come before `removing`: every enabled version of ours whose password
 /// will not be on the application once those steps are taken.
-fn retirement(gathered: &Gathered, ours: &[&PasswordCredential], removing: &[Step]) -> Vec<Step> {
+fn retirement(gathered: &Gathered, ours: &[&AppCredential], removing: &[Step]) -> Vec<Step> {
     let gone: Vec<&str> = removing
         .iter()
         .filter_map(|s| match s {
@@ -530,7 +533,7 @@ fn catch_up(
     crot: &CredentialRotation,
     status: &CredentialRotationStatus,
     gathered: &Gathered,
-    ours: &[&PasswordCredential],
+    ours: &[&AppCredential],
     now: Timestamp,
 ) -> CredentialRotationStatus {
     let ns = crot.namespace().unwrap_or_default();
@@ -585,7 +588,7 @@ struct Leftovers {
 }
 
 fn leftovers(
-    ours: &[&PasswordCredential],
+    ours: &[&AppCredential],
     status: &CredentialRotationStatus,
     now: Timestamp,
 ) -> Leftovers {
@@ -609,13 +612,20 @@ fn leftovers(
     found
 }
 
-/// Whether a rotation is due now, and why: the current credential is the published one.
+/// Whether a rotation is due now, and why: the current credential is the published one. A certificate from
+/// a TLS Secret is due when that Secret holds another one, and only then: the rotation cannot mint it, so
+/// the schedule and rotationToken have nothing to act on (renewBefore still warns as expiry nears).
 fn due_now(
     crot: &CredentialRotation,
     status: &CredentialRotationStatus,
-    published: Option<&PasswordCredential>,
+    published: Option<&AppCredential>,
+    gathered: &Gathered,
     now: Timestamp,
 ) -> Option<Trigger> {
+    if let (Some(source), Some(p)) = (&gathered.subject.source, published) {
+        let same = p.custom_key_identifier.as_deref() == Some(source.thumbprint().as_str());
+        return (!same).then_some(Trigger::Renewed);
+    }
     let current = published.map(|p| Current {
         issued: status
             .last_rotation_time
@@ -633,7 +643,7 @@ fn due_now(
 /// The steps of one rotation: the intent recorded before the password exists, the password, its Secret.
 fn rotation(
     gathered: &Gathered,
-    ours: &[&PasswordCredential],
+    ours: &[&AppCredential],
     status: &CredentialRotationStatus,
     trigger: Trigger,
     ns: &str,
@@ -709,7 +719,7 @@ fn publication(
 pub(crate) fn record_schedule(
     crot: &CredentialRotation,
     status: &mut CredentialRotationStatus,
-    credential: &PasswordCredential,
+    credential: &AppCredential,
     now: Timestamp,
 ) {
     status.expires_at = credential.end_date_time.map(Time);

@@ -19,12 +19,15 @@ use crate::{
         protocol::{self, ROTATED_BY_ANNOTATION},
     },
     azure::{
+        certificate::Material,
         error::{AzureError, ErrorClass},
         graph::Application,
     },
     controller::{
         claims::{self, Claimant},
-        credentials, naming, policy,
+        credentials::{self, Kind},
+        naming, policy,
+        service_principal::certificate_source,
     },
 };
 
@@ -43,6 +46,11 @@ pub struct Subject {
     /// The Key Vault secrets each new password is published to, with the spec field naming each: the
     /// ServicePrincipal's, then the rotation's own (a target named twice is published once).
     pub vaults: Vec<VaultTarget>,
+    /// Client secrets, or certificates (the ServicePrincipal's spec.certificate).
+    pub kind: Kind,
+    /// The certificate the ServicePrincipal's TLS Secret (spec.certificate.secretRef) holds now: each
+    /// renewal of it is the next certificate, instead of one the operator generates.
+    pub source: Option<Material>,
 }
 
 /// A Key Vault target and the spec field that names it.
@@ -161,6 +169,8 @@ async fn through_service_principal(
         )
         .await?;
     }
+    let kind = Kind::of(&sp.spec);
+    certificate_targets(crot, kind)?;
     let Some(app_id) = ready_application(&sp) else {
         return Err(Error::WaitingForServicePrincipal(format!(
             "spec.servicePrincipalRef.name: waiting for ServicePrincipal {name} to be Ready"
@@ -173,6 +183,9 @@ async fn through_service_principal(
         .ok_or_else(|| {
             Error::WaitingForServicePrincipal(format!("application {app_id} is not visible yet"))
         })?;
+    let source = certificate_source(&sp, ctx)
+        .await
+        .map_err(|e| Error::WaitingForServicePrincipal(e.to_string()))?;
     Ok(Subject {
         app,
         owner: name.to_string(),
@@ -181,7 +194,26 @@ async fn through_service_principal(
         lifetime: lifetime(crot, Some(&sp)),
         vaults: vault_targets(crot, Some(&sp)),
         sp: Some(sp),
+        kind,
+        source,
     })
+}
+
+/// A certificate goes to the Secret alone: AKS's resetServicePrincipalProfile and the Key Vault targets take
+/// a client secret.
+fn certificate_targets(crot: &CredentialRotation, kind: Kind) -> Result<(), Error> {
+    let targets = &crot.spec.targets;
+    if kind != Kind::Certificate {
+        return Ok(());
+    }
+    let field = match () {
+        _ if !targets.aks_clusters.is_empty() => "spec.targets.aksClusters",
+        _ if !targets.key_vault_secrets.is_empty() => "spec.targets.keyVaultSecrets",
+        _ => return Ok(()),
+    };
+    Err(Error::Invalid(format!(
+        "{field}: the ServicePrincipal signs in with a certificate, and this target takes a client secret only"
+    )))
 }
 
 async fn by_application_id(crot: &CredentialRotation, ctx: &Context) -> Result<Subject, Error> {
@@ -208,6 +240,8 @@ async fn by_application_id(crot: &CredentialRotation, ctx: &Context) -> Result<S
         lifetime: lifetime(crot, None),
         vaults: vault_targets(crot, None),
         sp: None,
+        kind: Kind::Password,
+        source: None,
     })
 }
 
@@ -288,6 +322,7 @@ pub(super) fn own_secret(crot: &CredentialRotation) -> SecretTarget {
         name: format!("{}-credential", crot.name_any()),
         format: SecretFormat::Env,
         templates: None,
+        mount_path: None,
     })
 }
 

@@ -35,11 +35,13 @@ use crate::{
     },
     azure::{
         arm::Operation,
+        certificate::Material,
         credential,
         error::{AzureError, ErrorClass},
     },
     controller::{
         claims::{self, Claimant},
+        credentials::Kind,
         policy::aks,
         publish,
     },
@@ -421,7 +423,9 @@ pub(super) struct Publication<'a> {
     pub ctx: &'a Context,
     pub client_id: &'a str,
     pub key_id: &'a str,
+    /// The password's text, or the certificate's PEM.
     pub text: &'a str,
+    pub kind: Kind,
 }
 
 impl Publication<'_> {
@@ -442,14 +446,20 @@ impl Publication<'_> {
     /// Proves the key signs in; until it does, nothing else is published.
     pub(super) async fn sign_in(&self, status: &mut CredentialRotationStatus) -> Result<(), Error> {
         let ctx = self.ctx;
-        let signed_in = credential::client_secret_signs_in(
-            &ctx.cloud,
-            &ctx.http,
-            &ctx.tenant_id,
-            self.client_id,
-            self.text,
-        )
-        .await;
+        let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
+        let signed_in = match self.kind {
+            Kind::Password => {
+                credential::client_secret_signs_in(cloud, http, tenant, self.client_id, self.text)
+                    .await
+            }
+            Kind::Certificate => match Material::from_pem(self.text) {
+                Ok(m) => {
+                    credential::client_certificate_signs_in(cloud, http, tenant, self.client_id, &m)
+                        .await
+                }
+                Err(why) => Err(format!("the certificate cannot be read back: {why}")),
+            },
+        };
         match signed_in {
             Ok(()) => {
                 let published = TargetState::Published;

@@ -25,7 +25,7 @@ use crate::{
         credential_rotation::{SIGN_IN_TARGET, TargetKind, TargetState, WorkloadKind},
     },
     azure::{
-        graph::PasswordCredential,
+        graph::AppCredential,
         keyvault::{Attributes, SecretVersion},
     },
     controller::{credentials, key_vault, reconcile::Failure},
@@ -62,11 +62,7 @@ fn rotation(overrides: serde_json::Value) -> CredentialRotation {
 }
 
 /// What a reconcile of a rotation of `web` gathers: its application with `passwords`, and `secret`.
-fn gathered(
-    passwords: Vec<PasswordCredential>,
-    secret: Option<Secret>,
-    cleared: &[&str],
-) -> Gathered {
+fn gathered(passwords: Vec<AppCredential>, secret: Option<Secret>, cleared: &[&str]) -> Gathered {
     let sp: ServicePrincipal = service_principal(OWNER);
     let subject = Subject {
         app: application(OWNER, passwords),
@@ -76,6 +72,8 @@ fn gathered(
         lifetime: credentials::DEFAULT_LIFETIME,
         vaults: vec![],
         sp: Some(sp),
+        kind: credentials::Kind::Password,
+        source: None,
     };
     Gathered::new(subject, ClearedClusters::of(cleared), secret, NAMESPACE)
 }
@@ -203,20 +201,20 @@ fn month() -> Timestamp {
 }
 
 /// Password 2, added 5 seconds ago at [`month`]: still on its way into the Secret.
-fn young() -> PasswordCredential {
+fn young() -> AppCredential {
     password(OWNER, 2, month() - SignedDuration::from_secs(5), 365)
 }
 
 /// Password 2, added a minute before [`month`]: left behind.
-fn old() -> PasswordCredential {
+fn old() -> AppCredential {
     password(OWNER, 2, month() - SignedDuration::from_secs(60), 365)
 }
 
-fn p1() -> PasswordCredential {
+fn p1() -> AppCredential {
     password(OWNER, 1, t0(), 365)
 }
 
-fn p2() -> PasswordCredential {
+fn p2() -> AppCredential {
     password(OWNER, 2, at(20 * DAY), 365)
 }
 

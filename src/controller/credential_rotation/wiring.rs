@@ -26,6 +26,8 @@ pub fn controller(ctx: Arc<Context>, scope: &Scope) -> BoxStream<'static, ()> {
     );
     ctx.claims.add_rotations(store.clone());
     let rotating = store.clone();
+    let renewing = store.clone();
+    let principals = scope.service_principals.clone();
     Controller::for_stream(changes, store.clone())
         .with_config(scope.config.clone())
         // Which applications, AKS clusters and vaults a rotation may touch is a policy's to say; a rotation
@@ -60,6 +62,30 @@ pub fn controller(ctx: Arc<Context>, scope: &Scope) -> BoxStream<'static, ()> {
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A renewal of the TLS Secret its ServicePrincipal's certificate comes from is the next rotation.
+        .watches_stream(
+            watches::tls_secrets(scope.api::<PartialObjectMeta<Secret>>()),
+            move |secret| {
+                let takers: Vec<String> = principals
+                    .state()
+                    .iter()
+                    .filter(|sp| watches::takes_certificate_from(sp, &secret))
+                    .map(|sp| sp.name_any())
+                    .collect();
+                renewing
+                    .state()
+                    .iter()
+                    .filter(|c| {
+                        c.namespace() == secret.namespace()
+                            && c.spec
+                                .service_principal_ref
+                                .as_ref()
+                                .is_some_and(|r| takers.contains(&r.name))
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(reconcile, error_policy, ctx)
         .map(|_| ())
         .boxed()

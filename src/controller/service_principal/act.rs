@@ -1,8 +1,9 @@
 //! Carries out a plan, in order, each step idempotent: the service principal, the federated credentials, the
-//! password. The crash-safety orderings live here: federated credential names reach status before the
-//! credentials exist; a new password's Secret is checked deliverable (by the plan) before addPassword, written
-//! at once after it, and the password removed again in the same reconcile if that write fails. The new
-//! password's text goes from addPassword to the Secret write and nowhere else.
+//! password (or certificate). The crash-safety orderings live here: federated credential names reach status
+//! before the credentials exist; a new credential's Secret is checked deliverable (by the plan) before it is
+//! added, written at once after, and the credential removed again in the same reconcile if that write fails.
+//! The new password's text (a new certificate's private key) goes from its making to the Secret write and
+//! nowhere else.
 
 use kube::runtime::events::EventType;
 use tracing::warn;
@@ -20,8 +21,16 @@ use crate::{
         KeyVaultSecretStatus, SecretTarget, ServicePrincipal, ServicePrincipalStatus,
         credential_rotation::TargetState,
     },
-    azure::graph::{Application, NewPassword, PasswordCredential},
-    controller::{Context, clock, credentials, key_vault, publish, secrets},
+    azure::{
+        certificate::Material,
+        graph::{AppCredential, Application, NewPassword},
+    },
+    controller::{
+        Context, clock,
+        credentials::{self, Kind},
+        issuance::{self, Fresh},
+        key_vault, publish, secrets,
+    },
 };
 use kube::ResourceExt;
 
@@ -52,30 +61,41 @@ pub async fn act(
     let federated = planned.federated?;
     let names = federated_credentials(sp, ctx, app, federated, recorded).await?;
     let mut vaults = None;
+    let kind = Kind::of(&sp.spec);
     let delivered = match (planned.password?, &sp.spec.secret) {
-        (PasswordPlan::Withdraw(keys), _) => {
-            // No Secret asked for: no password either; remove any the operator issued before.
-            for key in keys {
-                ctx.graph.remove_password(&app.id, &key).await?;
+        (PasswordPlan::Withdraw(gone), _) => {
+            // No Secret asked for: no credential either; remove any the operator issued before.
+            for (kind, key) in gone {
+                issuance::remove(&ctx.graph, app, kind, &key, None).await?;
             }
             None
         }
         (PasswordPlan::Deliver { deliver, stale }, Some(target)) => {
-            let (password, issued) = deliver_password(sp, ctx, app, target, deliver).await?;
+            let (password, issued) = deliver_password(sp, ctx, gathered, target, deliver).await?;
+            let text = issued.or_else(|| held_text(gathered, target, &password, kind));
             if gathered.rotated_by.is_none() {
                 // Before any stale password goes: no version may be left naming it.
-                let text = issued.or_else(|| held_text(gathered, target, &password));
                 vaults =
                     Some(deliver_to_vaults(sp, ctx, gathered, &password, text.as_deref()).await?);
             }
-            remove_stale(sp, ctx, app, &stale).await?;
+            // The certificate delivered signs the proofs that remove the others (the application as read
+            // does not show one added just now).
+            let mut known = app.clone();
+            let signer = match kind {
+                Kind::Certificate => text.as_deref().and_then(|t| Material::from_pem(t).ok()),
+                Kind::Password => None,
+            };
+            if kind == Kind::Certificate && !known.key_credentials.contains(&password) {
+                known.key_credentials.push(password.clone());
+            }
+            remove_stale(sp, ctx, &known, &stale, signer.as_ref()).await?;
             Some(password)
         }
         // No Secret: the vaults alone hold the password.
         (PasswordPlan::Deliver { deliver, stale }, None) => {
             let (password, held) = deliver_in_vaults(sp, ctx, gathered, deliver).await?;
             vaults = held;
-            remove_stale(sp, ctx, app, &stale).await?;
+            remove_stale(sp, ctx, app, &stale, None).await?;
             Some(password)
         }
     };
@@ -103,7 +123,7 @@ async fn deliver_in_vaults(
     ctx: &Context,
     gathered: &Gathered,
     deliver: Deliver,
-) -> Result<(PasswordCredential, Option<Vec<KeyVaultSecretStatus>>), Error> {
+) -> Result<(AppCredential, Option<Vec<KeyVaultSecretStatus>>), Error> {
     let app = &gathered.app;
     let (password, text, issued) = match deliver {
         Deliver::Keep(password) | Deliver::Rerender(password, _) => {
@@ -144,7 +164,7 @@ async fn text_in_vault(
     sp: &ServicePrincipal,
     ctx: &Context,
     gathered: &Gathered,
-    password: &PasswordCredential,
+    password: &AppCredential,
 ) -> Result<Option<String>, Error> {
     let owner = &gathered.vault_owner;
     let key = password.key_id.as_str();
@@ -170,15 +190,30 @@ async fn text_in_vault(
     Ok(key_vault::extract(first.format, value.secret()))
 }
 
-/// The text of `password` as the Secret holds it (None for a template, which admission keeps away from
-/// Key Vault targets).
+/// The text of `password` (of `kind`) as the Secret holds it (None for a template, which admission keeps
+/// away from Key Vault targets).
 fn held_text(
     gathered: &Gathered,
     target: &SecretTarget,
-    password: &PasswordCredential,
+    password: &AppCredential,
+    kind: Kind,
 ) -> Option<String> {
     let secret = gathered.secret.as_ref()?;
-    credentials::held(secret, target, password.hint.as_deref())?.text
+    credentials::held(secret, target, kind, credentials::expect(password, kind))?.text
+}
+
+/// The certificate of this object's that the Secret holds, whichever it is: what signs the proof for the
+/// next one (a TLS Secret's renewal). None for a password, or a Secret that holds none.
+fn held_certificate(
+    sp: &ServicePrincipal,
+    gathered: &Gathered,
+    target: &SecretTarget,
+) -> Option<Material> {
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let ours = credentials::ours(&gathered.app, Kind::Certificate, &ns, &name);
+    let secret = gathered.secret.as_ref()?;
+    let (_, held) = credentials::delivered(secret, &ours, target, Kind::Certificate, false)?;
+    Material::from_pem(held.text.as_deref()?).ok()
 }
 
 /// Brings every Key Vault target to `password` (whose text is `text`): a new version where the newest does not
@@ -188,7 +223,7 @@ async fn deliver_to_vaults(
     sp: &ServicePrincipal,
     ctx: &Context,
     gathered: &Gathered,
-    password: &PasswordCredential,
+    password: &AppCredential,
     text: Option<&str>,
 ) -> Result<Vec<KeyVaultSecretStatus>, Error> {
     let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
@@ -294,15 +329,15 @@ async fn federated_credentials(
     Ok(planned.names)
 }
 
-/// Puts the password into the Secret as planned; the password it delivers, and its text when it was issued
-/// just now.
+/// Puts the credential into the Secret as planned; the credential it delivers, and its text when it was
+/// issued just now.
 async fn deliver_password(
     sp: &ServicePrincipal,
     ctx: &Context,
-    app: &Application,
+    gathered: &Gathered,
     target: &SecretTarget,
     deliver: Deliver,
-) -> Result<(PasswordCredential, Option<String>), Error> {
+) -> Result<(AppCredential, Option<String>), Error> {
     match deliver {
         Deliver::Keep(password) => Ok((password, None)),
         Deliver::Rerender(password, rendered) => {
@@ -318,23 +353,36 @@ async fn deliver_password(
             Ok((password, None))
         }
         Deliver::Issue { display_name, end } => {
-            let new = issue(sp, ctx, app, target, &display_name, end).await?;
+            let new = issue(sp, ctx, gathered, target, &display_name, end).await?;
             Ok((new.credential, Some(new.secret_text.secret().to_string())))
         }
     }
 }
 
-/// Adds a password and writes it into the Secret straight away: the text exists nowhere else, and Graph will
-/// never show it again.
+/// Adds a password (or certificate: generated, or the TLS Secret's) and writes it into the Secret straight
+/// away: a password's text exists nowhere else, and Graph will never show it again; a generated
+/// certificate's private key exists nowhere else either.
 async fn issue(
     sp: &ServicePrincipal,
     ctx: &Context,
-    app: &Application,
+    gathered: &Gathered,
     target: &SecretTarget,
     display_name: &str,
     end: k8s_openapi::jiff::Timestamp,
 ) -> Result<NewPassword, Error> {
-    let new = ctx.graph.add_password(&app.id, display_name, end).await?;
+    let app = &gathered.app;
+    let kind = Kind::of(&sp.spec);
+    let fresh = match (kind, &gathered.source) {
+        (Kind::Password, _) => Fresh::Password,
+        (Kind::Certificate, Some(source)) => Fresh::Certificate(source.clone()),
+        (Kind::Certificate, None) => Fresh::Certificate(
+            Material::generate(&sp.spec.display_name, clock::now(), end).map_err(|e| {
+                Error::Invalid(format!("spec.certificate: generating a certificate: {e}"))
+            })?,
+        ),
+    };
+    let held = held_certificate(sp, gathered, target);
+    let new = issuance::add(&ctx.graph, app, fresh, display_name, end, held.as_ref()).await?;
     let setting = Setting::of(ctx);
     let written = match setting
         .delivery(sp, &app.app_id, target)
@@ -346,10 +394,8 @@ async fn issue(
     if let Err(e) = written {
         // Its text is lost with this reconcile: removed now, so that a delivery failing on every retry
         // (an immutable Secret, a quota, an admission webhook) leaves no trail of live passwords.
-        if let Err(removal) = ctx
-            .graph
-            .remove_password(&app.id, &new.credential.key_id)
-            .await
+        if let Err(removal) =
+            issuance::remove(&ctx.graph, app, kind, &new.credential.key_id, None).await
         {
             warn!(key_id = %new.credential.key_id, error = %removal,
                 "could not remove the password whose delivery failed; the next delivery removes it");
@@ -362,31 +408,29 @@ async fn issue(
         EventType::Normal,
         "CredentialIssued",
         &format!(
-            "Issued password {} into Secret {}",
-            new.credential.key_id, target.name
+            "Issued {} {} into Secret {}",
+            kind.noun(),
+            new.credential.key_id,
+            target.name
         ),
     )
     .await;
     Ok(new)
 }
 
-/// Removes this object's passwords the Secret does not deliver.
+/// Removes this object's credentials the Secret does not deliver; `signer` (the certificate it delivers)
+/// signs the proofs for certificates.
 async fn remove_stale(
     sp: &ServicePrincipal,
     ctx: &Context,
     app: &Application,
-    stale: &[String],
+    stale: &[super::password::Gone],
+    signer: Option<&Material>,
 ) -> Result<(), Error> {
-    for key in stale {
-        ctx.graph.remove_password(&app.id, key).await?;
-        publish(
-            ctx,
-            sp,
-            EventType::Normal,
-            "CredentialRemoved",
-            &format!("Removed password {key} that was not delivered"),
-        )
-        .await;
+    for (kind, key) in stale {
+        issuance::remove(&ctx.graph, app, *kind, key, signer).await?;
+        let note = format!("Removed {} {key} that was not delivered", kind.noun());
+        publish(ctx, sp, EventType::Normal, "CredentialRemoved", &note).await;
     }
     Ok(())
 }
@@ -447,7 +491,7 @@ mod tests {
                     display_name: naming::password_name(NAMESPACE, "web", 2),
                     end,
                 },
-                stale: vec![before.credential.key_id.clone()],
+                stale: vec![(Kind::Password, before.credential.key_id.clone())],
             }),
         };
         let gathered = Gathered {
@@ -459,6 +503,7 @@ mod tests {
             rotated_by: None,
             vaults: vec![],
             vault_owner: String::new(),
+            source: None,
         };
         let err = act(&sp, &ctx, &gathered, planned, &mut None)
             .await

@@ -18,7 +18,11 @@ use crate::controller::policy::key_vaults::may_write;
 use crate::{
     api::{DeletionPolicy, ServicePrincipal, conditions, protocol},
     azure::{error::ErrorClass, graph::Application},
-    controller::{Context, clock, credentials, key_vault, naming, publish, secrets},
+    controller::{
+        Context, clock,
+        credentials::{self, Kind},
+        issuance, key_vault, naming, publish, secrets,
+    },
 };
 
 /// How long a delete believes that an application it cannot find does not exist, when one may have been
@@ -79,6 +83,12 @@ pub enum Step {
         object_id: String,
         key_id: String,
     },
+    /// A certificate this object added to an adopted application (PATCH keyCredentials: the Secret holding
+    /// its key may be gone already, so no proof is signed).
+    RemoveCertificate {
+        app_id: String,
+        key_id: String,
+    },
     DeleteFederatedCredential {
         object_id: String,
         name: String,
@@ -123,13 +133,18 @@ pub fn steps(
             if naming::ownership_marks(&app.tags).object_of(cluster_id)
                 == Some(&format!("{ns}/{name}")) =>
         {
-            let passwords =
-                credentials::ours(app, &ns, &name)
-                    .into_iter()
-                    .map(|p| Step::RemovePassword {
-                        object_id: app.id.clone(),
-                        key_id: p.key_id.clone(),
-                    });
+            let passwords = credentials::ours(app, Kind::Password, &ns, &name)
+                .into_iter()
+                .map(|p| Step::RemovePassword {
+                    object_id: app.id.clone(),
+                    key_id: p.key_id.clone(),
+                });
+            let certificates = credentials::ours(app, Kind::Certificate, &ns, &name)
+                .into_iter()
+                .map(|p| Step::RemoveCertificate {
+                    app_id: app.app_id.clone(),
+                    key_id: p.key_id.clone(),
+                });
             let federated = status
                 .iter()
                 .flat_map(|s| s.federated_credentials.iter())
@@ -137,7 +152,7 @@ pub fn steps(
                     object_id: app.id.clone(),
                     name: fic.clone(),
                 });
-            passwords.chain(federated).collect()
+            passwords.chain(certificates).chain(federated).collect()
         }
         // Gone, or held by another: nothing of this object's is there.
         (Teardown::Adopted { .. }, _) => vec![],
@@ -272,6 +287,11 @@ async fn execute(sp: &ServicePrincipal, ctx: &Context, step: Step) -> Result<(),
         }
         Step::RemovePassword { object_id, key_id } => {
             ctx.graph.remove_password(&object_id, &key_id).await?
+        }
+        Step::RemoveCertificate { app_id, key_id } => {
+            if let Some(app) = ctx.graph.application_by_app_id(&app_id).await? {
+                issuance::remove(&ctx.graph, &app, Kind::Certificate, &key_id, None).await?
+            }
         }
         Step::DeleteFederatedCredential { object_id, name } => {
             ctx.graph

@@ -15,10 +15,11 @@ use super::{
 use crate::{
     api::{SecretTarget, ServicePrincipal, protocol::ROTATED_BY_ANNOTATION},
     azure::{
+        certificate::Material,
         graph::{self, Application, FederatedIdentityCredential},
         keyvault::SecretVersion,
     },
-    controller::{Context, key_vault},
+    controller::{Context, key_vault, secrets},
 };
 
 /// Everything the plans decide from, besides the spec and the time. No Debug: the Secret holds a password.
@@ -40,6 +41,8 @@ pub struct Gathered {
     pub vaults: Vec<Vec<SecretVersion>>,
     /// The owner tag of this object's versions (see `key_vault::owner_mark`).
     pub vault_owner: String,
+    /// The certificate spec.certificate.secretRef's TLS Secret holds now (None: the operator generates them).
+    pub source: Option<Material>,
 }
 
 pub async fn gather(
@@ -55,6 +58,7 @@ pub async fn gather(
         None => ctx.graph.federated_credentials(&app.id).await?,
     };
     let secret = secret(sp, ctx, sp.spec.secret.as_ref()).await?;
+    let source = source(sp, ctx).await?;
     let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
     let vault_owner = key_vault::owner_mark(&ctx.cluster_id, &ns, "ServicePrincipal", &name);
     // Without a Secret the first vault holds the password's text: read before the plan asks about rotation.
@@ -65,7 +69,7 @@ pub async fn gather(
     };
     let asks = match in_vault {
         true => password::asks_rotation_in_vault(sp, &app, &early, &vault_owner),
-        false => password::asks_rotation(sp, &app, secret.as_ref(), setting),
+        false => password::asks_rotation(sp, &app, secret.as_ref(), source.as_ref(), setting),
     };
     let rotated_by = match asks {
         true => rotated_by(sp, ctx).await?,
@@ -85,7 +89,36 @@ pub async fn gather(
         rotated_by,
         vaults,
         vault_owner,
+        source,
     })
+}
+
+/// The certificate the TLS Secret of spec.certificate.secretRef holds, if the spec names one: a Secret not
+/// there yet (cert-manager has not issued it) is waited for, one that holds no usable certificate is reported
+/// on this object.
+pub async fn source(sp: &ServicePrincipal, ctx: &Context) -> Result<Option<Material>, Error> {
+    let Some(reference) = sp
+        .spec
+        .certificate
+        .as_ref()
+        .and_then(|c| c.secret_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let field = "spec.certificate.secretRef.name";
+    let ns = sp.namespace().unwrap_or_default();
+    let Some(found) = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&reference.name)
+        .await?
+    else {
+        return Err(Error::WaitingForCertificate(format!(
+            "{field}: Secret {ns}/{} does not exist yet",
+            reference.name
+        )));
+    };
+    secrets::tls_material(&found)
+        .map(Some)
+        .map_err(|why| Error::Invalid(format!("{field}: Secret {ns}/{}: {why}", reference.name)))
 }
 
 /// The versions of spec.keyVaultSecrets, once the namespace may write to every one of their vaults.

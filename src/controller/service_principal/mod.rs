@@ -40,6 +40,7 @@ pub use super::secrets::{FORMAT_ANNOTATION, KEY_ID_ANNOTATION, TEMPLATES_ANNOTAT
 pub use crate::api::protocol::{
     ROTATED_BY_ANNOTATION, SERVICE_PRINCIPAL_OWNER_LABEL as OWNER_LABEL,
 };
+pub use gather::source as certificate_source;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +64,9 @@ pub enum Error {
     /// A CredentialRotation delivers this object's password.
     #[error("{0}")]
     ManagedByRotation(String),
+    /// The TLS Secret spec.certificate.secretRef names does not exist yet (cert-manager has not issued it).
+    #[error("{0}")]
+    WaitingForCertificate(String),
     /// Nothing authorizes adopting the application (see `policy::applications::may_adopt`); the message names
     /// spec.adopt.appId and the policy field.
     #[error("{0}")]
@@ -84,6 +88,7 @@ impl reconcile::Failure for Error {
             Error::Adoption(_) => "AdoptionDenied",
             Error::NotYetVisible(..) => protocol::WAITING_FOR_REPLICATION,
             Error::ManagedByRotation(_) => protocol::WAITING_FOR_ROTATION,
+            Error::WaitingForCertificate(_) => "WaitingForCertificate",
             Error::DeniedByPolicy(_) => "DeniedByPolicy",
             Error::Conflict(_) => "Conflict",
         }
@@ -100,6 +105,8 @@ impl reconcile::Failure for Error {
             Error::Kube(_) => Duration::from_secs(5),
             // The rotation's Secret write brings this object back through the Secret watch.
             Error::ManagedByRotation(_) => Duration::from_secs(60),
+            // The TLS Secret watch brings it back as soon as the Secret is written.
+            Error::WaitingForCertificate(_) => Duration::from_secs(60),
             // Neither a policy change nor the holder's delete wakes this object: it looks again every two minutes.
             Error::DeniedByPolicy(_) | Error::Conflict(_) => Duration::from_secs(120),
         }
@@ -114,7 +121,10 @@ impl reconcile::Failure for Error {
             | Error::Adoption(_)
             | Error::DeniedByPolicy(_)
             | Error::Conflict(_) => true,
-            Error::Kube(_) | Error::NotYetVisible(..) | Error::ManagedByRotation(_) => false,
+            Error::Kube(_)
+            | Error::NotYetVisible(..)
+            | Error::ManagedByRotation(_)
+            | Error::WaitingForCertificate(_) => false,
         }
     }
 }
@@ -191,6 +201,7 @@ async fn converge(
     {
         let secret = gather::secret(sp, ctx, shortcut.secret.map(|(target, _)| target)).await?;
         if plan::unchanged(sp, &shortcut, secret.as_ref(), &setting)?
+            && plan::source_unchanged(&shortcut, gather::source(sp, ctx).await?.as_ref())
             && (sp.spec.key_vault_secrets.is_empty()
                 || plan::vaults_unchanged(
                     sp,

@@ -1,7 +1,9 @@
-//! The one password a ServicePrincipal delivers to its Secret, decided from what the Secret holds and the
-//! passwords this object issued: keep it, re-render the Secret (a format change: same password), or issue a
-//! new one; then remove every other password of this object's (those a crash left undelivered, or one the
-//! Secret no longer holds), unless a CredentialRotation manages them. Pure; `act` carries it out.
+//! The one credential (a password, or a certificate) a ServicePrincipal delivers to its Secret, decided from
+//! what the Secret holds and the credentials this object issued: keep it, re-render the Secret (a format
+//! change: same credential), or issue a new one; then remove every other credential of this object's (those
+//! a crash left undelivered, one the Secret no longer holds, and those of the kind the spec no longer asks
+//! for), unless a CredentialRotation manages them. A certificate from a TLS Secret is issued again when that
+//! Secret is renewed. Pure; `act` carries it out.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +13,19 @@ use kube::ResourceExt;
 use super::{Error, gather::Gathered, plan::Setting};
 use crate::{
     api::{SecretTarget, ServicePrincipal},
-    azure::graph::{Application, PasswordCredential},
-    azure::keyvault::SecretVersion,
+    azure::{
+        certificate::Material,
+        graph::{AppCredential, Application},
+        keyvault::SecretVersion,
+    },
     controller::{
-        credentials::{self, Held},
+        credentials::{self, Held, Kind},
         key_vault, naming, secrets,
     },
 };
+
+/// A credential of this object's to remove: its kind and its key id.
+pub type Gone = (Kind, String);
 
 /// A Secret's data rendered from a password's text. Its Debug names the keys only: the values hold the text.
 #[derive(Clone, PartialEq)]
@@ -33,9 +41,9 @@ impl std::fmt::Debug for Rendered {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Deliver {
     /// It holds this password, rendered as the spec says.
-    Keep(PasswordCredential),
+    Keep(AppCredential),
     /// It holds this password, rendered otherwise (the format or the templates changed): written again.
-    Rerender(PasswordCredential, Rendered),
+    Rerender(AppCredential, Rendered),
     /// It holds none of this object's passwords (lost, edited, never written, or a crash after addPassword):
     /// a new one, named and dated so, goes straight into it.
     Issue {
@@ -46,7 +54,7 @@ pub enum Deliver {
 
 impl Deliver {
     /// The password the Secret already holds, if it is to keep holding it.
-    pub fn kept(&self) -> Option<&PasswordCredential> {
+    pub fn kept(&self) -> Option<&AppCredential> {
         match self {
             Deliver::Keep(p) | Deliver::Rerender(p, _) => Some(p),
             Deliver::Issue { .. } => None,
@@ -54,15 +62,14 @@ impl Deliver {
     }
 }
 
+// One plan per reconcile, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum PasswordPlan {
-    /// No Secret asked for: no password either; every one this object issued goes (key ids).
-    Withdraw(Vec<String>),
-    /// `deliver`, then remove `stale` (key ids): this object's other passwords.
-    Deliver {
-        deliver: Deliver,
-        stale: Vec<String>,
-    },
+    /// No Secret asked for: no credential either; every one this object issued goes.
+    Withdraw(Vec<Gone>),
+    /// `deliver`, then remove `stale`: this object's other credentials.
+    Deliver { deliver: Deliver, stale: Vec<Gone> },
 }
 
 /// The password plan. Under a CredentialRotation (`gathered.rotated_by`) nothing is removed, since the rotation
@@ -74,21 +81,36 @@ pub fn plan(
     gathered: &Gathered,
     setting: &Setting,
 ) -> Result<PasswordPlan, Error> {
-    let ours = credentials::ours(
-        &gathered.app,
-        &sp.namespace().unwrap_or_default(),
-        &sp.name_any(),
-    );
+    let kind = Kind::of(&sp.spec);
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    let ours = credentials::ours(&gathered.app, kind, &ns, &name);
     let Some(target) = &sp.spec.secret else {
+        if kind == Kind::Certificate {
+            return Err(Error::Invalid(
+                "spec.certificate: a certificate credential needs spec.secret, where its private key is delivered"
+                    .into(),
+            ));
+        }
         if !sp.spec.key_vault_secrets.is_empty() {
             return in_vault(sp, gathered, setting, &ours);
         }
-        return Ok(PasswordPlan::Withdraw(
-            ours.iter().map(|p| p.key_id.clone()).collect(),
-        ));
+        let all = [Kind::Password, Kind::Certificate]
+            .into_iter()
+            .flat_map(|k| {
+                credentials::ours(&gathered.app, k, &ns, &name)
+                    .into_iter()
+                    .map(move |p| (k, p.key_id.clone()))
+            });
+        return Ok(PasswordPlan::Withdraw(all.collect()));
     };
     let app_id = &gathered.app.app_id;
-    let deliver = choose(sp, target, app_id, &ours, gathered.secret.as_ref(), setting)?;
+    let under_rotation = gathered.rotated_by.is_some();
+    let found = Found {
+        ours: &ours,
+        secret: gathered.secret.as_ref(),
+        source: gathered.source.as_ref(),
+    };
+    let deliver = choose(sp, target, app_id, &found, under_rotation, setting)?;
     if let Deliver::Issue { .. } = &deliver {
         if !ours.is_empty()
             && let Some(rotation) = &gathered.rotated_by
@@ -104,58 +126,101 @@ pub fn plan(
             .check()
             .map_err(Error::Invalid)?;
     }
-    let stale = match &gathered.rotated_by {
+    let mut stale = match &gathered.rotated_by {
         Some(_) => vec![],
-        None => others(&deliver, &ours),
+        None => others(&deliver, &ours, kind),
     };
+    stale.extend(switched(sp, &gathered.app));
     Ok(PasswordPlan::Deliver { deliver, stale })
 }
 
-/// Whether the plan depends on a CredentialRotation: some password of this object's is not the one the
-/// Secret keeps, so `gather` reads whether a rotation manages them (and only then: it is a read of the API
-/// server, not the cache).
+/// What `choose` decides from besides the spec: this object's credentials of the kind it asks for, its
+/// Secret as read, and the certificate its TLS Secret holds now (if it names one).
+struct Found<'a> {
+    ours: &'a [&'a AppCredential],
+    secret: Option<&'a Secret>,
+    source: Option<&'a Material>,
+}
+
+/// This object's credentials of the kind the spec no longer asks for (it switched between a client secret
+/// and a certificate): they go once the Secret holds the new kind, under a rotation too, which rotates only
+/// the kind the spec asks for.
+fn switched(sp: &ServicePrincipal, app: &Application) -> Vec<Gone> {
+    let other = match Kind::of(&sp.spec) {
+        Kind::Password => Kind::Certificate,
+        Kind::Certificate => Kind::Password,
+    };
+    let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
+    credentials::ours(app, other, &ns, &name)
+        .into_iter()
+        .map(|p| (other, p.key_id.clone()))
+        .collect()
+}
+
+/// Whether the plan depends on a CredentialRotation: some credential of this object's is not the one the
+/// Secret keeps (or its TLS Secret was renewed), so `gather` reads whether a rotation manages them (and only
+/// then: it is a read of the API server, not the cache).
 pub fn asks_rotation(
     sp: &ServicePrincipal,
     app: &Application,
     secret: Option<&Secret>,
+    source: Option<&Material>,
     setting: &Setting,
 ) -> bool {
     let Some(target) = &sp.spec.secret else {
         return false;
     };
-    let ours = credentials::ours(app, &sp.namespace().unwrap_or_default(), &sp.name_any());
-    match choose(sp, target, &app.app_id, &ours, secret, setting) {
-        Ok(deliver) => !others(&deliver, &ours).is_empty(),
+    let kind = Kind::of(&sp.spec);
+    let ours = credentials::ours(
+        app,
+        kind,
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+    );
+    let found = Found {
+        ours: &ours,
+        secret,
+        source,
+    };
+    match choose(sp, target, &app.app_id, &found, false, setting) {
+        Ok(deliver) => !others(&deliver, &ours, kind).is_empty(),
         Err(_) => false,
     }
 }
 
-/// The key ids of `ours` other than the one `deliver` keeps.
-fn others(deliver: &Deliver, ours: &[&PasswordCredential]) -> Vec<String> {
+/// The credentials of `ours` other than the one `deliver` keeps.
+fn others(deliver: &Deliver, ours: &[&AppCredential], kind: Kind) -> Vec<Gone> {
     let kept = deliver.kept().map(|p| &p.key_id);
     ours.iter()
         .filter(|p| Some(&p.key_id) != kept)
-        .map(|p| p.key_id.clone())
+        .map(|p| (kind, p.key_id.clone()))
         .collect()
 }
 
-/// What the Secret gets, from what it holds (`secret`, None if absent) of `ours` on application `app_id`. A Secret someone else
-/// owns is never touched.
+/// What the Secret gets, from what it holds of this object's credentials on application `app_id` (see
+/// [`Found`]). A Secret someone else owns is never touched. A certificate from a TLS Secret that has since
+/// been renewed is issued anew, unless a CredentialRotation (`under_rotation`) follows the renewal with its
+/// overlap.
 fn choose(
     sp: &ServicePrincipal,
     target: &SecretTarget,
     app_id: &str,
-    ours: &[&PasswordCredential],
-    secret: Option<&Secret>,
+    found: &Found,
+    under_rotation: bool,
     setting: &Setting,
 ) -> Result<Deliver, Error> {
     let ns = sp.namespace().unwrap_or_default();
-    if let Some(secret) = secret
+    let kind = Kind::of(&sp.spec);
+    if let Some(secret) = found.secret
         && !secrets::owned_by(secret, sp)
     {
         return Err(Error::SecretConflict(format!("{ns}/{}", target.name)));
     }
-    let delivered = secret.and_then(|s| credentials::delivered(s, ours, target, true));
+    let ours = found.ours;
+    let delivered = found
+        .secret
+        .and_then(|s| credentials::delivered(s, ours, target, kind, true))
+        .filter(|(p, _)| under_rotation || !renewed(p, found.source));
     Ok(match delivered {
         Some((password, Held { text: None, .. })) => Deliver::Keep(password.clone()),
         Some((password, held)) => {
@@ -174,8 +239,15 @@ fn choose(
     })
 }
 
+/// Whether the TLS Secret now holds another certificate than `delivered`.
+fn renewed(delivered: &AppCredential, source: Option<&Material>) -> bool {
+    source.is_some_and(|m| {
+        delivered.custom_key_identifier.as_deref() != Some(m.thumbprint().as_str())
+    })
+}
+
 /// A new password for `sp`, numbered after `ours`, valid for the spec's lifetime from now.
-fn issue(sp: &ServicePrincipal, ours: &[&PasswordCredential], setting: &Setting) -> Deliver {
+fn issue(sp: &ServicePrincipal, ours: &[&AppCredential], setting: &Setting) -> Deliver {
     let (ns, name) = (sp.namespace().unwrap_or_default(), sp.name_any());
     let lifetime = sp
         .spec
@@ -197,7 +269,7 @@ fn in_vault(
     sp: &ServicePrincipal,
     gathered: &Gathered,
     setting: &Setting,
-    ours: &[&PasswordCredential],
+    ours: &[&AppCredential],
 ) -> Result<PasswordPlan, Error> {
     // Before a password is issued: a vault someone else wrote to would refuse it on every retry.
     let targets = sp.spec.key_vault_secrets.iter().zip(&gathered.vaults);
@@ -226,7 +298,7 @@ fn in_vault(
     };
     let stale = match &gathered.rotated_by {
         Some(_) => vec![],
-        None => others(&deliver, ours),
+        None => others(&deliver, ours, Kind::Password),
     };
     Ok(PasswordPlan::Deliver { deliver, stale })
 }
@@ -239,7 +311,12 @@ pub fn asks_rotation_in_vault(
     vaults: &[Vec<SecretVersion>],
     owner: &str,
 ) -> bool {
-    let ours = credentials::ours(app, &sp.namespace().unwrap_or_default(), &sp.name_any());
+    let ours = credentials::ours(
+        app,
+        Kind::Password,
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+    );
     let held = vaults
         .first()
         .and_then(|versions| key_vault::held(versions, owner, &ours))

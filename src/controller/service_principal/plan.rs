@@ -19,11 +19,11 @@ use crate::{
     },
     azure::{
         cloud::Cloud,
-        graph::{Application, PasswordCredential},
+        graph::{AppCredential, Application},
     },
     controller::{
         Context, clock,
-        credentials::{self, Held},
+        credentials::{self, Expect, Held, Kind},
         key_vault, naming, secrets,
     },
 };
@@ -54,7 +54,7 @@ impl<'a> Setting<'a> {
     ) -> crate::controller::secret_format::Credential<'b> {
         crate::controller::secret_format::Credential {
             client_id,
-            client_secret: text,
+            secret: crate::controller::secret_format::Secret::Password(text),
             tenant_id: self.tenant_id,
             display_name: &sp.spec.display_name,
             cloud: self.cloud,
@@ -70,6 +70,7 @@ impl<'a> Setting<'a> {
     ) -> credentials::Delivery<'b> {
         credentials::Delivery {
             target,
+            kind: Kind::of(&sp.spec),
             client_id,
             tenant_id: self.tenant_id,
             display_name: &sp.spec.display_name,
@@ -153,21 +154,35 @@ pub fn unchanged(
     if !secrets::owned_by(secret, sp) || credentials::key_id(secret) != Some(&credential.key_id) {
         return Ok(false);
     }
-    Ok(
-        match credentials::held(secret, target, credential.hint.as_deref()) {
-            Some(Held { text: None, .. }) => true,
-            Some(held @ Held { text: Some(_), .. }) => {
-                let text = held.text.as_deref().unwrap_or_default();
-                held.format == target.format
-                    && setting
-                        .delivery(sp, shortcut.app_id, target)
-                        .render(text)
-                        .map_err(Error::Invalid)?
-                        == held.as_text()
-            }
-            None => false,
-        },
-    )
+    let kind = Kind::of(&sp.spec);
+    let expect = match (kind, &credential.thumbprint, &credential.hint) {
+        (Kind::Certificate, Some(print), _) => Expect::Thumbprint(print),
+        (Kind::Password, _, Some(hint)) => Expect::Hint(hint),
+        _ => Expect::Any,
+    };
+    Ok(match credentials::held(secret, target, kind, expect) {
+        Some(Held { text: None, .. }) => true,
+        Some(held @ Held { text: Some(_), .. }) => {
+            let text = held.text.as_deref().unwrap_or_default();
+            held.format == target.format
+                && setting
+                    .delivery(sp, shortcut.app_id, target)
+                    .render(text)
+                    .map_err(Error::Invalid)?
+                    == held.as_text()
+        }
+        None => false,
+    })
+}
+
+/// The shortcut's check of the TLS Secret a certificate comes from (`source`, None when the spec names
+/// none): it still holds the certificate delivered. A renewal takes the full path, which follows it.
+pub fn source_unchanged(
+    shortcut: &Shortcut,
+    source: Option<&crate::azure::certificate::Material>,
+) -> bool {
+    let delivered = shortcut.credential.and_then(|c| c.thumbprint.as_deref());
+    source.is_none_or(|m| delivered.is_some_and(|d| d.eq_ignore_ascii_case(&m.thumbprint_hex())))
 }
 
 /// The shortcut's check of the vaults (what `gather::vaults` read, in spec order): each still holds the
@@ -259,7 +274,7 @@ pub fn ready_status(
     principal_id: &str,
     tenant_id: &str,
     federated: Vec<String>,
-    delivered: Option<&PasswordCredential>,
+    delivered: Option<&AppCredential>,
     now: Time,
 ) -> ServicePrincipalStatus {
     let mut status = sp.status.clone().unwrap_or_default();
@@ -275,6 +290,7 @@ pub fn ready_status(
             status.credential = Some(CredentialStatus {
                 key_id: delivered.key_id.clone(),
                 hint: delivered.hint.clone(),
+                thumbprint: credentials::thumbprint_hex(delivered),
                 display_name: delivered.display_name.clone(),
                 start_date_time: delivered.start_date_time.map(Time),
                 end_date_time: delivered.end_date_time.map(Time),
@@ -320,7 +336,7 @@ mod tests {
     }
 
     /// Password `serial` of the object `web`, valid for a year from t0.
-    fn p(serial: u64) -> PasswordCredential {
+    fn p(serial: u64) -> AppCredential {
         password("web", serial, t0(), 365)
     }
 
@@ -342,7 +358,7 @@ mod tests {
 
     /// What gather finds for `web` in the steady state: its application with `passwords`, its service
     /// principal, no federated credential, `secret` (owned by `web` when given), no rotation.
-    fn found(passwords: Vec<PasswordCredential>, secret: Option<Secret>) -> Gathered {
+    fn found(passwords: Vec<AppCredential>, secret: Option<Secret>) -> Gathered {
         Gathered {
             app: application("web", passwords),
             all_ours: true,
@@ -355,6 +371,7 @@ mod tests {
             rotated_by: None,
             vaults: vec![],
             vault_owner: String::new(),
+            source: None,
         }
     }
 
@@ -382,7 +399,10 @@ mod tests {
         };
         let (password, removed) = match &plan.password {
             Err(e) => (format!("error {}", e.reason()), vec![]),
-            Ok(PasswordPlan::Withdraw(keys)) => ("withdraw".into(), keys.clone()),
+            Ok(PasswordPlan::Withdraw(keys)) => (
+                "withdraw".into(),
+                keys.iter().map(|(_, k)| k.clone()).collect(),
+            ),
             Ok(PasswordPlan::Deliver { deliver, stale }) => {
                 let what = match deliver {
                     Deliver::Keep(p) => format!("keep {}", p.key_id),
@@ -393,7 +413,7 @@ mod tests {
                         (end.as_second() - t0().as_second()) / 86400
                     ),
                 };
-                (what, stale.clone())
+                (what, stale.iter().map(|(_, k)| k.clone()).collect())
             }
         };
         (principal, federated, password, removed)
@@ -630,7 +650,7 @@ mod tests {
         let vault = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv";
         let sp = web(json!({"secret": null, "keyVaultSecrets": [{"vault": vault, "name": "web"}]}));
         assert!(sp.spec.secret.is_none());
-        let holding = |p: &PasswordCredential| SecretVersion {
+        let holding = |p: &AppCredential| SecretVersion {
             id: "https://kv.vault.azure.net/secrets/web/v1".into(),
             attributes: Attributes {
                 enabled: Some(true),
@@ -649,7 +669,7 @@ mod tests {
             content_type: Some("text/plain".into()),
         };
         let in_vault =
-            |passwords: Vec<PasswordCredential>, versions: Vec<SecretVersion>, rotated: bool| {
+            |passwords: Vec<AppCredential>, versions: Vec<SecretVersion>, rotated: bool| {
                 let mut g = found(passwords, None);
                 g.vaults = vec![versions];
                 g.vault_owner = "owner".into();
@@ -730,11 +750,13 @@ mod tests {
                 &case.sp,
                 &case.gathered.app,
                 case.gathered.secret.as_ref(),
+                None,
                 &setting,
             );
             let others = match &plan.password {
                 Ok(PasswordPlan::Deliver { deliver, .. }) => {
-                    let ours = credentials::ours(&case.gathered.app, NAMESPACE, "web");
+                    let ours =
+                        credentials::ours(&case.gathered.app, Kind::Password, NAMESPACE, "web");
                     ours.iter()
                         .any(|p| Some(&p.key_id) != deliver.kept().map(|k| &k.key_id))
                 }
@@ -887,6 +909,144 @@ mod tests {
         assert_eq!(
             &tags[..tags.len() - 1],
             naming::ownership_tags("c1", NAMESPACE, "web")
+        );
+    }
+
+    /// A certificate credential from a TLS Secret: `web` issued certificate 1 (`old`) and, before it switched
+    /// to certificates, password 1. Its Secret holds `held` under certificate 1's key id.
+    fn from_tls(held: &Material, source: &Material, rotated: bool) -> (ServicePrincipal, Gathered) {
+        let sp = web(json!({"certificate": {"secretRef": {"name": "web-tls"}}}));
+        let cloud = public_cloud();
+        let setting = setting(&cloud);
+        let target = sp.spec.secret.clone().unwrap();
+        let data = setting
+            .delivery(&sp, "app-web", &target)
+            .render(&held.bundle())
+            .unwrap();
+        let mut secret = delivered_secret("web", "web", 1);
+        secret.data = Some(
+            data.into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
+                .collect(),
+        );
+        let mut gathered = found(vec![p(1)], Some(secret));
+        gathered.app.key_credentials = vec![AppCredential {
+            key_id: key_id("web", 1),
+            display_name: Some(naming::password_name(NAMESPACE, "web", 1)),
+            custom_key_identifier: Some(CERTIFICATES.0.thumbprint()),
+            ..Default::default()
+        }];
+        gathered.source = Some(source.clone());
+        gathered.rotated_by = rotated.then(|| "rot".to_string());
+        (sp, gathered)
+    }
+
+    /// Two certificates, generated once for every test here (RSA keys take a moment).
+    static CERTIFICATES: std::sync::LazyLock<(Material, Material)> =
+        std::sync::LazyLock::new(|| {
+            let make = |cn| {
+                Material::generate(cn, t0(), t0() + SignedDuration::from_hours(24 * 365)).unwrap()
+            };
+            (make("old"), make("new"))
+        });
+
+    use crate::azure::certificate::Material;
+    use k8s_openapi::jiff::SignedDuration;
+
+    #[test]
+    fn a_certificate_follows_its_tls_secret_unless_a_rotation_does() {
+        let cloud = public_cloud();
+        let setting = setting(&cloud);
+        let (old, new) = (&CERTIFICATES.0, &CERTIFICATES.1);
+        let password = key_id("web", 1);
+        let cases = [
+            (
+                "the TLS Secret holds the delivered certificate: kept; the password from before the switch goes",
+                from_tls(old, old, false),
+                "keep key-web-1",
+                vec![(Kind::Password, password.clone())],
+            ),
+            (
+                "renewed: a new certificate from it, the old one and the password go",
+                from_tls(old, new, false),
+                "issue #2 for 365d",
+                vec![
+                    (Kind::Certificate, key_id("web", 1)),
+                    (Kind::Password, password.clone()),
+                ],
+            ),
+            (
+                "renewed under a rotation: the rotation follows it with its overlap",
+                from_tls(old, new, true),
+                "keep key-web-1",
+                vec![(Kind::Password, password.clone())],
+            ),
+            (
+                "the Secret edited to hold another certificate under the same key id: issued again",
+                from_tls(new, old, false),
+                "issue #2 for 365d",
+                vec![
+                    (Kind::Certificate, key_id("web", 1)),
+                    (Kind::Password, password.clone()),
+                ],
+            ),
+        ];
+        for (name, (sp, gathered), want, gone) in cases {
+            let planned = plan(&sp, &gathered, &setting);
+            let (_, _, got, _) = outline(&planned);
+            assert_eq!(got, want, "{name}");
+            let Ok(PasswordPlan::Deliver { stale, .. }) = planned.password else {
+                panic!("{name}: a delivery");
+            };
+            assert_eq!(stale, gone, "{name}");
+            let asks = password::asks_rotation(
+                &sp,
+                &gathered.app,
+                gathered.secret.as_ref(),
+                gathered.source.as_ref(),
+                &setting,
+            );
+            // Whether a rotation manages it is read whenever the Secret's certificate would be replaced.
+            let replaced = !name.starts_with("the TLS Secret holds");
+            assert_eq!(asks, replaced, "{name}: reads the rotation");
+        }
+    }
+
+    #[test]
+    fn status_names_a_certificate_by_its_thumbprint_and_never_its_key() {
+        let (sp, gathered) = from_tls(&CERTIFICATES.0, &CERTIFICATES.0, false);
+        let delivered = &gathered.app.key_credentials[0];
+        let status = ready_status(
+            &sp,
+            &gathered.app,
+            "p",
+            "t",
+            vec![],
+            Some(delivered),
+            Time(t0()),
+        );
+        let credential = status.credential.clone().unwrap();
+        assert_eq!(credential.thumbprint, Some(CERTIFICATES.0.thumbprint_hex()));
+        assert_eq!(credential.hint, None);
+        let shown = serde_json::to_string(&status).unwrap();
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("BEGIN"),
+            "{shown}"
+        );
+        let mut sp = sp;
+        sp.status = Some(status);
+        let shortcut = shortcut(&sp).expect("a shortcut for a Ready object");
+        assert!(
+            source_unchanged(&shortcut, Some(&CERTIFICATES.0)),
+            "the same certificate"
+        );
+        assert!(
+            !source_unchanged(&shortcut, Some(&CERTIFICATES.1)),
+            "a renewal takes the full path"
+        );
+        assert!(
+            source_unchanged(&shortcut, None),
+            "a generated certificate has no source"
         );
     }
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Secret;
-use kube::{core::PartialObjectMeta, runtime::Controller};
+use kube::{
+    core::PartialObjectMeta,
+    runtime::{Controller, reflector::ObjectRef},
+};
 
 use super::{OWNER_LABEL, reconcile};
 use crate::controller::{
@@ -20,6 +23,7 @@ pub fn controller(
     changes: ServicePrincipalChanges,
 ) -> BoxStream<'static, ()> {
     let store = scope.service_principals.clone();
+    let sources = store.clone();
     ctx.claims.add_service_principals(store.clone());
     Controller::for_stream(changes, store.clone())
         .with_config(scope.config.clone())
@@ -34,6 +38,18 @@ pub fn controller(
             store,
             |sp| sp.spec.adopt.is_some() || !sp.spec.key_vault_secrets.is_empty(),
         ))
+        // A certificate's TLS Secret written or renewed (cert-manager): followed at once.
+        .watches_stream(
+            watches::tls_secrets(scope.api::<PartialObjectMeta<Secret>>()),
+            move |secret| {
+                sources
+                    .state()
+                    .iter()
+                    .filter(|sp| watches::takes_certificate_from(sp, &secret))
+                    .map(|sp| ObjectRef::from_obj(sp.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         // Azure changed under it (found by the drift feeds).
         .reconcile_on(scope.drifted(&ctx.drift, |owner| match owner {
             drift::Owner::ServicePrincipal(r) => Some(r),
