@@ -405,3 +405,22 @@ pub async fn put_policy(admin: &kube::Client, ns: &str, suffix: &str, spec: Valu
         .unwrap();
     name
 }
+
+/// The Events in namespace `ns`, each as "reason: note": what a user reads with `kubectl events`.
+pub async fn events_of(client: &kube::Client, ns: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@
 mod admission;
 mod admission_fuzz;
 mod alerts;
+mod certificates;
 mod chart;
 mod chart_namespaced;
 mod crdgen;

@@ -339,7 +339,8 @@ impl Run<'_> {
             targets::set_target(status, held);
         }
         let note = format!(
-            "Issued password {key_id} ({} rotation) into {}",
+            "Issued {} {key_id} ({} rotation) into {}",
+            subject.kind.noun(),
             trigger.as_str(),
             subject.home()
         );
