@@ -126,6 +126,10 @@ show ad sp show --id "$app_id" --query "{appId:appId, displayName:displayName, o
 show ad app credential list --id "$app_id" --query "[].endDateTime" --output tsv
 show role assignment list --assignee "$app_id" --all --query "[].{role:roleDefinitionName, scope:scope}" --output table
 show aks show --resource-group rg-aks --name prod --query servicePrincipalProfile.clientId --output tsv
+# 08's application holds a certificate, not a password: Entra has its public half, named by its thumbprint.
+kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/batch-worker >/dev/null
+cert_app=$(kubectl -n demo get serviceprincipal batch-worker -o jsonpath='{.status.appId}')
+show ad app credential list --id "$cert_app" --cert --query "[].{keyId:keyId, thumbprint:customKeyIdentifier, end:endDateTime}" --output table
 
 # The vault, read as a consumer outside the cluster reads it: signed in as the delivered service principal
 # itself, which 03's Key Vault Secrets User grant lets read the secret 01 delivers there.
@@ -140,6 +144,16 @@ if [ "$(az keyvault secret show --vault-name contoso-kv --name aks-cluster-sp-se
 else
     echo "the vault's latest version differs from the Secret's client secret" >&2; exit 1
 fi
+
+# 08's certificate, as a consumer that mounts the Secret has it: az signs in with the PEM file (MSAL signs a client
+# assertion with it), and Entra holds only the public certificate.
+echo "--- the delivered certificate signs in (az login --certificate, with the PEM file the Secret holds)"
+cert_file="$DEMO_DIR/batch-worker.pem"
+(umask 077; kubectl -n demo get secret batch-worker-credentials -o 'jsonpath={.data.certificate\.pem}' | base64 -d >"$cert_file")
+az login --service-principal --username "$cert_app" --certificate "$cert_file" \
+    --tenant "$AZURE_TENANT_ID" --allow-no-subscriptions >/dev/null
+rm -f "$cert_file"
+show account get-access-token --query "{tokenType:tokenType, expiresOn:expiresOn}" --output table
 
 echo "--- a rotation (a new rotationToken) moves the vault to a new version; the previous one stays enabled for the overlap"
 crot() { kubectl -n demo get credentialrotation aks-cluster-sp -o "jsonpath={$1}"; }

@@ -139,6 +139,8 @@ impl Material {
             .map_err(|e| format!("cannot generate an RSA key: {e}"))?;
         let mut params = rcgen::CertificateParams::default();
         let mut name = rcgen::DistinguishedName::new();
+        // RFC 5280's upper bound for a common name is 64 characters; a display name may be longer.
+        let common_name: String = common_name.chars().take(64).collect();
         name.push(rcgen::DnType::CommonName, common_name);
         params.distinguished_name = name;
         let time = |t: Timestamp| {
@@ -321,6 +323,16 @@ mod tests {
     /// The emulator's view of the certificate, as if registered on an application.
     fn registered(m: &Material) -> azure_emulator::state::KeyCredential {
         certs::key_credential_from_pem(m.certificate_pem(), None, None).unwrap()
+    }
+
+    #[test]
+    fn a_display_name_longer_than_a_common_name_may_be_is_cut_to_64_characters() {
+        let (start, end) = day();
+        let long = "é".repeat(300);
+        let m = Material::generate(&long, start, end).expect("generated");
+        let (_, cert) = x509_parser::parse_x509_certificate(m.certificate_der()).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap().chars().count(), 64);
     }
 
     #[test]

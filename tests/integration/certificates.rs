@@ -118,10 +118,6 @@ print(json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["a
         .seed
         .tenant_id;
     let data = secret.data.clone().unwrap_or_default();
-    let value = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-    };
     let mut command = std::process::Command::new(python);
     command
         .args(["-c", PROGRAM, format, dir.to_str().unwrap(), &tenant])

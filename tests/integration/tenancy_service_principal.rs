@@ -640,3 +640,78 @@ async fn failed_deliveries_leave_at_most_two_passwords() {
     assert!(operator.wait_exit(Duration::from_secs(10)).0.success());
     teardown(rbac, azure, ns).await;
 }
+
+/// A certificate's TLS Secret is read in the object's own namespace only: a ServicePrincipal naming the
+/// Secret of another namespace waits for one in its own, and another namespace's certificate never reaches
+/// Entra or its Secret. Tried from a namespace no policy selects, where a generated certificate still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_taken_only_from_the_objects_own_namespace() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("tsp-cert").await;
+    let victim = TestNamespace::new(&admin, "tsp-cert-victim").await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let now = jiff::Timestamp::now();
+    let theirs = entra_operator::azure::certificate::Material::generate(
+        "theirs",
+        now,
+        now + jiff::SignedDuration::from_hours(2),
+    )
+    .unwrap();
+    let tls: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "shared-tls"},
+        "stringData": {"tls.crt": theirs.certificate_pem(), "tls.key": theirs.private_key_pem()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &victim.name)
+        .create(&PostParams::default(), &tls)
+        .await
+        .unwrap();
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    sps.create(
+        &PostParams::default(),
+        &sp_object(
+            "borrower",
+            json!({"certificate": {"secretRef": {"name": "shared-tls"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    sps.create(
+        &PostParams::default(),
+        &sp_object("generated", json!({"certificate": {}})),
+    )
+    .await
+    .unwrap();
+    let generated = wait_condition(&sps, "generated", "True", "Ready", 60).await;
+    let waiting = wait_condition(&sps, "borrower", "False", "WaitingForCertificate", 60).await;
+    let (_, _, message) = ready_of(&waiting).unwrap();
+    assert!(
+        message.contains(&format!("{}/shared-tls", ns.name)),
+        "the object's own namespace is where it looks: {message}"
+    );
+    // Their certificate is on no application, and no Secret of this namespace holds it.
+    let world = state(&azure).await;
+    let print = theirs.thumbprint();
+    assert!(
+        !world.to_string().contains(&print),
+        "another namespace's certificate reached Entra"
+    );
+    let own = Api::<Secret>::namespaced(admin.clone(), &ns.name);
+    assert!(own.get_opt("borrower").await.unwrap().is_none());
+    let thumbprint = generated.status.unwrap().credential.unwrap().thumbprint;
+    assert!(thumbprint.is_some_and(|t| t != theirs.thumbprint_hex()));
+    operator.stop();
+    for name in ["borrower", "generated"] {
+        sps.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    victim.cleanup().await;
+    teardown(rbac, azure, ns).await;
+}
