@@ -15,6 +15,14 @@ kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
 
 echo "--- Azure emulator"
+# The local Azure goes with the local cluster: a new control plane (after `make demo-down`, or a restarted
+# testenv) gets a fresh one. Kept, its objects would belong to the old cluster's operator, and the new one
+# would rightly leave them alone (a Key Vault secret another cluster wrote is a Conflict).
+cluster_uid=$(kubectl get namespace kube-system -o jsonpath='{.metadata.uid}')
+if [ "$(cat "$DEMO_DIR/cluster-uid" 2>/dev/null)" != "$cluster_uid" ]; then
+    rm -rf "$DEMO_DIR/emulator"
+    echo "$cluster_uid" >"$DEMO_DIR/cluster-uid"
+fi
 rm -f "$DEMO_DIR/emulator.env"
 target/debug/azure-emulator --state-dir "$DEMO_DIR/emulator" --listen 127.0.0.1:0 --env-file "$DEMO_DIR/emulator.env" \
     >"$DEMO_DIR/emulator.log" 2>&1 &
@@ -131,10 +139,22 @@ kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/batch-
 cert_app=$(kubectl -n demo get serviceprincipal batch-worker -o jsonpath='{.status.appId}')
 show ad app credential list --id "$cert_app" --cert --query "[].{keyId:keyId, thumbprint:customKeyIdentifier, end:endDateTime}" --output table
 
+# 08's certificate, as a consumer that mounts the Secret has it: az signs in with the PEM file (MSAL signs a client
+# assertion with it), and Entra holds only the public certificate.
+echo "--- the delivered certificate signs in (az login --certificate, with the PEM file the Secret holds)"
+cert_file="$DEMO_DIR/batch-worker.pem"
+(umask 077; kubectl -n demo get secret batch-worker-credentials -o 'jsonpath={.data.certificate\.pem}' | base64 -d >"$cert_file")
+az login --service-principal --username "$cert_app" --certificate "$cert_file" \
+    --tenant "$AZURE_TENANT_ID" --allow-no-subscriptions >/dev/null
+# az keeps the file's path and signs each new token request with it: the file goes once the token is shown.
+show account get-access-token --query "{tokenType:tokenType, expiresOn:expiresOn}" --output table
+az logout >/dev/null
+rm -f "$cert_file"
+
 # The vault, read as a consumer outside the cluster reads it: signed in as the delivered service principal
 # itself, which 03's Key Vault Secrets User grant lets read the secret 01 delivers there.
 echo "--- the vault holds the service principal's secret (az keyvault, signed in as the service principal)"
-az login --service-principal --username "$app_id" --password "$(secret_value AZURE_CLIENT_SECRET)" \
+az login --service-principal --username "$app_id" --password="$(secret_value AZURE_CLIENT_SECRET)" \
     --tenant "$AZURE_TENANT_ID" --allow-no-subscriptions >/dev/null
 show keyvault secret show --vault-name contoso-kv --name aks-cluster-sp-secret \
     --query "{expires:attributes.expires, notBefore:attributes.notBefore, contentType:contentType, tags:tags}" --output json
@@ -144,16 +164,6 @@ if [ "$(az keyvault secret show --vault-name contoso-kv --name aks-cluster-sp-se
 else
     echo "the vault's latest version differs from the Secret's client secret" >&2; exit 1
 fi
-
-# 08's certificate, as a consumer that mounts the Secret has it: az signs in with the PEM file (MSAL signs a client
-# assertion with it), and Entra holds only the public certificate.
-echo "--- the delivered certificate signs in (az login --certificate, with the PEM file the Secret holds)"
-cert_file="$DEMO_DIR/batch-worker.pem"
-(umask 077; kubectl -n demo get secret batch-worker-credentials -o 'jsonpath={.data.certificate\.pem}' | base64 -d >"$cert_file")
-az login --service-principal --username "$cert_app" --certificate "$cert_file" \
-    --tenant "$AZURE_TENANT_ID" --allow-no-subscriptions >/dev/null
-rm -f "$cert_file"
-show account get-access-token --query "{tokenType:tokenType, expiresOn:expiresOn}" --output table
 
 echo "--- a rotation (a new rotationToken) moves the vault to a new version; the previous one stays enabled for the overlap"
 crot() { kubectl -n demo get credentialrotation aks-cluster-sp -o "jsonpath={$1}"; }
