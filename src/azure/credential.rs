@@ -108,12 +108,21 @@ pub async fn client_secret_signs_in(
         }),
     )
     .map_err(|e| e.to_string())?;
+    token_issued(credential.as_ref(), cloud, "the new secret").await
+}
+
+/// Whether Entra issues `credential` a token for ARM. The error names `what` and the kind of failure only:
+/// azure_identity's message may quote the request, and with it a secret or an assertion.
+async fn token_issued(
+    credential: &dyn TokenCredential,
+    cloud: &Cloud,
+    what: &str,
+) -> Result<(), String> {
     credential
         .get_token(&[cloud.resource_manager_scope.as_str()], None)
         .await
         .map(|_| ())
-        // Only the kind of failure: azure_identity's message may quote the request.
-        .map_err(|e| format!("Entra refused the new secret ({:?})", e.kind()))
+        .map_err(|e| format!("Entra refused {what} ({:?})", e.kind()))
 }
 
 /// Client assertions signed with a certificate, a fresh one for each token request (each has its own `jti`
@@ -173,12 +182,7 @@ pub async fn client_certificate_signs_in(
         }),
     )
     .map_err(|e| e.to_string())?;
-    credential
-        .get_token(&[cloud.resource_manager_scope.as_str()], None)
-        .await
-        .map(|_| ())
-        // Only the kind of failure: azure_identity's message may quote the request, assertion included.
-        .map_err(|e| format!("Entra refused the certificate ({:?})", e.kind()))
+    token_issued(credential.as_ref(), cloud, "the certificate").await
 }
 
 /// The object id (`oid` claim) of the principal an Entra access token was issued to: the operator's own

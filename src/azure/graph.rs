@@ -75,6 +75,13 @@ impl AppCredential {
     }
 }
 
+/// Whether a removal failed only because credential `key_id` is not there: Graph answers 400 or 404 with a
+/// message naming it (compared case-insensitively: the emulator prints key ids in lowercase).
+fn already_gone(error: &AzureError, key_id: &str) -> bool {
+    matches!(error, AzureError::Api { status: 400 | 404, message, .. }
+        if message.to_ascii_lowercase().contains(&key_id.to_ascii_lowercase()))
+}
+
 /// A new certificate as addKey and PATCH take it: the DER in `key`, valid for the certificate's own validity,
 /// ending at `end` if that is sooner (Graph refuses dates outside the certificate's; azure-cli clamps the same
 /// way, `role/custom.py` `_validate_app_dates`).
@@ -404,13 +411,8 @@ impl GraphClient {
             )
             .await
         {
-            Ok(_) => Ok(()),
-            Err(AzureError::Api {
-                status: 400 | 404,
-                ref message,
-                ..
-            }) if message.contains(key_id) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if already_gone(&e, key_id) => Ok(()),
+            other => other.map(|_| ()),
         }
     }
 
@@ -462,21 +464,10 @@ impl GraphClient {
             )
             .await
         {
-            Ok(_) => Ok(()),
             // Graph does not document its answer for an unknown keyId; the emulator answers 400 "No key
-            // credential found with keyId {id}." (lowercase id). As for removePassword, an error naming the
-            // key means it is not there.
-            Err(AzureError::Api {
-                status: 400 | 404,
-                ref message,
-                ..
-            }) if message
-                .to_ascii_lowercase()
-                .contains(&key_id.to_ascii_lowercase()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+            // credential found with keyId {id}." (lowercase id).
+            Err(e) if already_gone(&e, key_id) => Ok(()),
+            other => other.map(|_| ()),
         }
     }
 

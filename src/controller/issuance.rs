@@ -29,6 +29,26 @@ pub enum Fresh {
     Certificate(Material),
 }
 
+impl Fresh {
+    /// What the next credential of `kind` is: a password; the certificate `source` (a TLS Secret) holds; or
+    /// a certificate generated now for `common_name`, valid until `end`.
+    pub fn next(
+        kind: Kind,
+        source: Option<&Material>,
+        common_name: &str,
+        end: Timestamp,
+    ) -> Result<Fresh, String> {
+        Ok(match (kind, source) {
+            (Kind::Password, _) => Fresh::Password,
+            (Kind::Certificate, Some(source)) => Fresh::Certificate(source.clone()),
+            (Kind::Certificate, None) => Fresh::Certificate(
+                Material::generate(common_name, clock::now(), end)
+                    .map_err(|e| format!("generating a certificate: {e}"))?,
+            ),
+        })
+    }
+}
+
 /// Adds a credential named `display_name`, valid until `end` (a certificate: until its own end, if sooner),
 /// to `app`. `held`: a certificate of the application whose private key the operator holds, to sign the
 /// proof with. The new credential, with its text (a certificate's: its PEM).

@@ -329,6 +329,42 @@ async fn in_format(secrets: &Api<Secret>, name: &str, format: &str) -> Secret {
     .await
 }
 
+/// Switches ServicePrincipal `gen` to `format` and signs in with azure-identity from what the re-rendered
+/// Secret holds, mounted at `dir`: the same certificate (`credential`), for application `app_id`.
+async fn signs_in_as(
+    azure: &Azure,
+    sps: &Api<ServicePrincipal>,
+    secrets: &Api<Secret>,
+    format: &str,
+    dir: &str,
+    app_id: &str,
+    credential: &entra_operator::api::service_principal::CredentialStatus,
+) {
+    set_secret(
+        sps,
+        "gen",
+        json!({"name": "gen-cert", "format": format, "mountPath": dir}),
+    )
+    .await;
+    let secret = in_format(secrets, "gen-cert", format).await;
+    assert_eq!(
+        secret.metadata.annotations.as_ref().unwrap()[KEY_ID],
+        credential.key_id,
+        "{format}: the same certificate, re-rendered"
+    );
+    let held =
+        held(&secret, serde_json::from_value(json!(format)).unwrap()).expect("a certificate");
+    assert_eq!(
+        Some(held.thumbprint_hex()),
+        credential.thumbprint,
+        "{format}"
+    );
+    mount(&secret, Path::new(dir));
+    let appid = sdk_sign_in(azure, format, &secret, Path::new(dir), app_id)
+        .unwrap_or_else(|e| panic!("{format}: azure-identity could not sign in: {e}"));
+    assert_eq!(appid, app_id, "{format}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_certificate_signs_in_from_every_format_and_rotates_through_a_kill() {
     let Setup {
@@ -362,10 +398,10 @@ async fn a_generated_certificate_signs_in_from_every_format_and_rotates_through_
     let status = sp.status.unwrap();
     let app_id = status.app_id.unwrap();
     let credential = status.credential.unwrap();
-    let thumbprint = credential
-        .thumbprint
-        .clone()
-        .expect("status names the thumbprint");
+    assert!(
+        credential.thumbprint.is_some(),
+        "status names the thumbprint"
+    );
     assert_eq!(credential.hint, None);
     let on_app = operator_certificates(&azure, &app_id).await;
     assert_eq!(
@@ -376,25 +412,7 @@ async fn a_generated_certificate_signs_in_from_every_format_and_rotates_through_
 
     // Every format, re-rendered from the same certificate, signs in with azure-identity as its consumer would.
     for format in ["env", "az", "azure.json", "tls"] {
-        set_secret(
-            &sps,
-            "gen",
-            json!({"name": "gen-cert", "format": format, "mountPath": dir}),
-        )
-        .await;
-        let secret = in_format(&secrets, "gen-cert", format).await;
-        assert_eq!(
-            secret.metadata.annotations.as_ref().unwrap()[KEY_ID],
-            credential.key_id,
-            "{format}: the same certificate, re-rendered"
-        );
-        let held =
-            held(&secret, serde_json::from_value(json!(format)).unwrap()).expect("a certificate");
-        assert_eq!(held.thumbprint_hex(), thumbprint, "{format}");
-        mount(&secret, mounted.path());
-        let appid = sdk_sign_in(&azure, format, &secret, mounted.path(), &app_id)
-            .unwrap_or_else(|e| panic!("{format}: azure-identity could not sign in: {e}"));
-        assert_eq!(appid, app_id, "{format}");
+        signs_in_as(&azure, &sps, &secrets, format, &dir, &app_id, &credential).await;
     }
     assert_eq!(
         operator_certificates(&azure, &app_id).await.len(),
@@ -477,6 +495,38 @@ fn issued(name: &str) -> Material {
     Material::generate(name, now, now + jiff::SignedDuration::from_hours(2)).unwrap()
 }
 
+/// Renews `web`'s TLS Secret with no rotation: the ServicePrincipal delivers the new certificate and removes
+/// the old one itself.
+async fn follows_a_renewal_alone(
+    azure: &Azure,
+    sps: &Api<ServicePrincipal>,
+    secrets: &Api<Secret>,
+    app_id: &str,
+) {
+    let renewed = issued("web");
+    secrets
+        .replace(
+            "web-tls",
+            &PostParams::default(),
+            &tls_secret("web-tls", &renewed),
+        )
+        .await
+        .unwrap();
+    eventually(60, "the ServicePrincipal delivers the renewal", || async {
+        let sp = sps.get("web").await.map_err(|e| e.to_string())?;
+        let held = sp
+            .status
+            .and_then(|s| s.credential)
+            .and_then(|c| c.thumbprint);
+        let on_app = operator_certificates(azure, app_id).await;
+        match (held == Some(renewed.thumbprint_hex()), on_app.len()) {
+            (true, 1) => Ok(()),
+            other => Err(format!("{other:?}: {on_app:?}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_secret_certificate_signs_in_and_its_renewals_rotate_with_overlap() {
     let Setup {
@@ -539,10 +589,9 @@ async fn a_tls_secret_certificate_signs_in_and_its_renewals_rotate_with_overlap(
         .unwrap();
     wait_condition(&crots, "web", "True", "Ready", 60).await;
     let probe = Probe::start(&azure, &secrets, "web-cert", &app_id);
-    let mut latest = first;
     for round in 2..=3 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        latest = issued("web");
+        let latest = issued("web");
         secrets
             .replace(
                 "web-tls",
@@ -573,29 +622,7 @@ async fn a_tls_secret_certificate_signs_in_and_its_renewals_rotate_with_overlap(
 
     // Without a rotation the ServicePrincipal follows a renewal itself: the new one delivered, the old gone.
     delete_and_wait(&crots, "web", 30, "rotation deleted").await;
-    let renewed = issued("web");
-    secrets
-        .replace(
-            "web-tls",
-            &PostParams::default(),
-            &tls_secret("web-tls", &renewed),
-        )
-        .await
-        .unwrap();
-    eventually(60, "the ServicePrincipal delivers the renewal", || async {
-        let sp = sps.get("web").await.map_err(|e| e.to_string())?;
-        let held = sp
-            .status
-            .and_then(|s| s.credential)
-            .and_then(|c| c.thumbprint);
-        let on_app = operator_certificates(&azure, &app_id).await;
-        match (held == Some(renewed.thumbprint_hex()), on_app.len()) {
-            (true, 1) => Ok(()),
-            other => Err(format!("{other:?}: {on_app:?}")),
-        }
-    })
-    .await;
-    let _ = latest;
+    follows_a_renewal_alone(&azure, &sps, &secrets, &app_id).await;
     operator.stop();
     sps.delete("web", &DeleteParams::default()).await.unwrap();
     teardown(rbac, azure, ns).await;

@@ -125,23 +125,14 @@ impl Run<'_> {
                 let subject = &self.gathered.subject;
                 let name = naming::password_name(&self.ns(), &subject.owner, *serial);
                 let end = credentials::expiry(clock::now(), *lifetime);
-                let fresh = match (subject.kind, &subject.source) {
-                    (Kind::Password, _) => Fresh::Password,
-                    (Kind::Certificate, Some(source)) => Fresh::Certificate(source.clone()),
-                    (Kind::Certificate, None) => {
-                        let made = Material::generate(&subject.display_name, clock::now(), end);
-                        Fresh::Certificate(made.map_err(|e| {
-                            Error::Invalid(format!("generating a certificate: {e}"))
-                        })?)
-                    }
-                };
+                let (kind, source) = (subject.kind, subject.source.as_ref());
+                let fresh = Fresh::next(kind, source, &subject.display_name, end)
+                    .map_err(Error::Invalid)?;
                 let signer = self.signer();
                 let new =
                     issuance::add(&ctx.graph, app, fresh, &name, end, signer.as_ref()).await?;
-                self.issued = Some(Issued {
-                    credential: new.credential,
-                    text: new.secret_text,
-                });
+                let (credential, text) = (new.credential, new.secret_text);
+                self.issued = Some(Issued { credential, text });
             }
             Step::WriteSecret { trigger } => self.write_secret(*trigger, status).await?,
             Step::RecordSchedule => {

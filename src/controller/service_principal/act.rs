@@ -372,15 +372,8 @@ async fn issue(
 ) -> Result<NewPassword, Error> {
     let app = &gathered.app;
     let kind = Kind::of(&sp.spec);
-    let fresh = match (kind, &gathered.source) {
-        (Kind::Password, _) => Fresh::Password,
-        (Kind::Certificate, Some(source)) => Fresh::Certificate(source.clone()),
-        (Kind::Certificate, None) => Fresh::Certificate(
-            Material::generate(&sp.spec.display_name, clock::now(), end).map_err(|e| {
-                Error::Invalid(format!("spec.certificate: generating a certificate: {e}"))
-            })?,
-        ),
-    };
+    let fresh = Fresh::next(kind, gathered.source.as_ref(), &sp.spec.display_name, end)
+        .map_err(|e| Error::Invalid(format!("spec.certificate: {e}")))?;
     let held = held_certificate(sp, gathered, target);
     let new = issuance::add(&ctx.graph, app, fresh, display_name, end, held.as_ref()).await?;
     let setting = Setting::of(ctx);
