@@ -104,6 +104,63 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         ),
         (
             "ServicePrincipal",
+            with(valid_sp(), json!({"certificate": {}, "secret": null})),
+            "spec.certificate",
+            "a certificate credential needs spec.secret",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"certificate": {}, "keyVaultSecrets": [{"vault": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1", "name": "web"}]}),
+            ),
+            "spec.keyVaultSecrets",
+            "deliver client secrets only",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"certificate": {}, "secret": {"name": "x", "format": "sdk-auth"}}),
+            ),
+            "spec.secret.format",
+            "sdk-auth format carries a client secret only",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"secret": {"name": "x", "format": "tls"}}),
+            ),
+            "spec.secret.format",
+            "the tls format carries a certificate credential",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"certificate": {}, "secret": {"name": "x", "mountPath": "relative/dir"}}),
+            ),
+            "spec.secret.mountPath",
+            "should match",
+        ),
+        (
+            "ServicePrincipal",
+            with(
+                valid_sp(),
+                json!({"certificate": {"secretRef": {"name": "Not_A_Name"}}}),
+            ),
+            "spec.certificate.secretRef.name",
+            "should match",
+        ),
+        (
+            "CredentialRotation",
+            json!({"applicationId": GUID, "rotateEvery": "720h", "targets": {"secret": {"name": "x", "format": "tls"}}}),
+            "spec.targets.secret.format",
+            "renews a client secret",
+        ),
+        (
+            "ServicePrincipal",
             with(
                 valid_sp(),
                 json!({"secret": {"name": "x", "format": "template", "templates": {"k": "{{ clientSecret }}"}},
