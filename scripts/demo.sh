@@ -55,10 +55,13 @@ kubectl -n entra-operator-system create token entra-operator --audience api://Az
     >"$DEMO_DIR/azure-identity-token"
 
 echo "--- operator"
+# A new credential is published (and a new ServicePrincipal turns Ready) once 3 rounds of sign-ins over 10s pass:
+# shorter than the default (4 over 60s), since the emulator accepts a credential at once unless told otherwise.
 AZURE_CLOUD=custom AZURE_AUTHORITY_HOST="$AZURE_AUTHORITY_HOST" AZURE_GRAPH_ENDPOINT="$AZURE_GRAPH_ENDPOINT" \
 AZURE_RESOURCE_MANAGER_ENDPOINT="$AZURE_RESOURCE_MANAGER_ENDPOINT" AZURE_CA_FILE="$AZURE_EMULATOR_CA_FILE" \
 AZURE_CLIENT_ID="$operator_app" AZURE_TENANT_ID="$AZURE_TENANT_ID" AZURE_FEDERATED_TOKEN_FILE="$DEMO_DIR/azure-identity-token" \
 HTTPS_PROXY="$AZURE_EMULATOR_PROXY_URL" NO_PROXY=127.0.0.1,localhost \
+VERIFY_SIGN_INS=3 VERIFY_WINDOW=10s \
     target/debug/entra-operator run --kubeconfig "$TESTENV_STATE/kubeconfig" --log-format text >"$DEMO_DIR/operator.log" 2>&1 &
 echo $! >"$DEMO_DIR/operator.pid"
 for _ in $(seq 1 100); do grep -q 'operator ready' "$DEMO_DIR/operator.log" && break
@@ -72,7 +75,7 @@ kubectl label namespace demo team=platform --overwrite >/dev/null
 # The rotation last: a CredentialRotation resets only a cluster that already runs as the application it rotates.
 rotation=examples/07-credential-rotation.yaml
 for f in examples/*.yaml; do [ "$f" = "$rotation" ] || kubectl apply -n demo -f "$f"; done
-kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/aks-cluster-sp
+kubectl -n demo wait --for=condition=Ready --timeout=120s serviceprincipal/aks-cluster-sp
 # The cluster is created with the ServicePrincipal's application, as `az aks create --service-principal <appId>`
 # would do (the emulator's seed cluster runs as another application until then).
 cluster=/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/prod
@@ -82,7 +85,7 @@ curl_emulator -X POST "$AZURE_EMULATOR_URL/_emulator/seed" -H 'Content-Type: app
 echo "AKS cluster prod runs as application $app_id"
 kubectl apply -n demo -f "$rotation"
 kubectl -n demo wait --for=condition=Ready --timeout=90s roledelegation --all
-kubectl -n demo wait --for=condition=Ready --timeout=90s credentialrotation --all
+kubectl -n demo wait --for=condition=Ready --timeout=120s credentialrotation --all
 kubectl get delegationpolicies
 kubectl -n demo get serviceprincipals,roledelegations,credentialrotations -o wide
 echo
@@ -135,7 +138,7 @@ show ad app credential list --id "$app_id" --query "[].endDateTime" --output tsv
 show role assignment list --assignee "$app_id" --all --query "[].{role:roleDefinitionName, scope:scope}" --output table
 show aks show --resource-group rg-aks --name prod --query servicePrincipalProfile.clientId --output tsv
 # 08's application holds a certificate, not a password: Entra has its public half, named by its thumbprint.
-kubectl -n demo wait --for=condition=Ready --timeout=60s serviceprincipal/batch-worker >/dev/null
+kubectl -n demo wait --for=condition=Ready --timeout=120s serviceprincipal/batch-worker >/dev/null
 cert_app=$(kubectl -n demo get serviceprincipal batch-worker -o jsonpath='{.status.appId}')
 show ad app credential list --id "$cert_app" --cert --query "[].{keyId:keyId, thumbprint:customKeyIdentifier, end:endDateTime}" --output table
 

@@ -66,6 +66,26 @@ pub struct RunArgs {
     )]
     pub principal_replication_window: crate::api::Duration,
 
+    /// How many rounds of sign-ins a new credential must pass in a row before it is published (a
+    /// CredentialRotation) or its ServicePrincipal turns Ready. Each round asks Entra for a Microsoft Graph
+    /// and an Azure Resource Manager token with the new credential. A new credential replicates across
+    /// Entra's regions: observed 4 to 18 seconds (microsoft-graph-docs #17966), with no documented bound,
+    /// and one success proves little, since the next request may reach another region (hashicorp/vault
+    /// #27593). 1 publishes after one round.
+    #[arg(long, env = "VERIFY_SIGN_INS", default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub verify_sign_ins: u32,
+
+    /// The least time between the first and the last of those rounds (a Go duration): the rounds are spread
+    /// evenly over it.
+    #[arg(
+        long,
+        env = "VERIFY_WINDOW",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub verify_window: crate::api::Duration,
+
     /// How many objects of each kind are reconciled at once in each watched namespace (with
     /// WATCH_NAMESPACES=a,b that is twice this number per kind).
     #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_name = "N",

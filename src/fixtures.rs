@@ -262,6 +262,7 @@ pub async fn context() -> (Context, TestAzure) {
         roles: Default::default(),
         policies,
         principal_replication_window: std::time::Duration::from_secs(3600),
+        verification: Default::default(),
         cloud: azure.cloud.clone(),
         tenant_id: azure.tenant_id.clone(),
         cluster_id: CLUSTER_ID.into(),

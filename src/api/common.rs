@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -358,6 +359,36 @@ pub struct SecretTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = "^/[^,]*$"))]
     pub mount_path: Option<String>,
+}
+
+/// How far a new credential is in proving that Entra accepts it everywhere: consecutive rounds of sign-ins
+/// (for Microsoft Graph and for Azure Resource Manager, each with a fresh token) spaced over a window, since a
+/// new credential replicates across Entra's regions for a while and one success proves little.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    /// The credential being (or last) verified.
+    pub key_id: String,
+    /// Rounds that must succeed in a row, the first and last at least `window` apart.
+    pub required: u32,
+    /// The window, as a Go duration.
+    pub window: String,
+    /// Rounds that succeeded in a row so far (a failure starts again from zero).
+    pub successes: u32,
+    /// Rounds tried for this credential.
+    pub attempts: u32,
+    /// When the current run of successes began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_success_time: Option<Time>,
+    /// When the last round was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    /// When the credential passed; unset while it is being verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_time: Option<Time>,
+    /// Why the last failed round failed (Entra's error code, never the credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 /// Where consumers mount a certificate credential's Secret when spec.secret.mountPath says nothing.

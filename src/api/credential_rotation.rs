@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     common::{
         AKS_CLUSTER_PATTERN, Duration, GUID_PATTERN, LocalObjectReference, OBJECT_NAME_PATTERN,
-        SecretTarget,
+        SecretTarget, VerificationStatus,
     },
     key_vault::KeyVaultSecretTarget,
 };
@@ -291,6 +291,10 @@ pub struct CredentialRotationStatus {
     /// Result of publishing the current secret to each target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetStatus>,
+    /// How the newest secret is proving that Entra accepts it everywhere: it is published only once enough
+    /// rounds of sign-ins in a row have succeeded over the operator's verification window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

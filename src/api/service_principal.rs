@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     common::{
         DeletionPolicy, Duration, GUID_PATTERN, LocalObjectReference, SecretFormat, SecretTarget,
+        VerificationStatus,
     },
     key_vault::{KeyVaultSecretStatus, KeyVaultSecretTarget},
 };
@@ -252,6 +253,10 @@ pub struct ServicePrincipalStatus {
     /// The client secret currently delivered to the Secret (never its value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialStatus>,
+    /// How the credential this object issued is proving that Entra accepts it everywhere: the object turns
+    /// Ready only once enough rounds of sign-ins in a row have succeeded over the operator's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
     /// Name of the Secret holding the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -98,6 +98,7 @@ pub async fn client_secret_signs_in(
     tenant_id: &str,
     client_id: &str,
     secret: &str,
+    scope: &str,
 ) -> Result<(), String> {
     let credential = ClientSecretCredential::new(
         tenant_id,
@@ -108,18 +109,18 @@ pub async fn client_secret_signs_in(
         }),
     )
     .map_err(|e| e.to_string())?;
-    token_issued(credential.as_ref(), cloud, "the new secret").await
+    token_issued(credential.as_ref(), scope, "the new secret").await
 }
 
-/// Whether Entra issues `credential` a token for ARM. The error names `what` and the kind of failure only:
+/// Whether Entra issues `credential` a token for `scope`. The error names `what` and the kind of failure only:
 /// azure_identity's message may quote the request, and with it a secret or an assertion.
 async fn token_issued(
     credential: &dyn TokenCredential,
-    cloud: &Cloud,
+    scope: &str,
     what: &str,
 ) -> Result<(), String> {
     credential
-        .get_token(&[cloud.resource_manager_scope.as_str()], None)
+        .get_token(&[scope], None)
         .await
         .map(|_| ())
         .map_err(|e| format!("Entra refused {what} ({:?})", e.kind()))
@@ -164,6 +165,7 @@ pub async fn client_certificate_signs_in(
     tenant_id: &str,
     client_id: &str,
     material: &Material,
+    scope: &str,
 ) -> Result<(), String> {
     let token_endpoint = azure_core::http::Url::parse(&cloud.authority_host)
         .and_then(|host| host.join(&format!("/{tenant_id}/oauth2/v2.0/token")))
@@ -182,7 +184,7 @@ pub async fn client_certificate_signs_in(
         }),
     )
     .map_err(|e| e.to_string())?;
-    token_issued(credential.as_ref(), cloud, "the certificate").await
+    token_issued(credential.as_ref(), scope, "the certificate").await
 }
 
 /// The object id (`oid` claim) of the principal an Entra access token was issued to: the operator's own
@@ -255,6 +257,7 @@ mod tests {
                     &azure.tenant_id,
                     &app_id,
                     &m,
+                    &azure.cloud.resource_manager_scope,
                 )
                 .await
             }

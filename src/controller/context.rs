@@ -27,6 +27,8 @@ pub struct Context {
     pub roles: RoleCache,
     /// Every DelegationPolicy, kept current by a watch.
     pub policies: Store<api::DelegationPolicy>,
+    /// How much a new credential must prove before it is published (see `verification`).
+    pub verification: super::verification::Policy,
     /// How long a role assignment waits for its principal to replicate before it is reported Stalled.
     pub principal_replication_window: std::time::Duration,
     pub cloud: Cloud,

@@ -86,7 +86,7 @@ pub enum Expect<'a> {
 }
 
 impl Expect<'_> {
-    fn admits(self, text: &str) -> bool {
+    pub fn admits(self, text: &str) -> bool {
         match self {
             Expect::Any => true,
             Expect::Hint(hint) => text.starts_with(hint),

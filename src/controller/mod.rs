@@ -20,6 +20,7 @@ pub mod role_delegation;
 pub mod secret_format;
 pub mod secrets;
 pub mod service_principal;
+pub mod verification;
 pub mod watches;
 
 pub use context::Context;
@@ -263,6 +264,10 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
             roles: RoleCache::default(),
             policies,
             principal_replication_window: args.principal_replication_window.as_std(),
+            verification: verification::Policy {
+                required: args.verify_sign_ins,
+                window: args.verify_window.as_std(),
+            },
             cloud,
             tenant_id,
             cluster_id,

@@ -92,6 +92,15 @@ pub fn ownership_marks(tags: &[String]) -> Marks {
 
 /// The displayName of a password the operator adds for an object: `entra-operator:{ns}/{name}:{n}`, where n
 /// counts the passwords issued for it (so two passwords of one object never share a name).
+/// The Secret a rotation keeps a new credential's text in while it is verified, before the Secret `secret`
+/// gets it: consumers never read it. Within the 253 characters of a Secret's name.
+pub fn pending_secret_name(secret: &str) -> String {
+    const SUFFIX: &str = ".entra-operator-pending";
+    let room = 253 - SUFFIX.len();
+    let head: String = secret.chars().take(room).collect();
+    format!("{}{SUFFIX}", head.trim_end_matches(['.', '-']))
+}
+
 pub fn password_name(namespace: &str, name: &str, serial: u64) -> String {
     format!("{PASSWORD_PREFIX}:{namespace}/{name}:{serial}")
 }

@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::{
     Context, Error, OWNER_LABEL,
-    gather::{Gathered, Issued},
+    gather::{Gathered, Issued, STAGED_KEY, TRIGGER_KEY},
     plan::{self, Step, Trigger},
     targets::{self, Publication},
 };
@@ -39,7 +39,11 @@ pub(super) async fn act(
         crot,
         ctx,
         gathered,
-        issued: gathered.published.clone(),
+        // A credential waiting in the staging Secret comes first: it is what the steps verify and publish.
+        issued: gathered
+            .pending
+            .clone()
+            .or_else(|| gathered.published.clone()),
         failures: vec![],
         now,
     };
@@ -134,7 +138,12 @@ impl Run<'_> {
                 let (credential, text) = (new.credential, new.secret_text);
                 self.issued = Some(Issued { credential, text });
             }
-            Step::WriteSecret { trigger } => self.write_secret(*trigger, status).await?,
+            Step::Stage { trigger } => self.stage(*trigger).await?,
+            Step::DropStaging => self.drop_staging().await?,
+            Step::WriteSecret { trigger } => {
+                self.write_secret(*trigger, status).await?;
+                self.drop_staging().await?;
+            }
             Step::RecordSchedule => {
                 let current = self.issued()?.credential.clone();
                 plan::record_schedule(crot, status, &current, self.now);
@@ -177,7 +186,7 @@ impl Run<'_> {
                 let vaults = plan::vault_names(self.gathered);
                 targets::secret_holds(self.crot, status, secret, &vaults, &key_id, clock::now());
             }
-            Step::SignIn => publication.sign_in(status).await?,
+            Step::Verify => publication.verify(status, clock::now()).await?,
             Step::PublishKeyVault { index, name } => {
                 if let Some(why) = self.publish_vault(status, *index, name, &issued).await {
                     self.failures.push(why);
@@ -339,10 +348,52 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn write_to_secret(&self, target: &SecretTarget, issued: &Issued) -> Result<(), Error> {
+    /// Writes the new credential's text to the staging Secret, owned as the Secret is: the only place it is
+    /// kept until the Secret gets it, once verified.
+    async fn stage(&self, trigger: Trigger) -> Result<(), Error> {
+        let issued = self.issued()?;
+        let Some(secret) = self.gathered.subject.secret_name() else {
+            return Ok(());
+        };
+        let staging = SecretTarget {
+            name: naming::pending_secret_name(secret),
+            format: crate::api::SecretFormat::Env,
+            templates: None,
+            mount_path: None,
+        };
+        let data = [
+            (STAGED_KEY.to_string(), issued.text.secret().to_string()),
+            (TRIGGER_KEY.to_string(), trigger.as_str().to_string()),
+        ]
+        .into();
+        self.write_owned(&staging, &issued.credential.key_id, data)
+            .await
+    }
+
+    /// Deletes the staging Secret, if there is one (gone already is fine).
+    async fn drop_staging(&self) -> Result<(), Error> {
+        let Some(secret) = self.gathered.subject.secret_name() else {
+            return Ok(());
+        };
+        let name = naming::pending_secret_name(secret);
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.ctx.client.clone(), &self.ns());
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `data` to the Secret `target`, owned by the ServicePrincipal (or, with applicationId, this
+    /// rotation) and labelled so.
+    async fn write_owned(
+        &self,
+        target: &SecretTarget,
+        key_id: &str,
+        data: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
         let (crot, ctx) = (self.crot, self.ctx);
-        let key_id = &issued.credential.key_id;
-        let data = self.render(target, issued.text.secret())?;
         match &self.gathered.subject.sp {
             Some(sp) => {
                 let label = service_principal::OWNER_LABEL;
@@ -358,6 +409,12 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    async fn write_to_secret(&self, target: &SecretTarget, issued: &Issued) -> Result<(), Error> {
+        let data = self.render(target, issued.text.secret())?;
+        self.write_owned(target, &issued.credential.key_id, data)
+            .await
     }
 
     /// Without a Secret: the new version of the first Key Vault target, written at once since the text is

@@ -15,8 +15,13 @@ use super::{
 use crate::{
     api::CredentialRotation,
     azure::{graph::AppCredential, keyvault::SecretVersion},
-    controller::{credentials, key_vault, policy::key_vaults::may_write},
+    controller::{credentials, key_vault, naming, policy::key_vaults::may_write},
 };
+
+/// The key of the staging Secret that holds the new credential's text (a password, or a certificate's PEM).
+pub const STAGED_KEY: &str = "credential";
+/// The key of the staging Secret that says why its rotation began.
+pub const TRIGGER_KEY: &str = "trigger";
 
 /// A password with its text, as the Secret delivers it or as Entra just issued it. `SecretText`'s Debug
 /// prints a placeholder, so the text cannot reach a log through this struct.
@@ -39,6 +44,14 @@ pub struct Gathered {
     /// The versions of each of the subject's Key Vault targets, in order (read once every vault is
     /// authorized).
     pub vaults: Vec<Vec<SecretVersion>>,
+    /// The Secret a new credential waits in while it is verified (see `naming::pending_secret_name`), as
+    /// read; None: there is none.
+    pub staging: Option<Secret>,
+    /// The credential of ours it holds, with its text, unless the Secret delivers that one already: a
+    /// rotation under way, to verify and publish before anything else.
+    pub pending: Option<Issued>,
+    /// Why that rotation began, as the staging Secret says (`plan::Trigger::as_str`).
+    pub staged_trigger: Option<String>,
     /// The owner tag of the subject's versions (see `key_vault::owner_mark`).
     pub vault_owner: String,
 }
@@ -72,7 +85,36 @@ impl Gathered {
             vault_owner,
             published,
             vaults: vec![],
+            staging: None,
+            pending: None,
+            staged_trigger: None,
         }
+    }
+
+    /// Records the staging Secret as read, working out the credential it holds (one of ours, not the one
+    /// the Secret delivers).
+    pub fn with_staging(mut self, staging: Option<Secret>, ns: &str) -> Self {
+        let ours = self.ours(ns);
+        let published = self.published.as_ref().map(|p| p.credential.key_id.clone());
+        self.pending = staging.as_ref().and_then(|s| {
+            let key = credentials::key_id(s)?;
+            let credential = *ours.iter().find(|p| &p.key_id == key)?;
+            let text = s.data.as_ref()?.get(STAGED_KEY)?;
+            let text = String::from_utf8(text.0.clone()).ok()?;
+            let expect = credentials::expect(credential, self.subject.kind);
+            (Some(&credential.key_id) != published.as_ref() && expect.admits(&text)).then(|| {
+                Issued {
+                    credential: credential.clone(),
+                    text: SecretText::new(text),
+                }
+            })
+        });
+        self.staged_trigger = staging
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(TRIGGER_KEY))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned());
+        self.staging = staging;
+        self
     }
 
     /// The passwords on the application that are ours, oldest first.
@@ -102,7 +144,15 @@ pub(super) async fn gather(crot: &CredentialRotation, ctx: &Context) -> Result<G
         }
         None => None,
     };
-    let mut gathered = Gathered::new(subject, cleared, secret, &ns);
+    let staging = match subject.secret_name() {
+        Some(name) => {
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&naming::pending_secret_name(name))
+                .await?
+        }
+        None => None,
+    };
+    let mut gathered = Gathered::new(subject, cleared, secret, &ns).with_staging(staging, &ns);
     gathered.vaults = vaults;
     let subject = &gathered.subject;
     gathered.vault_owner =

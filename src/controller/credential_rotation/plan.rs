@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::{
     Error,
-    gather::Gathered,
+    gather::{Gathered, Issued},
     targets::{self, all_published, holds},
 };
 use crate::{
@@ -39,9 +39,24 @@ pub enum Trigger {
     Expiring,
     /// The TLS Secret a certificate comes from holds a new one (cert-manager renewed it).
     Renewed,
+    /// A rotation interrupted while its new credential was being verified, taken up again.
+    Resumed,
 }
 
 impl Trigger {
+    /// The trigger `as_str` names (how the staging Secret remembers why its rotation began).
+    pub fn parse(text: &str) -> Option<Trigger> {
+        [
+            Trigger::Initial,
+            Trigger::Manual,
+            Trigger::Scheduled,
+            Trigger::Expiring,
+            Trigger::Renewed,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Initial => "initial",
@@ -49,6 +64,7 @@ impl Trigger {
             Trigger::Scheduled => "scheduled",
             Trigger::Expiring => "expiring",
             Trigger::Renewed => "renewed",
+            Trigger::Resumed => "resumed",
         }
     }
 }
@@ -185,14 +201,21 @@ pub(crate) enum Step {
     RecordIntent { previous: String },
     /// Add password number `serial`, valid for `lifetime` from when it is added.
     AddPassword { serial: u64, lifetime: Duration },
-    /// Write the new password's text to the Secret at once (it exists nowhere else), and make it current.
+    /// Write the new credential's text to the staging Secret at once (it exists nowhere else), where it
+    /// waits, unseen by consumers, until it is verified; with the reason the rotation began.
+    Stage { trigger: Trigger },
+    /// Prove that Entra accepts the newest credential everywhere (see `verification`): a round of sign-ins
+    /// when one is due; stop and look again at the next round until enough have passed.
+    Verify,
+    /// Write the new credential to the Secret (or, without one, to the first Key Vault target), make it
+    /// current, and drop the staging Secret.
     WriteSecret { trigger: Trigger },
+    /// Delete a staging Secret that holds nothing to publish (its credential is published, or gone).
+    DropStaging,
     /// Record when the current password expires and when the next rotation is due.
     RecordSchedule,
     /// Record that the Secret holds the current key; forget the targets the spec no longer names.
     PublishSecret,
-    /// Prove the current key signs in; nothing else is published before it does.
-    SignIn,
     /// Disable `versions` of the subject's Key Vault target `index`: they hold a password that is about to be
     /// removed (or is gone), so no version is left enabled that no longer signs in.
     DisableVersions { index: usize, versions: Vec<String> },
@@ -287,7 +310,11 @@ pub(crate) fn plan(
         projected: status.clone(),
         list: vec![],
     };
-    let in_flight = leftovers(&ours, &steps.projected, now);
+    let pending = gathered
+        .pending
+        .as_ref()
+        .map(|p| p.credential.key_id.as_str());
+    let in_flight = leftovers(&ours, &steps.projected, pending, now);
     let removing = removals(crot, gathered, &steps.projected, in_flight.left_behind, now);
     // Every version naming a password about to go is disabled first (and one naming a password already gone).
     for step in retirement(gathered, &ours, &removing) {
@@ -296,10 +323,21 @@ pub(crate) fn plan(
     for step in removing {
         steps.take(step);
     }
-    // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
+    // A new credential waiting to be verified is this rotation's own work under way: it goes on first.
     let mut rotating = false;
+    if let Some(pending) = &gathered.pending {
+        let trigger = gathered.staged_trigger.as_deref().and_then(Trigger::parse);
+        for step in resume(&steps.projected, pending, trigger) {
+            steps.take(step);
+        }
+        rotating = true;
+    } else if gathered.staging.is_some() {
+        steps.take(Step::DropStaging);
+    }
+    // Rotate when due (a lost Secret is due at once): at most two of the operator's passwords at any time.
     if let Some(trigger) = due_now(crot, &steps.projected, published, gathered, now)
         && !finishing
+        && !rotating
     {
         let projected = &steps.projected;
         if let Some(until) = projected
@@ -509,21 +547,22 @@ fn secret_ours(crot: &CredentialRotation, gathered: &Gathered, ns: &str) -> Resu
         )
         .map_err(|c| Error::SecretConflict(c.0))?;
     }
-    let Some(secret) = &gathered.secret else {
-        return Ok(());
-    };
-    let owned = match &gathered.subject.sp {
+    let owned = |secret: &k8s_openapi::api::core::v1::Secret| match &gathered.subject.sp {
         Some(sp) => secrets::owned_by(secret, sp),
         None => secrets::owned_by(secret, crot),
     };
-    if owned {
-        return Ok(());
+    let foreign = [&gathered.secret, &gathered.staging]
+        .into_iter()
+        .flatten()
+        .find(|s| !owned(s));
+    match foreign {
+        None => Ok(()),
+        Some(secret) => Err(Error::SecretConflict(format!(
+            "spec.targets.secret: Secret {ns}/{} exists and is not owned by this rotation (or its \
+             ServicePrincipal); it is left untouched",
+            secret.metadata.name.as_deref().unwrap_or_default()
+        ))),
     }
-    Err(Error::SecretConflict(format!(
-        "spec.targets.secret: Secret {ns}/{} exists and is not owned by this rotation (or its ServicePrincipal); \
-         it is left untouched",
-        gathered.subject.secret_name().unwrap_or_default()
-    )))
 }
 
 /// Status brought in line with the Secret. A rotation records its intent (previous = current) before it adds
@@ -568,8 +607,11 @@ fn catch_up(
             }
         }
     }
-    if status.previous_key_id.is_some() && status.previous_key_id == status.current_key_id {
-        // An intent whose password never reached the Secret: nothing to keep apart.
+    if status.previous_key_id.is_some()
+        && status.previous_key_id == status.current_key_id
+        && gathered.pending.is_none()
+    {
+        // An intent whose password never reached the Secret (nor the staging one): nothing to keep apart.
         status.previous_key_id = None;
         status.previous_key_removal_time = None;
     }
@@ -577,6 +619,26 @@ fn catch_up(
         status.previous_key_removal_time = None;
     }
     status
+}
+
+/// The steps that take up a rotation whose new credential (`pending`) waits in the staging Secret: its intent
+/// recorded again if status lost it, then the verification and the Secret.
+fn resume(
+    status: &CredentialRotationStatus,
+    pending: &Issued,
+    gathered_trigger: Option<Trigger>,
+) -> Vec<Step> {
+    let mut steps = vec![];
+    if let Some(current) = status.current_key_id.clone()
+        && status.previous_key_id.as_ref() != Some(&current)
+        && current != pending.credential.key_id
+    {
+        steps.push(Step::RecordIntent { previous: current });
+    }
+    steps.push(Step::Verify);
+    let trigger = gathered_trigger.unwrap_or(Trigger::Resumed);
+    steps.push(Step::WriteSecret { trigger });
+    steps
 }
 
 /// Passwords of ours that are neither current nor previous.
@@ -590,6 +652,7 @@ struct Leftovers {
 fn leftovers(
     ours: &[&AppCredential],
     status: &CredentialRotationStatus,
+    pending: Option<&str>,
     now: Timestamp,
 ) -> Leftovers {
     let mut found = Leftovers {
@@ -599,6 +662,7 @@ fn leftovers(
     for p in ours.iter().filter(|p| {
         status.current_key_id.as_deref() != Some(p.key_id.as_str())
             && status.previous_key_id.as_deref() != Some(p.key_id.as_str())
+            && pending != Some(p.key_id.as_str())
     }) {
         let grace_end = p.start_date_time.and_then(|t| {
             t.checked_add(SignedDuration::try_from(DELIVERY_GRACE).ok()?)
@@ -640,7 +704,9 @@ fn due_now(
     due(now, schedule(crot), current, token_changed)
 }
 
-/// The steps of one rotation: the intent recorded before the password exists, the password, its Secret.
+/// The steps of one rotation: the intent recorded before the password exists, the password, then (with a
+/// Secret) the staging Secret and the verification before the Secret; without one the first Key Vault target
+/// is where the text is kept, so it is written at once and verified after.
 fn rotation(
     gathered: &Gathered,
     ours: &[&AppCredential],
@@ -656,6 +722,10 @@ fn rotation(
         serial: credentials::next_serial(ours, ns, &gathered.subject.owner),
         lifetime: gathered.subject.lifetime,
     });
+    if gathered.subject.secret.is_some() {
+        steps.push(Step::Stage { trigger });
+        steps.push(Step::Verify);
+    }
     steps.push(Step::WriteSecret { trigger });
     steps
 }
@@ -673,7 +743,7 @@ fn publication(
     let spec = &crot.spec.targets;
     let mut steps = vec![Step::RecordSchedule, Step::PublishSecret];
     if needs(TargetKind::SignIn, SIGN_IN_TARGET) {
-        steps.push(Step::SignIn);
+        steps.push(Step::Verify);
     }
     // After the sign-in: a reader of the vault never gets a secret that does not sign in yet.
     for (index, name) in vault_names(gathered).into_iter().enumerate() {

@@ -35,15 +35,13 @@ use crate::{
     },
     azure::{
         arm::Operation,
-        certificate::Material,
-        credential,
         error::{AzureError, ErrorClass},
     },
     controller::{
         claims::{self, Claimant},
         credentials::Kind,
         policy::aks,
-        publish,
+        publish, verification,
     },
 };
 
@@ -443,25 +441,33 @@ impl Publication<'_> {
         set_target(status, e);
     }
 
-    /// Proves the key signs in; until it does, nothing else is published.
-    pub(super) async fn sign_in(&self, status: &mut CredentialRotationStatus) -> Result<(), Error> {
-        let ctx = self.ctx;
-        let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
-        let signed_in = match self.kind {
-            Kind::Password => {
-                credential::client_secret_signs_in(cloud, http, tenant, self.client_id, self.text)
-                    .await
-            }
-            Kind::Certificate => match Material::from_pem(self.text) {
-                Ok(m) => {
-                    credential::client_certificate_signs_in(cloud, http, tenant, self.client_id, &m)
-                        .await
-                }
-                Err(why) => Err(format!("the certificate cannot be read back: {why}")),
-            },
-        };
-        match signed_in {
-            Ok(()) => {
+    /// Proves that Entra accepts the key everywhere (see `verification`): a round of sign-ins when one is
+    /// due, recorded in status; until enough have passed in a row over the window, nothing else is published
+    /// and the reconcile stops, to look again when the next round is due.
+    pub(super) async fn verify(
+        &self,
+        status: &mut CredentialRotationStatus,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let (ctx, key) = (self.ctx, self.key_id);
+        let policy = ctx.verification;
+        let mut next = verification::next(status.verification.as_ref(), key, now, policy);
+        if next == verification::Next::SignInNow {
+            let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
+            let outcome =
+                verification::round(cloud, http, tenant, self.client_id, self.kind, self.text)
+                    .await;
+            let at = clock::now();
+            let recorded =
+                verification::record(status.verification.as_ref(), key, outcome, at, policy);
+            next = verification::next(Some(&recorded), key, at, policy);
+            let generation = self.crot.metadata.generation;
+            verification::set_condition(&mut status.conditions, &recorded, generation, Time(at));
+            status.verification = Some(recorded);
+        }
+        let progress = status.verification.as_ref().map(verification::progress);
+        let until = match next {
+            verification::Next::Verified => {
                 let published = TargetState::Published;
                 self.set(
                     status,
@@ -471,25 +477,27 @@ impl Publication<'_> {
                     None,
                     None,
                 );
-                Ok(())
+                return Ok(());
             }
-            Err(why) => {
-                let pending = TargetState::Pending;
-                let message = Some(why.clone());
-                self.set(
-                    status,
-                    TargetKind::SignIn,
-                    SIGN_IN_TARGET,
-                    pending,
-                    message,
-                    None,
-                );
-                Err(Error::Verifying(format!(
-                    "the new secret {} does not sign in yet: {why}",
-                    self.key_id
-                )))
-            }
-        }
+            verification::Next::WaitUntil(until) => until,
+            // Only with a zero window: the next round at once, on the next reconcile.
+            verification::Next::SignInNow => now,
+        };
+        let message = progress.unwrap_or_default();
+        let pending = TargetState::Pending;
+        self.set(
+            status,
+            TargetKind::SignIn,
+            SIGN_IN_TARGET,
+            pending,
+            Some(message.clone()),
+            None,
+        );
+        Err(Error::Waiting {
+            reason: "VerifyingCredential",
+            message,
+            until,
+        })
     }
 
     /// Resets cluster `index` of the spec; Ok(Some) says why it does not hold the key yet.

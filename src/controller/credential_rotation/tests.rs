@@ -141,7 +141,7 @@ fn publish_new() -> Vec<Step> {
     vec![
         Step::RecordSchedule,
         Step::PublishSecret,
-        Step::SignIn,
+        Step::Verify,
         Step::RequirePublished,
         Step::CountCompleted,
     ]
@@ -159,7 +159,12 @@ fn rotate(previous: Option<u64>, serial: u64, trigger: Trigger, now: Timestamp) 
         serial,
         lifetime: credentials::DEFAULT_LIFETIME,
     });
-    steps.push(Step::WriteSecret { trigger });
+    // With a Secret: staged and verified before the Secret gets it.
+    steps.extend([
+        Step::Stage { trigger },
+        Step::Verify,
+        Step::WriteSecret { trigger },
+    ]);
     steps.extend(publish_new());
     if previous.is_some() {
         let until = now + SignedDuration::from_hours(1);
@@ -350,7 +355,7 @@ fn crash_cases() -> Vec<Case> {
             expect: Ok(vec![
                 Step::RecordSchedule,
                 Step::PublishSecret,
-                Step::SignIn,
+                Step::Verify,
                 Step::RestartWorkload {
                     index: 0,
                     kind: WorkloadKind::Deployment,
@@ -686,7 +691,7 @@ fn key_vault_cases() -> Vec<VaultCase> {
             expect: vec![
                 Step::RecordSchedule,
                 Step::PublishSecret,
-                Step::SignIn,
+                Step::Verify,
                 publish_vault.clone(),
                 Step::RequirePublished,
                 Step::CountCompleted,
@@ -808,7 +813,14 @@ fn without_a_secret_the_first_vault_is_written_at_once() {
         false,
     )
     .expect("a plan");
-    assert_eq!(planned.steps, rotate(Some(1), 2, Trigger::Manual, now()));
+    // No staging Secret without a Secret: the vault keeps the text at once, and is verified after.
+    let unstaged: Vec<Step> = rotate(Some(1), 2, Trigger::Manual, now())
+        .into_iter()
+        .enumerate()
+        .filter(|(i, s)| !(matches!(s, Step::Stage { .. }) || *i == 4 && matches!(s, Step::Verify)))
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(planned.steps, unstaged);
     let mut foreign = version("v1", 1, 10, true);
     foreign.tags.as_mut().unwrap().remove(key_vault::OWNER_TAG);
     let refused = plan::plan(&crot, &status, &vault_only(vec![foreign]), now(), false)
@@ -902,8 +914,15 @@ fn deletion_cases() -> Vec<Deletion> {
             name: "a target does not hold the new key yet: deletion looks again soon",
             crot: by_ref.clone(),
             status: in_progress(None),
-            finished: Some(Err(Error::Verifying("not yet".into()))),
-            expect: Err(("VerifyingCredential", None)),
+            finished: Some(Err(Error::Waiting {
+                reason: "VerifyingCredential",
+                message: "not yet".into(),
+                until: now + SignedDuration::from_secs(20),
+            })),
+            expect: Err((
+                "VerifyingCredential",
+                Some(now + SignedDuration::from_secs(20)),
+            )),
         },
         Deletion {
             name: "the overlap has no end yet and nothing failed: deletion looks again in 5s",
@@ -963,4 +982,88 @@ fn deletion_finishes_or_gives_up_then_hands_back() {
             (outcome, expect) => panic!("{}: {outcome:?}, expected {expect:?}", case.name),
         }
     }
+}
+
+/// The staging Secret holding password `serial`'s text, owned by `owner_of`'s ServicePrincipal (or, with
+/// `foreign`, by nobody).
+fn staging(serial: u64, foreign: bool) -> Secret {
+    let mut s = delivered_secret(
+        &crate::controller::naming::pending_secret_name(OWNER),
+        OWNER,
+        serial,
+    );
+    s.data = Some(
+        [(
+            super::gather::STAGED_KEY.to_string(),
+            k8s_openapi::ByteString(crate::fixtures::secret_text(OWNER, serial).into_bytes()),
+        )]
+        .into(),
+    );
+    match foreign {
+        true => s,
+        false => owned_by(s, &service_principal(OWNER)),
+    }
+}
+
+/// A rotation stopped while its new password (2) was verified: the Secret still delivers 1, the staging
+/// Secret holds 2. It goes on with the verification and then the Secret; password 2 is no leftover however
+/// old it is; no new rotation starts, whatever is due.
+#[test]
+fn a_rotation_waiting_for_verification_goes_on_from_the_staging_secret() {
+    let crot = rotation(json!({"rotateEvery": "720h", "rotationToken": "again"}));
+    let intent = CredentialRotationStatus {
+        previous_key_id: Some(key(1)),
+        ..published(&crot, 1, t0())
+    };
+    let with = |staged: Secret| {
+        gathered(vec![p1(), old()], secret(1), &[]).with_staging(Some(staged), NAMESPACE)
+    };
+    let planned = plan::plan(&crot, &intent, &with(staging(2, false)), month(), false).unwrap();
+    let mut expected = vec![
+        Step::Verify,
+        Step::WriteSecret {
+            trigger: Trigger::Resumed,
+        },
+    ];
+    expected.extend(publish_new());
+    expected.push(Step::StartOverlap {
+        until: month() + SignedDuration::from_hours(1),
+    });
+    assert_eq!(planned.steps, expected);
+    assert_eq!(
+        planned.status.previous_key_id,
+        Some(key(1)),
+        "the intent stands"
+    );
+
+    // The staging Secret remembers why the rotation began.
+    let mut remembered = staging(2, false);
+    remembered.data.as_mut().unwrap().insert(
+        super::gather::TRIGGER_KEY.into(),
+        k8s_openapi::ByteString(b"scheduled".to_vec()),
+    );
+    let planned = plan::plan(&crot, &intent, &with(remembered), month(), false).unwrap();
+    assert_eq!(
+        planned.steps[1],
+        Step::WriteSecret {
+            trigger: Trigger::Scheduled
+        }
+    );
+
+    // Status lost its intent: recorded again before anything else.
+    let lost = published(&crot, 1, t0());
+    let planned = plan::plan(&crot, &lost, &with(staging(2, false)), month(), false).unwrap();
+    assert_eq!(planned.steps[0], Step::RecordIntent { previous: key(1) });
+
+    // A staging Secret holding the delivered password (a crash after the Secret write) is dropped.
+    let delivered =
+        gathered(vec![p1()], secret(1), &[]).with_staging(Some(staging(1, false)), NAMESPACE);
+    assert!(delivered.pending.is_none());
+    let settled = published(&crot, 1, month());
+    let planned = plan::plan(&crot, &settled, &delivered, month(), false).unwrap();
+    assert_eq!(planned.steps[0], Step::DropStaging);
+
+    // A Secret of that name someone else owns is never written.
+    let refused = plan::plan(&crot, &intent, &with(staging(2, true)), month(), false).unwrap_err();
+    assert_eq!(refused.reason(), "SecretConflict");
 }

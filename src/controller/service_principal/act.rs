@@ -21,6 +21,10 @@ use crate::{
         KeyVaultSecretStatus, SecretTarget, ServicePrincipal, ServicePrincipalStatus,
         credential_rotation::TargetState,
     },
+    api::{
+        conditions::{self, Progress},
+        protocol::ROTATED_BY_ANNOTATION,
+    },
     azure::{
         certificate::Material,
         graph::{AppCredential, Application, NewPassword},
@@ -29,19 +33,21 @@ use crate::{
         Context, clock,
         credentials::{self, Kind},
         issuance::{self, Fresh},
-        key_vault, publish, secrets,
+        key_vault, publish, secrets, verification,
     },
 };
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::ResourceExt;
 
-/// Acts on `planned`; the status to write and the service principal's id.
+/// Acts on `planned`; the status to write, the service principal's id, and when to look again while the
+/// credential it delivers is being verified.
 pub async fn act(
     sp: &ServicePrincipal,
     ctx: &Context,
     gathered: &Gathered,
     planned: Plan,
     recorded: &mut Option<Vec<String>>,
-) -> Result<(ServicePrincipalStatus, String), Error> {
+) -> Result<(ServicePrincipalStatus, String, Option<Timestamp>), Error> {
     let app = &gathered.app;
     let principal = match planned.principal {
         Principal::Found(id) => id,
@@ -62,6 +68,8 @@ pub async fn act(
     let names = federated_credentials(sp, ctx, app, federated, recorded).await?;
     let mut vaults = None;
     let kind = Kind::of(&sp.spec);
+    // The delivered credential's text, where it is at hand (issued now, or read back from the Secret).
+    let mut delivered_text = None;
     let delivered = match (planned.password?, &sp.spec.secret) {
         (PasswordPlan::Withdraw(gone), _) => {
             // No Secret asked for: no credential either; remove any the operator issued before.
@@ -89,6 +97,7 @@ pub async fn act(
                 known.key_credentials.push(password.clone());
             }
             remove_stale(sp, ctx, &known, &stale, signer.as_ref()).await?;
+            delivered_text = text;
             Some(password)
         }
         // No Secret: the vaults alone hold the password.
@@ -111,7 +120,75 @@ pub async fn act(
     if let Some(vaults) = vaults {
         status.key_vault_secrets = vaults;
     }
-    Ok((status, principal))
+    let verifying = match (&delivered, &delivered_text) {
+        (Some(credential), Some(text)) => {
+            verify(sp, ctx, &mut status, credential, text, kind).await
+        }
+        _ => None,
+    };
+    Ok((status, principal, verifying))
+}
+
+/// A credential this object delivers turns it Ready only once it has proved that Entra accepts it
+/// everywhere (see `verification`): a round when one is due, recorded in status; until then the object is
+/// Reconciling with reason VerifyingCredential, to look again when the next round is due (returned). Under
+/// a CredentialRotation the rotation verifies what it publishes; a credential this object was Ready with
+/// before verification existed is not verified again.
+async fn verify(
+    sp: &ServicePrincipal,
+    ctx: &Context,
+    status: &mut ServicePrincipalStatus,
+    credential: &AppCredential,
+    text: &str,
+    kind: Kind,
+) -> Option<Timestamp> {
+    let before = sp.status.as_ref();
+    let grandfathered = before.is_some_and(|b| {
+        b.verification.is_none()
+            && b.credential.as_ref().map(|c| &c.key_id) == Some(&credential.key_id)
+            && crate::api::conditions::is_true(&b.conditions, crate::api::conditions::READY)
+    });
+    if grandfathered || sp.annotations().contains_key(ROTATED_BY_ANNOTATION) {
+        return None;
+    }
+    let (key, policy, now) = (&credential.key_id, ctx.verification, clock::now());
+    let mut next = verification::next(status.verification.as_ref(), key, now, policy);
+    if next == verification::Next::SignInNow {
+        let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
+        let client_id = status.app_id.clone().unwrap_or_default();
+        let outcome = verification::round(cloud, http, tenant, &client_id, kind, text).await;
+        let at = clock::now();
+        let recorded = verification::record(status.verification.as_ref(), key, outcome, at, policy);
+        verification::set_condition(
+            &mut status.conditions,
+            &recorded,
+            sp.metadata.generation,
+            Time(at),
+        );
+        next = verification::next(Some(&recorded), key, at, policy);
+        status.verification = Some(recorded);
+    }
+    let until = match next {
+        verification::Next::Verified => return None,
+        verification::Next::WaitUntil(until) => until,
+        verification::Next::SignInNow => now,
+    };
+    let message = status
+        .verification
+        .as_ref()
+        .map(verification::progress)
+        .unwrap_or_default();
+    let progress = Progress::Retrying {
+        reason: "VerifyingCredential",
+        message: &message,
+    };
+    conditions::summarize(
+        &mut status.conditions,
+        progress,
+        sp.metadata.generation,
+        clock::now_time(),
+    );
+    Some(until)
 }
 
 /// Delivers the planned password to the vaults when there is no Secret: one just issued goes straight into

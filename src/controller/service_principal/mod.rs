@@ -29,7 +29,7 @@ use kube::{
 
 use crate::controller::reconcile;
 
-use super::{Context, drift, failure};
+use super::{Context, clock, drift, failure};
 use crate::{
     api::{ServicePrincipal, ServicePrincipalStatus, protocol},
     azure::error::AzureError,
@@ -146,7 +146,7 @@ pub async fn reconcile(
 async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
     let mut recorded_credentials = None;
     match converge(sp, ctx, &mut recorded_credentials).await {
-        Ok(status) => {
+        Ok((status, verifying_until)) => {
             let expiry = status
                 .credential
                 .as_ref()
@@ -168,8 +168,16 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
                     .set_vault_expiry(object, vault, name, held_expiry);
             }
             reconcile::write_status(ctx, sp, &status).await?;
-            // Changes in Azure (an application deleted, a password removed) are found at the next resync.
-            Ok(Action::requeue(ctx.resync))
+            // Changes in Azure (an application deleted, a password removed) are found at the next resync; a
+            // credential being verified is looked at again when its next round is due.
+            let wake = verifying_until.map(|until| {
+                crate::controller::credential_rotation::plan::wake_in(
+                    clock::now(),
+                    &[Some(until)],
+                    ctx.resync,
+                )
+            });
+            Ok(Action::requeue(wake.unwrap_or(ctx.resync)))
         }
         Err(err) => {
             let mut status = sp.status.clone().unwrap_or_default();
@@ -194,7 +202,7 @@ async fn converge(
     sp: &ServicePrincipal,
     ctx: &Context,
     recorded_credentials: &mut Option<Vec<String>>,
-) -> Result<ServicePrincipalStatus, Error> {
+) -> Result<(ServicePrincipalStatus, Option<k8s_openapi::jiff::Timestamp>), Error> {
     let setting = plan::Setting::of(ctx);
     if let Some(shortcut) = plan::shortcut(sp)
         && ctx.drift.fresh(drift::Source::Graph, &shortcut.vouched)
@@ -210,7 +218,7 @@ async fn converge(
                     &gather::vaults(sp, ctx).await?,
                 ))
         {
-            return Ok(shortcut.status.clone());
+            return Ok((shortcut.status.clone(), None));
         }
     }
     let started = tokio::time::Instant::now();
@@ -219,13 +227,14 @@ async fn converge(
     let gathered = gather::gather(sp, ctx, found, &setting).await?;
     // The time a new password's lifetime starts from: now, not when the reconcile began.
     let planned = plan::plan(sp, &gathered, &plan::Setting::of(ctx));
-    let (status, principal) = act::act(sp, ctx, &gathered, planned, recorded_credentials).await?;
+    let (status, principal, verifying) =
+        act::act(sp, ctx, &gathered, planned, recorded_credentials).await?;
     ctx.drift.verified(
         &[&gathered.app.id, &principal],
         started,
         drift::Owner::ServicePrincipal(ObjectRef::from_obj(sp)),
     );
-    Ok(status)
+    Ok((status, verifying))
 }
 
 /// A vault's name: the last segment of its ARM id (the metrics' label).
