@@ -63,6 +63,8 @@ pub fn key_credential_from_der(
         key: STANDARD.encode(der),
         start_date_time: start,
         end_date_time: end,
+        // Seeded unless Graph's handlers say otherwise (they set it for the keys they add).
+        replicating_since: None,
     })
 }
 

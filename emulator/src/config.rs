@@ -192,7 +192,7 @@ impl Default for Knobs {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Replication {
     /// For this long after an application or service principal is created, reads and writes that address it
@@ -203,6 +203,25 @@ pub struct Replication {
     pub principal_not_found_ms: u64,
     /// The same when principalType is sent (Azure then tolerates most of the delay).
     pub principal_not_found_with_type_ms: u64,
+    /// For up to this long after a client secret or certificate is added through Graph, a sign-in with it
+    /// fails as with an unknown credential in the regions that have not seen it yet (see `replication`);
+    /// 0 turns this off.
+    pub credential_ms: u64,
+    /// How many regions answer token requests, each picked at random per request; 0 or 1 is one region,
+    /// which then sees a new credential only after the whole `credential_ms`.
+    pub credential_regions: u32,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            graph_not_found_ms: 0,
+            principal_not_found_ms: 0,
+            principal_not_found_with_type_ms: 0,
+            credential_ms: 0,
+            credential_regions: 4,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod keyvault;
 pub mod limits;
 pub mod pki;
+pub mod replication;
 pub mod server;
 pub mod state;
 pub mod token;

@@ -240,6 +240,11 @@ impl Faults {
     pub fn chance(&mut self, rate: f64) -> bool {
         self.rng.random_bool(rate.clamp(0.0, 1.0))
     }
+
+    /// The token-endpoint region that serves a request, of `regions` (at least one); see `replication`.
+    pub fn region(&mut self, regions: u32) -> u32 {
+        self.rng.random_range(0..regions.max(1))
+    }
 }
 
 #[cfg(test)]

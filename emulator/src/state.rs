@@ -147,6 +147,10 @@ pub struct Password {
     pub end_date_time: Timestamp,
     /// SHA-256 of the secret text, hex. The text itself is only ever in addPassword's response.
     pub secret_sha256: String,
+    /// When Graph created it, from which it replicates to the token endpoint's regions (`replication`);
+    /// None for a seeded credential, which counts as replicated long ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicating_since: Option<Timestamp>,
 }
 
 /// Graph's keyCredential for an X.509 certificate (see `certs`). Only the public certificate is kept.
@@ -166,6 +170,9 @@ pub struct KeyCredential {
     pub key: String,
     pub start_date_time: Timestamp,
     pub end_date_time: Timestamp,
+    /// When Graph added it (addKey, PATCH keyCredentials), as for `Password::replicating_since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicating_since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -437,6 +444,7 @@ impl World {
                 start_date_time: now,
                 end_date_time: now + jiff::SignedDuration::from_hours(2 * 365 * 24),
                 secret_sha256: sha256_hex(secret),
+                replicating_since: None,
             })
             .collect();
         let fics: Vec<FederatedCredential> = app

@@ -282,7 +282,7 @@ async fn token(
     };
 
     let app = ctx.world.lock().app_by_app_id(&client_id).cloned();
-    let Some(app) = app else {
+    let Some(mut app) = app else {
         return bad(
             700016,
             "unauthorized_client",
@@ -301,6 +301,9 @@ async fn token(
         )
     };
 
+    // A secret or certificate that has not reached the region serving this request is, to it, unknown: the
+    // checks below then answer AADSTS7000215 or AADSTS700027 exactly as for a wrong one (`replication`).
+    crate::replication::as_seen_by_a_region(ctx, &mut app);
     let secret = field("client_secret")
         .map(str::to_string)
         .or_else(|| basic.map(|(_, s)| s));

@@ -613,6 +613,7 @@ fn add_password(req: &Req, key: &Key) -> Response {
             start_date_time: start,
             end_date_time: end,
             secret_sha256: sha256_hex(&secret),
+            replicating_since: Some(Timestamp::now()),
         };
         let mut body = render::password(&password, Some(&secret));
         body["@odata.context"] = json!(format!(

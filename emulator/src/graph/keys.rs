@@ -105,6 +105,7 @@ fn key_credential(cred: &Map<String, Value>) -> Result<crate::state::KeyCredenti
     if key.end_date_time <= key.start_date_time {
         return Err(BAD_DATE);
     }
+    key.replicating_since = Some(Timestamp::now());
     Ok(key)
 }
 
