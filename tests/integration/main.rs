@@ -21,4 +21,5 @@ mod support;
 mod tenancy_credential_rotation;
 mod tenancy_role_delegation;
 mod tenancy_service_principal;
+mod verification;
 mod workload_identity;
