@@ -285,6 +285,17 @@ pub struct CredentialRotationStatus {
     /// When the current secret expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// How many rotations have completed (every target took the new secret), as cert-manager counts a
+    /// Certificate's revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// How many reconciles in a row have failed (waiting for a window or an overlap is no failure); the next
+    /// try backs off exponentially with it. Cleared by a reconcile that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u32>,
+    /// When the last failure happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
     /// The spec.rotationToken that last triggered a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rotation_token: Option<String>,

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub credential_expiry: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub rotations: Family<ResultLabels, Counter>,
     pub vault_expiry: Family<VaultLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub credential_not_before: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub credential_renewal: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub credential_ready: Family<ObjectLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,7 +103,30 @@ impl Default for Metrics {
              Unix timestamp",
             vault_expiry.clone(),
         );
+        let credential_not_before =
+            Family::<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "credential_not_before_timestamp_seconds",
+            "When the current credential became valid (its startDateTime), as a Unix timestamp",
+            credential_not_before.clone(),
+        );
+        let credential_renewal =
+            Family::<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "credential_renewal_timestamp_seconds",
+            "When a CredentialRotation's next rotation is due, as a Unix timestamp",
+            credential_renewal.clone(),
+        );
+        let credential_ready = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "credential_ready",
+            "1 when the object's current credential is published everywhere (Ready), 0 when not",
+            credential_ready.clone(),
+        );
         Metrics {
+            credential_not_before,
+            credential_renewal,
+            credential_ready,
             vault_expiry,
             rotations,
             registry,
@@ -168,6 +194,54 @@ impl Metrics {
     }
 }
 
+/// What the metrics say of an object's current credential, as cert-manager's certificate metrics do; None
+/// (or None fields) forgets a series.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CredentialTimes {
+    pub not_before: Option<f64>,
+    pub expiry: Option<f64>,
+    pub renewal: Option<f64>,
+    pub ready: bool,
+}
+
+impl Metrics {
+    /// Sets every series of object `kind` `namespace/name`'s current credential; None forgets them (a
+    /// deleted object).
+    pub fn set_credential(&self, object: [&str; 3], times: Option<CredentialTimes>) {
+        let [kind, namespace, name] = object;
+        let labels = ObjectLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let times = times.unwrap_or_default();
+        self.set_expiry(kind, namespace, name, times.expiry);
+        for (family, value) in [
+            (&self.credential_not_before, times.not_before),
+            (&self.credential_renewal, times.renewal),
+        ] {
+            match value {
+                Some(t) => {
+                    family.get_or_create(&labels).set(t);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+        match times.expiry {
+            Some(_) => {
+                self.credential_ready
+                    .get_or_create(&labels)
+                    .set(i64::from(times.ready));
+            }
+            None => {
+                self.credential_ready.remove(&labels);
+            }
+        }
+    }
+}
+
 impl Metrics {
     /// The expiry of what Key Vault target `vault`/`secret` of object `kind` `namespace/name` holds; None
     /// forgets it.
@@ -224,6 +298,28 @@ mod tests {
         );
         let text = m.render();
         assert!(text.contains(r#"entra_operator_key_vault_secret_expiry_timestamp_seconds{kind="ServicePrincipal",namespace="ns",name="app",vault="kv1",secret="app-secret"} 1800000000"#), "{text}");
+        m.set_credential(
+            ["CredentialRotation", "ns", "rot"],
+            Some(CredentialTimes {
+                not_before: Some(1_700_000_000.0),
+                expiry: Some(1_800_000_000.0),
+                renewal: Some(1_750_000_000.0),
+                ready: true,
+            }),
+        );
+        let text = m.render();
+        for line in [
+            r#"entra_operator_credential_not_before_timestamp_seconds{kind="CredentialRotation",namespace="ns",name="rot"} 1700000000"#,
+            r#"entra_operator_credential_renewal_timestamp_seconds{kind="CredentialRotation",namespace="ns",name="rot"} 1750000000"#,
+            r#"entra_operator_credential_ready{kind="CredentialRotation",namespace="ns",name="rot"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        m.set_credential(["CredentialRotation", "ns", "rot"], None);
+        assert!(
+            !m.render().contains(r#"name="rot""#),
+            "forgotten with the object"
+        );
         m.set_vault_expiry(["ServicePrincipal", "ns", "app"], "kv1", "app-secret", None);
         m.set_expiry("ServicePrincipal", "ns", "app", None);
         assert!(

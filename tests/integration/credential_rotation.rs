@@ -416,6 +416,12 @@ async fn an_aks_cluster_gets_each_secret_and_a_failing_reset_keeps_the_old_one()
     );
     let first_key = status.current_key_id.clone().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await; // longer than the overlap
+    // Counted, as cert-manager counts failed issuances, and backed off.
+    let counted = crots.get("aks").await.unwrap().status.unwrap();
+    assert!(
+        counted.failed_attempts.is_some_and(|n| n >= 1) && counted.last_failure_time.is_some(),
+        "{counted:?}"
+    );
     assert!(
         operator_passwords(&azure, LEGACY_APP)
             .await
@@ -437,6 +443,9 @@ async fn an_aks_cluster_gets_each_secret_and_a_failing_reset_keeps_the_old_one()
         done.status.as_ref().unwrap().current_key_id.as_deref(),
         Some(first_key.as_str())
     );
+    let settled = done.status.as_ref().unwrap();
+    assert_eq!(settled.failed_attempts, None, "a success clears the count");
+    assert!(settled.revision.is_some_and(|r| r >= 2), "{settled:?}");
     // After the overlap the old password goes, and with it the old secret's use.
     eventually(30, "old password removed", || async {
         if operator_passwords(&azure, LEGACY_APP)

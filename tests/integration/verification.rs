@@ -164,8 +164,18 @@ async fn consumer_through_rotations(
     let rotation = crots.get("probe").await.unwrap().status.unwrap();
     let verification = rotation
         .verification
+        .clone()
         .expect("the rotation shows its verification");
     assert!(verification.attempts >= 1, "{verification:?}");
+    assert!(
+        rotation.revision.is_some_and(|r| r as usize >= rotations),
+        "every rotation counted: {rotation:?}"
+    );
+    assert!(
+        rotation.conditions.iter().any(|c| c.type_ == "Verifying"),
+        "a Verifying condition: {:?}",
+        rotation.conditions
+    );
     let seen = Seen {
         attempts: attempts.load(Ordering::Relaxed),
         failures: failures.load(Ordering::Relaxed),

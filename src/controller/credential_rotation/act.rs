@@ -206,7 +206,10 @@ impl Run<'_> {
             Step::RequirePublished if !self.failures.is_empty() => {
                 return Err(targets::not_published(status, &key_id, &self.failures));
             }
-            Step::CountCompleted => self.ctx.metrics.rotated("completed"),
+            Step::CountCompleted => {
+                self.ctx.metrics.rotated("completed");
+                status.revision = Some(status.revision.unwrap_or(0).saturating_add(1));
+            }
             Step::StartOverlap { .. } => step.record(status),
             _ => {}
         }

@@ -106,7 +106,7 @@ pub(super) async fn cleanup(crot: &CredentialRotation, ctx: &Context) -> Result<
         hand_back(crot, ctx, release).await?;
     }
     ctx.metrics
-        .set_expiry("CredentialRotation", &ns, &crot.name_any(), None);
+        .set_credential(["CredentialRotation", &ns, &crot.name_any()], None);
     // The vaults of a rotation by applicationId are its own series; a ServicePrincipal's are the
     // ServicePrincipal's, which forgets them when it goes.
     if crot.spec.service_principal_ref.is_none() {

@@ -32,6 +32,7 @@ use kube::{
 };
 
 use crate::controller::reconcile::{self, Failure as _};
+use crate::telemetry::metrics;
 
 use super::{Context, clock, failure};
 use crate::{
@@ -90,6 +91,9 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// A failure that has happened `attempts` times in a row: the next try backs off exponentially.
+    #[error("{cause} (failed {attempts} times in a row; the next try backs off)")]
+    Repeated { cause: Box<Error>, attempts: u32 },
     /// The current secret is close to expiring, or expired, and the rotation is not getting anywhere.
     #[error("{message}")]
     Expiry {
@@ -118,6 +122,7 @@ impl reconcile::Failure for Error {
             Error::AksClusterNotUsingApplication(_) => "AKSClusterNotUsingApplication",
             Error::Publishing { reason, .. } => reason,
             Error::Expiry { reason, .. } => reason,
+            Error::Repeated { cause, .. } => cause.reason(),
         }
     }
 
@@ -130,6 +135,7 @@ impl reconcile::Failure for Error {
             }
             Error::Publishing { .. } => Duration::from_secs(5),
             Error::Expiry { cause, .. } => cause.retry_after(),
+            Error::Repeated { cause, attempts } => backoff(cause.retry_after(), *attempts),
             Error::ServicePrincipalNotFound(_) | Error::WaitingForServicePrincipal(_) => {
                 Duration::from_secs(30)
             }
@@ -142,7 +148,10 @@ impl reconcile::Failure for Error {
 
     /// Waiting for a sign-in to replicate or an overlap to end is not news.
     fn announced(&self) -> bool {
-        !matches!(self, Error::Verifying(_) | Error::Waiting { .. })
+        match self {
+            Error::Repeated { cause, .. } => cause.announced(),
+            _ => !matches!(self, Error::Verifying(_) | Error::Waiting { .. }),
+        }
     }
 
     fn stalled(&self) -> bool {
@@ -156,7 +165,7 @@ impl reconcile::Failure for Error {
             | Error::Claimed(_)
             | Error::AksClusterNotUsingApplication(_)
             | Error::SecretConflict(_) => true,
-            Error::Expiry { cause, .. } => cause.stalled(),
+            Error::Expiry { cause, .. } | Error::Repeated { cause, .. } => cause.stalled(),
             _ => false,
         }
     }
@@ -175,16 +184,46 @@ pub async fn reconcile(
     .await
 }
 
+impl Error {
+    /// Whether this is a failure to count (and back off from), rather than waiting for something due.
+    fn is_failure(&self) -> bool {
+        match self {
+            Error::Expiry { cause, .. } | Error::Repeated { cause, .. } => cause.is_failure(),
+            Error::Waiting { .. } | Error::Verifying(_) | Error::WaitingForServicePrincipal(_) => {
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The wait after `attempts` failures in a row: the failure's own wait, doubled for each repeat, at most an
+/// hour (cert-manager backs off failed issuances the same way).
+pub(crate) fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+    base.saturating_mul(factor).min(Duration::from_secs(3600))
+}
+
 async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error> {
     let mut status = crot.status.clone().unwrap_or_default();
     let result = converge(crot, ctx, &mut status, false).await;
     status.observed_generation = crot.metadata.generation;
     let ns = crot.namespace().unwrap_or_default();
-    let expiry = status.expires_at.as_ref().map(|t| t.0.as_second() as f64);
-    ctx.metrics
-        .set_expiry("CredentialRotation", &ns, &crot.name_any(), expiry);
+    let seconds = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.as_ref().map(|t| t.0.as_second() as f64)
+    };
+    let times = metrics::CredentialTimes {
+        not_before: seconds(&status.last_rotation_time),
+        expiry: seconds(&status.expires_at),
+        renewal: seconds(&status.next_rotation_time),
+        ready: result.is_ok(),
+    };
+    let object = ["CredentialRotation", ns.as_str(), &crot.name_any()];
+    ctx.metrics.set_credential(object, Some(times));
     match result {
         Ok(wake) => {
+            status.failed_attempts = None;
+            status.last_failure_time = None;
             let message = format!(
                 "secret {} is published to every target",
                 status.current_key_id.as_deref().unwrap_or_default()
@@ -203,6 +242,21 @@ async fn apply(crot: &CredentialRotation, ctx: &Context) -> Result<Action, Error
             let refused = matches!(err.reason(), "AKSResetFailed" | "PublishFailed");
             // A failing rotation is an emergency only as the current secret runs out.
             let err = with_expiry(err, crot, &status);
+            let err = match err.is_failure() {
+                true => {
+                    let attempts = status.failed_attempts.unwrap_or(0).saturating_add(1);
+                    status.failed_attempts = Some(attempts);
+                    status.last_failure_time = Some(clock::now_time());
+                    match attempts {
+                        1 => err,
+                        _ => Error::Repeated {
+                            cause: Box::new(err),
+                            attempts,
+                        },
+                    }
+                }
+                false => err,
+            };
             if failure::report(ctx, crot, status, &err).await? && refused {
                 ctx.metrics.rotated("failed");
             }
@@ -259,8 +313,13 @@ async fn converge(
 }
 
 impl reconcile::Status for CredentialRotationStatus {
-    const CLEARED: &'static [&'static str] =
-        &["previousKeyId", "previousKeyRemovalTime", "targets"];
+    const CLEARED: &'static [&'static str] = &[
+        "previousKeyId",
+        "previousKeyRemovalTime",
+        "targets",
+        "failedAttempts",
+        "lastFailureTime",
+    ];
 
     fn conditions_mut(
         &mut self,

@@ -1067,3 +1067,30 @@ fn a_rotation_waiting_for_verification_goes_on_from_the_staging_secret() {
     let refused = plan::plan(&crot, &intent, &with(staging(2, true)), month(), false).unwrap_err();
     assert_eq!(refused.reason(), "SecretConflict");
 }
+
+#[test]
+fn repeated_failures_back_off_exponentially_and_keep_their_reason() {
+    use std::time::Duration;
+    let secs = Duration::from_secs;
+    assert_eq!(super::backoff(secs(5), 1), secs(5));
+    assert_eq!(super::backoff(secs(5), 2), secs(10));
+    assert_eq!(super::backoff(secs(5), 4), secs(40));
+    assert_eq!(super::backoff(secs(5), 40), secs(3600), "at most an hour");
+    let cause = Error::Publishing {
+        reason: "AKSResetFailed",
+        message: "the reset failed".into(),
+    };
+    let base = cause.retry_after();
+    let repeated = Error::Repeated {
+        cause: Box::new(cause),
+        attempts: 3,
+    };
+    assert_eq!(
+        repeated.reason(),
+        "AKSResetFailed",
+        "the condition keeps the cause's reason"
+    );
+    assert_eq!(repeated.retry_after(), base * 4);
+    assert!(repeated.to_string().contains("failed 3 times in a row"));
+    assert!(!repeated.stalled());
+}

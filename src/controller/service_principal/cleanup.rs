@@ -209,7 +209,8 @@ pub async fn cleanup(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Err
                 .await?;
         }
     }
-    ctx.metrics.set_expiry("ServicePrincipal", &ns, &name, None);
+    ctx.metrics
+        .set_credential(["ServicePrincipal", &ns, &name], None);
     for target in &sp.spec.key_vault_secrets {
         let object = ["ServicePrincipal", ns.as_str(), name.as_str()];
         ctx.metrics

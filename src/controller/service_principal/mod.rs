@@ -147,18 +147,21 @@ async fn apply(sp: &ServicePrincipal, ctx: &Context) -> Result<Action, Error> {
     let mut recorded_credentials = None;
     match converge(sp, ctx, &mut recorded_credentials).await {
         Ok((status, verifying_until)) => {
-            let expiry = status
-                .credential
-                .as_ref()
-                .and_then(|c| c.end_date_time.as_ref())
-                .map(|t| t.0.as_second() as f64);
-            ctx.metrics.set_expiry(
-                "ServicePrincipal",
-                &sp.namespace().unwrap_or_default(),
-                &sp.name_any(),
-                expiry,
-            );
+            let seconds = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+                t.map(|t| t.0.as_second() as f64)
+            };
+            let credential = status.credential.as_ref();
+            let expiry = seconds(credential.and_then(|c| c.end_date_time.as_ref()));
             let ns = sp.namespace().unwrap_or_default();
+            let times = crate::telemetry::metrics::CredentialTimes {
+                not_before: seconds(credential.and_then(|c| c.start_date_time.as_ref())),
+                expiry,
+                renewal: None,
+                // Ready, unless the credential is still being verified.
+                ready: verifying_until.is_none(),
+            };
+            let object = ["ServicePrincipal", ns.as_str(), &sp.name_any()];
+            ctx.metrics.set_credential(object, Some(times));
             for held in &status.key_vault_secrets {
                 // What the target holds is the delivered password: its version's exp is that password's end.
                 let held_expiry = expiry.filter(|_| held.key_id.is_some());
