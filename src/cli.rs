@@ -127,6 +127,13 @@ pub struct RunArgs {
     )]
     pub watch_namespaces: Vec<String>,
 
+    /// Which CredentialWatches (cluster-scoped) this operator serves, as a label selector (e.g.
+    /// "team=payments"; "" for all of them). Default: all of them without WATCH_NAMESPACES, none with it, so
+    /// that several installs that each serve some namespaces of one cluster do not all read and report every
+    /// watch.
+    #[arg(long, env = "CREDENTIAL_WATCH_SELECTOR", value_name = "SELECTOR")]
+    pub credential_watch_selector: Option<String>,
+
     #[command(flatten)]
     pub azure: AzureArgs,
 

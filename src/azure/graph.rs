@@ -17,6 +17,17 @@ use super::{
     http::{Service, parse},
 };
 
+/// The application permissions that let an app-only caller read every application.
+pub const READ_ALL_APPLICATIONS: [&str; 4] = [
+    "Application.Read.All",
+    "Application.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+
+/// What an expiry watch reads of an application.
+const WATCH_SELECT: &str = "id,appId,displayName,passwordCredentials,keyCredentials";
+
 #[derive(Clone)]
 pub struct GraphClient {
     service: Service,
@@ -612,6 +623,73 @@ impl GraphClient {
             )
             .await?;
         Ok(Upserted::from(status))
+    }
+
+    /// GET /applications?$filter=…, every page (following @odata.nextLink), with only what an expiry watch
+    /// reads selected (Learn, *List applications*: `$filter`, `$select`, `$top` up to 999; paging, *Paging
+    /// Microsoft Graph data in your app*). Stops after `max` applications; the bool says whether more matched.
+    /// Needs Application.Read.All: under Application.ReadWrite.OwnedBy alone the emulator lists only the owned
+    /// applications (a report on Microsoft's tech community says Graph lists them all), so callers check the
+    /// grant with [`GraphClient::application_read_granted`] rather than trust the answer's size.
+    pub async fn applications_matching(
+        &self,
+        filter: &str,
+        max: usize,
+    ) -> Result<(Vec<Application>, bool), AzureError> {
+        const OP: &str = "graph list applications";
+        let mut path = format!(
+            "/applications?$filter={}&$select={WATCH_SELECT}&$top=100",
+            percent_encode(filter)
+        );
+        let mut found = vec![];
+        loop {
+            let (_, body) = self.send(OP, Method::GET, &path, None, false).await?;
+            let body = body.unwrap_or_default();
+            let page: Vec<Application> = Self::parse(OP, Some(body["value"].clone()))?;
+            found.extend(page);
+            if found.len() > max {
+                found.truncate(max);
+                return Ok((found, true));
+            }
+            let Some(next) = body["@odata.nextLink"].as_str() else {
+                return Ok((found, false));
+            };
+            path = self
+                .service
+                .path_of(next)
+                .ok_or_else(|| AzureError::Unexpected {
+                    operation: OP,
+                    detail: "a nextLink to another host".into(),
+                })?
+                .to_string();
+        }
+    }
+
+    /// Whether the operator's Graph token carries an application permission that reads every application
+    /// (Application.Read.All, Application.ReadWrite.All, Directory.Read.All or Directory.ReadWrite.All, as
+    /// Learn's *List applications* and *Get application* list them). None when the token does not say: it is
+    /// not a JWT, or it carries directory roles (`wids`), which may grant reads too.
+    pub async fn application_read_granted(&self) -> Result<Option<bool>, AzureError> {
+        let Some(claims) = self.service.token_claims().await? else {
+            return Ok(None);
+        };
+        let roles: Vec<&str> = claims["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let granted = roles.iter().any(|r| {
+            READ_ALL_APPLICATIONS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(r))
+        });
+        let directory_roles = claims["wids"].as_array().is_some_and(|w| !w.is_empty());
+        Ok(if granted || !directory_roles {
+            Some(granted)
+        } else {
+            None
+        })
     }
 
     pub async fn delete_federated_credential(

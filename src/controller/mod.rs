@@ -6,6 +6,7 @@ pub mod claims;
 pub mod clock;
 pub mod context;
 pub mod credential_rotation;
+pub mod credential_watch;
 pub mod credentials;
 pub mod drift;
 pub mod events;
@@ -123,6 +124,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop(scope);
         controllers
     });
+    // CredentialWatch is cluster-scoped: one controller, whatever namespaces are watched, if any are served.
+    let watches = credential_watch_selector(&args).map(|selector| {
+        credential_watch::wiring::controller(ctx.clone(), config.clone(), selector)
+    });
+    let controllers = controllers.chain(watches);
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -157,6 +163,16 @@ fn watched_scopes(args: &RunArgs) -> Vec<Option<&str>> {
             .iter()
             .map(|n| Some(n.as_str()))
             .collect()
+    }
+}
+
+/// The label selector of the CredentialWatches served ("" for all), or None when none are: by default all
+/// for an operator of the whole cluster, none for one of some namespaces (see `--credential-watch-selector`).
+fn credential_watch_selector(args: &RunArgs) -> Option<String> {
+    match &args.credential_watch_selector {
+        Some(selector) => Some(selector.trim().to_string()),
+        None if args.watch_namespaces.is_empty() => Some(String::new()),
+        None => None,
     }
 }
 
@@ -205,6 +221,9 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         check_served(namespaced::<api::CredentialRotation>(&client, ns), ns).await?;
     }
     check_served(Api::<api::DelegationPolicy>::all(client.clone()), None).await?;
+    if credential_watch_selector(args).is_some() {
+        check_served(Api::<api::CredentialWatch>::all(client.clone()), None).await?;
+    }
     let cluster_id = match &args.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())
