@@ -636,9 +636,19 @@ impl GraphClient {
         filter: &str,
         max: usize,
     ) -> Result<(Vec<Application>, bool), AzureError> {
+        self.applications_paged(filter, max, 100).await
+    }
+
+    /// As [`GraphClient::applications_matching`], `top` to a page.
+    async fn applications_paged(
+        &self,
+        filter: &str,
+        max: usize,
+        top: usize,
+    ) -> Result<(Vec<Application>, bool), AzureError> {
         const OP: &str = "graph list applications";
         let mut path = format!(
-            "/applications?$filter={}&$select={WATCH_SELECT}&$top=100",
+            "/applications?$filter={}&$select={WATCH_SELECT}&$top={top}",
             percent_encode(filter)
         );
         let mut found = vec![];
@@ -726,6 +736,77 @@ mod tests {
             GraphClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud),
             azure,
         )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filtered_list_follows_every_page_and_the_token_says_what_may_be_read() {
+        let (graph, _azure) = client().await;
+        // The emulator's operator holds Application.ReadWrite.OwnedBy only.
+        assert_eq!(graph.application_read_granted().await.unwrap(), Some(false));
+        for name in ["legacy-a", "legacy-b", "legacy-c", "other"] {
+            graph
+                .upsert_application(&format!("eo-watch-{name}"), &json!({"displayName": name}))
+                .await
+                .unwrap();
+        }
+        let filter = "startswith(displayName,'legacy-')";
+        // Pages of two: the third application is on the nextLink's page.
+        let (apps, more) = graph.applications_paged(filter, 500, 2).await.unwrap();
+        let mut names: Vec<&str> = apps.iter().map(|a| a.display_name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["legacy-a", "legacy-b", "legacy-c"]);
+        assert!(!more);
+        let (apps, more) = graph.applications_paged(filter, 2, 2).await.unwrap();
+        assert!(
+            apps.len() == 2 && more,
+            "stops at the maximum and says more matched"
+        );
+        let refused = graph
+            .applications_matching("endswith(displayName,'x')", 500)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused.class(), crate::azure::error::ErrorClass::Invalid),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_application_read_all_another_owners_application_is_read() {
+        let (graph, azure) = client().await;
+        let operator = azure_emulator::config::Config::default_seed()
+            .seed
+            .applications[0]
+            .clone();
+        let legacy = json!({"displayName": "legacy-billing", "appId": "7e7e7e7e-0000-4000-8000-000000007e7e",
+            "objectId": "7e7e7e7e-0000-4000-8000-00000000a7a7", "servicePrincipalId": "7e7e7e7e-0000-4000-8000-00000000b7b7",
+            "clientSecrets": ["not-for-the-operator"]});
+        // Seeding the operator's application again adds to its grants.
+        let grant = json!({"displayName": operator.display_name, "appId": operator.app_id,
+            "objectId": operator.object_id, "servicePrincipalId": operator.service_principal_id,
+            "graphPermissions": ["Application.Read.All"]});
+        let seeded = azure
+            .http
+            .post(format!("{}/_emulator/seed", azure.emulator.base_url))
+            .json(&json!({ "applications": [legacy, grant] }))
+            .send()
+            .await
+            .unwrap();
+        assert!(seeded.status().is_success());
+        // Before the first Graph call, so that the credential's first token already carries the grant.
+        assert_eq!(graph.application_read_granted().await.unwrap(), Some(true));
+        let app = graph
+            .application_by_app_id("7e7e7e7e-0000-4000-8000-000000007e7e")
+            .await
+            .unwrap()
+            .expect("readable with Application.Read.All, though not owned");
+        assert_eq!(app.password_credentials.len(), 1);
+        let (listed, _) = graph
+            .applications_matching("startswith(displayName,'legacy-')", 500)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].password_credentials[0].end_date_time.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
