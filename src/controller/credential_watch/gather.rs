@@ -47,3 +47,86 @@ fn refused(e: AzureError) -> Error {
         _ => Error::Azure(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::azure::testing::TestAzure;
+
+    const LEGACY: &str = "7e7e7e7e-0000-4000-8000-000000007e7e";
+    const UNKNOWN: &str = "00000000-0000-4000-8000-0000000000ff";
+
+    fn spec(applications: &[&str], filter: Option<&str>) -> CredentialWatchSpec {
+        serde_json::from_value(json!({"applications": applications, "filter": filter})).unwrap()
+    }
+
+    /// An emulator holding an application the operator does not own, and a client of it whose first token
+    /// carries `permissions` beside the default seed's OwnedBy.
+    async fn azure_with(permissions: &[&str]) -> (GraphClient, TestAzure) {
+        let azure = TestAzure::start().await;
+        let operator = azure_emulator::config::Config::default_seed()
+            .seed
+            .applications[0]
+            .clone();
+        let seeded = azure
+            .http
+            .post(format!("{}/_emulator/seed", azure.emulator.base_url))
+            .json(&json!({"applications": [
+                {"displayName": "legacy-billing", "appId": LEGACY, "objectId": "7e7e7e7e-0000-4000-8000-00000000a7a7",
+                 "servicePrincipalId": "7e7e7e7e-0000-4000-8000-00000000b7b7", "clientSecrets": ["s"]},
+                {"displayName": operator.display_name, "appId": operator.app_id, "objectId": operator.object_id,
+                 "servicePrincipalId": operator.service_principal_id, "graphPermissions": permissions},
+            ]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(seeded.status().is_success());
+        let graph = GraphClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud);
+        (graph, azure)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_read_grant_nothing_is_read_and_the_watch_says_so() {
+        let (graph, _azure) = azure_with(&[]).await;
+        // Even an application the operator owns: the watch's answer must not depend on who owns what.
+        let owned = "5a5a5a5a-0000-4000-8000-000000005a5a";
+        let err = gather(
+            &graph,
+            &spec(&[owned], Some("startswith(displayName,'legacy-')")),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::NotGranted), "{err}");
+        assert!(err.to_string().contains("Application.Read.All"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_application_read_all_named_and_filtered_applications_are_read() {
+        let (graph, _azure) = azure_with(&["Application.Read.All"]).await;
+        let read = gather(
+            &graph,
+            &spec(
+                &[LEGACY, UNKNOWN],
+                Some("startswith(displayName,'legacy-')"),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read.by_app_id.len(), 2);
+        let legacy = read.by_app_id[0].1.as_ref().expect("not owned, still read");
+        assert_eq!(legacy.password_credentials.len(), 1);
+        assert!(
+            read.by_app_id[1].1.is_none(),
+            "an unknown appId is no error"
+        );
+        assert_eq!(read.filtered.len(), 1);
+        assert!(!read.truncated);
+
+        let err = gather(&graph, &spec(&[], Some("endswith(displayName,'x')")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidFilter(_)), "{err}");
+    }
+}
