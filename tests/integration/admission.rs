@@ -663,6 +663,18 @@ async fn immutable_fields_cannot_change() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The example CredentialWatch as admitted (its interval defaulted), then removed: it is cluster-scoped.
+async fn defaulted_watch(client: &Client, name: &str) {
+    let watches = Api::<CredentialWatch>::all(client.clone());
+    let watch = watches.get(name).await.unwrap();
+    assert_eq!(
+        watch.spec.interval.as_std(),
+        std::time::Duration::from_secs(3600),
+        "interval defaulted"
+    );
+    watches.delete(name, &Default::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn examples_are_accepted_and_defaulted() {
     let client = admin_client().await;
@@ -701,17 +713,7 @@ async fn examples_are_accepted_and_defaulted() {
         }
     }
     assert_eq!(kinds.len(), 5, "examples cover every kind: {kinds:?}");
-    let watches = Api::<CredentialWatch>::all(client.clone());
-    let watch = watches.get(&watch_name).await.unwrap();
-    assert_eq!(
-        watch.spec.interval.as_std(),
-        std::time::Duration::from_secs(3600),
-        "interval defaulted"
-    );
-    watches
-        .delete(&watch_name, &Default::default())
-        .await
-        .unwrap();
+    defaulted_watch(&client, &watch_name).await;
     let policies = Api::<DelegationPolicy>::all(client.clone());
     let policy = policies.get(&policy_name).await.unwrap();
     assert_eq!(policy.spec.violations, ViolationAction::Revoke);

@@ -161,6 +161,47 @@ async fn writes(azure: &Azure) -> Vec<String> {
         .collect()
 }
 
+/// The watch's status after the grant: each credential of the legacy application with its kind and state,
+/// the earliest expiry, and the Expiring condition naming the application and the expiring key alone.
+fn assert_reported(seen: &CredentialWatch, soon: &str, soon_end: Timestamp, later: &str) {
+    let status = seen.status.clone().unwrap();
+    assert_eq!(status.application_count, Some(1));
+    let app = &status.applications[0];
+    assert_eq!(
+        (app.app_id.as_str(), app.found, app.display_name.as_deref()),
+        (LEGACY_APP, true, Some("legacy-billing"))
+    );
+    let state_of = |key: &str| {
+        let c = app
+            .credentials
+            .iter()
+            .find(|c| c.key_id == key)
+            .unwrap_or_else(|| panic!("{key} in {app:?}"));
+        (
+            serde_json::to_value(c.kind).unwrap(),
+            serde_json::to_value(c.state).unwrap(),
+        )
+    };
+    assert_eq!(state_of(soon), (json!("Password"), json!("Expiring")));
+    assert_eq!(state_of(later), (json!("Password"), json!("Valid")));
+    assert_eq!(state_of(CERT_KEY), (json!("Certificate"), json!("Valid")));
+    assert_eq!(app.credentials.len(), 3, "{app:?}");
+    assert_eq!(
+        status.earliest_expiry.as_ref().map(|t| t.0.as_second()),
+        Some(soon_end.as_second())
+    );
+    let expiring = conditions::find(&status.conditions, "Expiring").unwrap();
+    assert_eq!(expiring.status, "True");
+    assert!(
+        expiring.message.contains(LEGACY_APP)
+            && expiring.message.contains(soon)
+            && !expiring.message.contains(later),
+        "{}",
+        expiring.message
+    );
+    assert!(!conditions::is_true(&status.conditions, "Expired"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_reports_the_expiry_of_an_application_nobody_here_owns() {
     let Setup {
@@ -220,42 +261,7 @@ async fn a_watch_reports_the_expiry_of_an_application_nobody_here_owns() {
         .await
         .unwrap();
     let seen = wait_condition(&watches, &name, "True", "Ready", 90).await;
-    let status = seen.status.clone().unwrap();
-    assert_eq!(status.application_count, Some(1));
-    let app = &status.applications[0];
-    assert_eq!(
-        (app.app_id.as_str(), app.found, app.display_name.as_deref()),
-        (LEGACY_APP, true, Some("legacy-billing"))
-    );
-    let state_of = |key: &str| {
-        let c = app
-            .credentials
-            .iter()
-            .find(|c| c.key_id == key)
-            .unwrap_or_else(|| panic!("{key} in {app:?}"));
-        (
-            serde_json::to_value(c.kind).unwrap(),
-            serde_json::to_value(c.state).unwrap(),
-        )
-    };
-    assert_eq!(state_of(&soon), (json!("Password"), json!("Expiring")));
-    assert_eq!(state_of(&later), (json!("Password"), json!("Valid")));
-    assert_eq!(state_of(CERT_KEY), (json!("Certificate"), json!("Valid")));
-    assert_eq!(app.credentials.len(), 3, "{app:?}");
-    assert_eq!(
-        status.earliest_expiry.as_ref().map(|t| t.0.as_second()),
-        Some(soon_end.as_second())
-    );
-    let expiring = conditions::find(&status.conditions, "Expiring").unwrap();
-    assert_eq!(expiring.status, "True");
-    assert!(
-        expiring.message.contains(LEGACY_APP)
-            && expiring.message.contains(&soon)
-            && !expiring.message.contains(&later),
-        "{}",
-        expiring.message
-    );
-    assert!(!conditions::is_true(&status.conditions, "Expired"));
+    assert_reported(&seen, &soon, soon_end, &later);
 
     // The gauge, one series per credential, at its end as Graph recorded it.
     let metrics = operator_metrics(&address).await;
