@@ -379,3 +379,46 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let argv = ["entra-operator", "run"].iter().chain(flags);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        *args
+    }
+
+    // Installs for some namespaces share the cluster with others: none of them serves every cluster-scoped
+    // watch unless told to.
+    #[test]
+    fn which_credential_watches_an_operator_serves() {
+        assert_eq!(
+            credential_watch_selector(&run_args(&[])),
+            Some(String::new())
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&["--watch-namespaces", "team-a"])),
+            None
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&[
+                "--watch-namespaces",
+                "team-a",
+                "--credential-watch-selector",
+                "team=a"
+            ])),
+            Some("team=a".into())
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&["--credential-watch-selector", ""])),
+            Some(String::new())
+        );
+    }
+}

@@ -195,3 +195,40 @@ async fn write_status(
 pub fn error_policy(_watch: Arc<CredentialWatch>, error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(failure::Failure::retry_after(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failure::Failure as _;
+
+    fn graph(status: u16, code: &str) -> AzureError {
+        AzureError::Api {
+            operation: "graph get application",
+            status,
+            code: code.into(),
+            message: String::new(),
+            request_id: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_optional_grant_and_waits_for_it() {
+        // A 403 that gather did not map (a list refused outright) shows as the missing grant too.
+        for e in [
+            Error::NotGranted,
+            Error::Azure(graph(403, "Authorization_RequestDenied")),
+        ] {
+            assert_eq!(e.reason(), NOT_GRANTED);
+            assert!(e.stalled());
+            assert_eq!(e.retry_after(), Duration::from_secs(300));
+        }
+        let busy = Error::Azure(graph(503, "ServiceUnavailable"));
+        assert_eq!(busy.reason(), "AzureUnavailable");
+        assert!(!busy.stalled());
+        assert_eq!(
+            Error::InvalidFilter(graph(400, "Request_UnsupportedQuery")).reason(),
+            "InvalidFilter"
+        );
+    }
+}
