@@ -16,8 +16,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the operator: connect to the Kubernetes API server and reconcile ServicePrincipal, RoleDelegation and
-    /// CredentialRotation objects until SIGTERM or SIGINT.
+    /// Run the operator: connect to the Kubernetes API server and reconcile ServicePrincipal, RoleDelegation,
+    /// CredentialRotation and CredentialWatch objects until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crdgen(CrdgenArgs),
