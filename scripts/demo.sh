@@ -87,6 +87,9 @@ kubectl apply -n demo -f "$rotation"
 kubectl -n demo wait --for=condition=Ready --timeout=90s roledelegation --all
 kubectl -n demo wait --for=condition=Ready --timeout=120s credentialrotation --all
 kubectl get delegationpolicies
+# 09's watch: the demo's operator holds only Application.ReadWrite.OwnedBy, so it says ApplicationReadNotGranted
+# (see docs/credential-watch.md for the optional grant).
+kubectl get credentialwatches -o wide
 kubectl -n demo get serviceprincipals,roledelegations,credentialrotations -o wide
 echo
 kubectl -n demo describe secret aks-cluster-sp-credentials | sed -n '/^Data/,$p'

@@ -16,8 +16,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the operator: connect to the Kubernetes API server and reconcile ServicePrincipal, RoleDelegation and
-    /// CredentialRotation objects until SIGTERM or SIGINT.
+    /// Run the operator: connect to the Kubernetes API server and reconcile ServicePrincipal, RoleDelegation,
+    /// CredentialRotation and CredentialWatch objects until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crdgen(CrdgenArgs),
@@ -146,6 +146,13 @@ pub struct RunArgs {
         value_name = "NS,..."
     )]
     pub watch_namespaces: Vec<String>,
+
+    /// Which CredentialWatches (cluster-scoped) this operator serves, as a label selector (e.g.
+    /// "team=payments"; "" for all of them). Default: all of them without WATCH_NAMESPACES, none with it, so
+    /// that several installs that each serve some namespaces of one cluster do not all read and report every
+    /// watch.
+    #[arg(long, env = "CREDENTIAL_WATCH_SELECTOR", value_name = "SELECTOR")]
+    pub credential_watch_selector: Option<String>,
 
     #[command(flatten)]
     pub azure: AzureArgs,

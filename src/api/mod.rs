@@ -7,6 +7,7 @@
 pub mod common;
 pub mod conditions;
 pub mod credential_rotation;
+pub mod credential_watch;
 pub mod delegation_policy;
 pub mod key_vault;
 pub mod protocol;
@@ -20,6 +21,7 @@ pub use common::{DeletionPolicy, Duration, LocalObjectReference, SecretFormat, S
 pub use credential_rotation::{
     CredentialRotation, CredentialRotationSpec, CredentialRotationStatus,
 };
+pub use credential_watch::{CredentialWatch, CredentialWatchSpec, CredentialWatchStatus};
 pub use delegation_policy::{DelegationPolicy, DelegationPolicySpec};
 pub use key_vault::{KeyVaultSecretStatus, KeyVaultSecretTarget, KeyVaultValueFormat};
 pub use role_delegation::{RoleDelegation, RoleDelegationSpec, RoleDelegationStatus};
@@ -32,6 +34,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         RoleDelegation::crd(),
         CredentialRotation::crd(),
         DelegationPolicy::crd(),
+        CredentialWatch::crd(),
     ]
     .into_iter()
     .map(unwrap_descriptions)

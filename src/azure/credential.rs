@@ -192,13 +192,20 @@ pub async fn client_certificate_signs_in(
 /// own, just issued to it by Entra over TLS, and only read. (No JWT crate is needed for reading one claim of a
 /// token the operator trusts already: base64url and JSON are.)
 pub fn object_id(access_token: &str) -> Option<String> {
+    claims(access_token)?["oid"]
+        .as_str()
+        .map(str::to_ascii_lowercase)
+}
+
+/// The claims of an access token the operator was issued, unverified (see [`object_id`]); None when it is
+/// not a JWT.
+pub fn claims(access_token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let payload = access_token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims["oid"].as_str().map(str::to_ascii_lowercase)
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

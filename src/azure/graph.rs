@@ -17,6 +17,17 @@ use super::{
     http::{Service, parse},
 };
 
+/// The application permissions that let an app-only caller read every application.
+pub const READ_ALL_APPLICATIONS: [&str; 4] = [
+    "Application.Read.All",
+    "Application.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+
+/// What an expiry watch reads of an application.
+const WATCH_SELECT: &str = "id,appId,displayName,passwordCredentials,keyCredentials";
+
 #[derive(Clone)]
 pub struct GraphClient {
     service: Service,
@@ -614,6 +625,83 @@ impl GraphClient {
         Ok(Upserted::from(status))
     }
 
+    /// GET /applications?$filter=…, every page (following @odata.nextLink), with only what an expiry watch
+    /// reads selected (Learn, *List applications*: `$filter`, `$select`, `$top` up to 999; paging, *Paging
+    /// Microsoft Graph data in your app*). Stops after `max` applications; the bool says whether more matched.
+    /// Needs Application.Read.All: under Application.ReadWrite.OwnedBy alone the emulator lists only the owned
+    /// applications (a report on Microsoft's tech community says Graph lists them all), so callers check the
+    /// grant with [`GraphClient::application_read_granted`] rather than trust the answer's size.
+    pub async fn applications_matching(
+        &self,
+        filter: &str,
+        max: usize,
+    ) -> Result<(Vec<Application>, bool), AzureError> {
+        self.applications_paged(filter, max, 100).await
+    }
+
+    /// As [`GraphClient::applications_matching`], `top` to a page.
+    async fn applications_paged(
+        &self,
+        filter: &str,
+        max: usize,
+        top: usize,
+    ) -> Result<(Vec<Application>, bool), AzureError> {
+        const OP: &str = "graph list applications";
+        let mut path = format!(
+            "/applications?$filter={}&$select={WATCH_SELECT}&$top={top}",
+            percent_encode(filter)
+        );
+        let mut found = vec![];
+        loop {
+            let (_, body) = self.send(OP, Method::GET, &path, None, false).await?;
+            let body = body.unwrap_or_default();
+            let page: Vec<Application> = Self::parse(OP, Some(body["value"].clone()))?;
+            found.extend(page);
+            if found.len() > max {
+                found.truncate(max);
+                return Ok((found, true));
+            }
+            let Some(next) = body["@odata.nextLink"].as_str() else {
+                return Ok((found, false));
+            };
+            path = self
+                .service
+                .path_of(next)
+                .ok_or_else(|| AzureError::Unexpected {
+                    operation: OP,
+                    detail: "a nextLink to another host".into(),
+                })?
+                .to_string();
+        }
+    }
+
+    /// Whether the operator's Graph token carries an application permission that reads every application
+    /// (Application.Read.All, Application.ReadWrite.All, Directory.Read.All or Directory.ReadWrite.All, as
+    /// Learn's *List applications* and *Get application* list them). None when the token does not say: it is
+    /// not a JWT, or it carries directory roles (`wids`), which may grant reads too.
+    pub async fn application_read_granted(&self) -> Result<Option<bool>, AzureError> {
+        let Some(claims) = self.service.token_claims().await? else {
+            return Ok(None);
+        };
+        let roles: Vec<&str> = claims["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let granted = roles.iter().any(|r| {
+            READ_ALL_APPLICATIONS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(r))
+        });
+        let directory_roles = claims["wids"].as_array().is_some_and(|w| !w.is_empty());
+        Ok(if granted || !directory_roles {
+            Some(granted)
+        } else {
+            None
+        })
+    }
+
     pub async fn delete_federated_credential(
         &self,
         object_id: &str,
@@ -648,6 +736,77 @@ mod tests {
             GraphClient::new(azure.http.clone(), azure.credential.clone(), &azure.cloud),
             azure,
         )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filtered_list_follows_every_page_and_the_token_says_what_may_be_read() {
+        let (graph, _azure) = client().await;
+        // The emulator's operator holds Application.ReadWrite.OwnedBy only.
+        assert_eq!(graph.application_read_granted().await.unwrap(), Some(false));
+        for name in ["legacy-a", "legacy-b", "legacy-c", "other"] {
+            graph
+                .upsert_application(&format!("eo-watch-{name}"), &json!({"displayName": name}))
+                .await
+                .unwrap();
+        }
+        let filter = "startswith(displayName,'legacy-')";
+        // Pages of two: the third application is on the nextLink's page.
+        let (apps, more) = graph.applications_paged(filter, 500, 2).await.unwrap();
+        let mut names: Vec<&str> = apps.iter().map(|a| a.display_name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["legacy-a", "legacy-b", "legacy-c"]);
+        assert!(!more);
+        let (apps, more) = graph.applications_paged(filter, 2, 2).await.unwrap();
+        assert!(
+            apps.len() == 2 && more,
+            "stops at the maximum and says more matched"
+        );
+        let refused = graph
+            .applications_matching("endswith(displayName,'x')", 500)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused.class(), crate::azure::error::ErrorClass::Invalid),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_application_read_all_another_owners_application_is_read() {
+        let (graph, azure) = client().await;
+        let operator = azure_emulator::config::Config::default_seed()
+            .seed
+            .applications[0]
+            .clone();
+        let legacy = json!({"displayName": "legacy-billing", "appId": "7e7e7e7e-0000-4000-8000-000000007e7e",
+            "objectId": "7e7e7e7e-0000-4000-8000-00000000a7a7", "servicePrincipalId": "7e7e7e7e-0000-4000-8000-00000000b7b7",
+            "clientSecrets": ["not-for-the-operator"]});
+        // Seeding the operator's application again adds to its grants.
+        let grant = json!({"displayName": operator.display_name, "appId": operator.app_id,
+            "objectId": operator.object_id, "servicePrincipalId": operator.service_principal_id,
+            "graphPermissions": ["Application.Read.All"]});
+        let seeded = azure
+            .http
+            .post(format!("{}/_emulator/seed", azure.emulator.base_url))
+            .json(&json!({ "applications": [legacy, grant] }))
+            .send()
+            .await
+            .unwrap();
+        assert!(seeded.status().is_success());
+        // Before the first Graph call, so that the credential's first token already carries the grant.
+        assert_eq!(graph.application_read_granted().await.unwrap(), Some(true));
+        let app = graph
+            .application_by_app_id("7e7e7e7e-0000-4000-8000-000000007e7e")
+            .await
+            .unwrap()
+            .expect("readable with Application.Read.All, though not owned");
+        assert_eq!(app.password_credentials.len(), 1);
+        let (listed, _) = graph
+            .applications_matching("startswith(displayName,'legacy-')", 500)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].password_credentials[0].end_date_time.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

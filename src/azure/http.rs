@@ -205,6 +205,18 @@ impl Service {
         })
     }
 
+    /// The claims of the token this service sends (from the credential's cache when it holds one), unverified:
+    /// what the operator's identity was granted, as Entra put it in the token. None when the token is not a
+    /// JWT.
+    pub async fn token_claims(&self) -> Result<Option<Value>, AzureError> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| AzureError::Credential(e.to_string()))?;
+        Ok(super::credential::claims(token.token.secret()))
+    }
+
     /// The path and query of an absolute URL on this service's endpoint (where a long-running operation is
     /// polled); None for any other host, which is never sent the operator's token.
     pub fn path_of<'a>(&self, url: &'a str) -> Option<&'a str> {

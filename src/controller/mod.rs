@@ -6,6 +6,7 @@ pub mod claims;
 pub mod clock;
 pub mod context;
 pub mod credential_rotation;
+pub mod credential_watch;
 pub mod credentials;
 pub mod drift;
 pub mod events;
@@ -124,6 +125,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop(scope);
         controllers
     });
+    // CredentialWatch is cluster-scoped: one controller, whatever namespaces are watched, if any are served.
+    let watches = credential_watch_selector(&args).map(|selector| {
+        credential_watch::wiring::controller(ctx.clone(), config.clone(), selector)
+    });
+    let controllers = controllers.chain(watches);
     let controllers =
         futures::stream::select_all(controllers).for_each(|_| futures::future::ready(()));
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -158,6 +164,16 @@ fn watched_scopes(args: &RunArgs) -> Vec<Option<&str>> {
             .iter()
             .map(|n| Some(n.as_str()))
             .collect()
+    }
+}
+
+/// The label selector of the CredentialWatches served ("" for all), or None when none are: by default all
+/// for an operator of the whole cluster, none for one of some namespaces (see `--credential-watch-selector`).
+fn credential_watch_selector(args: &RunArgs) -> Option<String> {
+    match &args.credential_watch_selector {
+        Some(selector) => Some(selector.trim().to_string()),
+        None if args.watch_namespaces.is_empty() => Some(String::new()),
+        None => None,
     }
 }
 
@@ -206,6 +222,9 @@ async fn start(args: &RunArgs) -> anyhow::Result<(Context, Writer<api::Delegatio
         check_served(namespaced::<api::CredentialRotation>(&client, ns), ns).await?;
     }
     check_served(Api::<api::DelegationPolicy>::all(client.clone()), None).await?;
+    if credential_watch_selector(args).is_some() {
+        check_served(Api::<api::CredentialWatch>::all(client.clone()), None).await?;
+    }
     let cluster_id = match &args.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())
@@ -364,4 +383,47 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let argv = ["entra-operator", "run"].iter().chain(flags);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        *args
+    }
+
+    // Installs for some namespaces share the cluster with others: none of them serves every cluster-scoped
+    // watch unless told to.
+    #[test]
+    fn which_credential_watches_an_operator_serves() {
+        assert_eq!(
+            credential_watch_selector(&run_args(&[])),
+            Some(String::new())
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&["--watch-namespaces", "team-a"])),
+            None
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&[
+                "--watch-namespaces",
+                "team-a",
+                "--credential-watch-selector",
+                "team=a"
+            ])),
+            Some("team=a".into())
+        );
+        assert_eq!(
+            credential_watch_selector(&run_args(&["--credential-watch-selector", ""])),
+            Some(String::new())
+        );
+    }
 }

@@ -46,8 +46,22 @@ pub struct VaultLabels {
     pub secret: String,
 }
 
+/// One credential of an application a CredentialWatch watches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchedLabels {
+    pub watch: String,
+    pub app_id: String,
+    pub key_id: String,
+    pub kind: String,
+}
+
+type Expiry = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 pub struct Metrics {
     registry: Registry,
+    pub watched_expiry: Family<WatchedLabels, Expiry>,
+    /// The series each watch exports now, so that a credential (or a watch) that goes takes its series along.
+    watched_series: std::sync::Mutex<std::collections::HashMap<String, Vec<WatchedLabels>>>,
     pub reconciliations: Family<ReconcileLabels, Counter>,
     pub reconcile_duration: Family<KindLabels, Histogram>,
     pub azure_requests: Family<AzureLabels, Counter>,
@@ -123,10 +137,19 @@ impl Default for Metrics {
             "1 when the object's current credential is published everywhere (Ready), 0 when not",
             credential_ready.clone(),
         );
+        let watched_expiry = Family::<WatchedLabels, Expiry>::default();
+        registry.register(
+            "watched_credential_expiry_timestamp_seconds",
+            "When a client secret (kind Password) or certificate (kind Certificate) of an application a \
+             CredentialWatch watches expires, as a Unix timestamp",
+            watched_expiry.clone(),
+        );
         Metrics {
             credential_not_before,
             credential_renewal,
             credential_ready,
+            watched_expiry,
+            watched_series: Default::default(),
             vault_expiry,
             rotations,
             registry,
@@ -271,6 +294,61 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Sets the expiry series of CredentialWatch `watch` to exactly `series`: those it exported before and
+    /// no longer reads (a credential removed from its application) are removed.
+    pub fn set_watched_credentials(
+        &self,
+        watch: &str,
+        series: &[crate::controller::credential_watch::plan::Series],
+    ) {
+        let labels: Vec<(WatchedLabels, f64)> = series
+            .iter()
+            .map(|s| {
+                let labels = WatchedLabels {
+                    watch: watch.into(),
+                    app_id: s.app_id.clone(),
+                    key_id: s.key_id.clone(),
+                    kind: s.kind.as_str().into(),
+                };
+                (labels, s.expiry_seconds)
+            })
+            .collect();
+        let mut known = self.watched_series.lock().expect("watched series lock");
+        for old in known.remove(watch).unwrap_or_default() {
+            if !labels.iter().any(|(l, _)| *l == old) {
+                self.watched_expiry.remove(&old);
+            }
+        }
+        for (l, t) in &labels {
+            self.watched_expiry.get_or_create(l).set(*t);
+        }
+        known.insert(
+            watch.to_string(),
+            labels.into_iter().map(|(l, _)| l).collect(),
+        );
+    }
+
+    /// Removes every series of CredentialWatch `watch` (deleted).
+    pub fn forget_watch(&self, watch: &str) {
+        self.retain_watches(|name| name != watch);
+    }
+
+    /// Keeps the series of the watches `keep` says still exist, and removes the others'.
+    pub fn retain_watches(&self, keep: impl Fn(&str) -> bool) {
+        let mut known = self.watched_series.lock().expect("watched series lock");
+        known.retain(|watch, series| {
+            let kept = keep(watch);
+            if !kept {
+                for l in series.iter() {
+                    self.watched_expiry.remove(l);
+                }
+            }
+            kept
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +404,45 @@ mod tests {
             !m.render().contains(r#"name="app""#),
             "a deleted object's expiry goes"
         );
+    }
+
+    #[test]
+    fn watched_credentials_that_go_take_their_series_along() {
+        use crate::{
+            api::credential_watch::CredentialKind, controller::credential_watch::plan::Series,
+        };
+        let m = Metrics::default();
+        let series = |key: &str, kind| Series {
+            app_id: "app-1".into(),
+            key_id: key.into(),
+            kind,
+            expiry_seconds: 1_800_000_000.0,
+        };
+        m.set_watched_credentials(
+            "legacy",
+            &[
+                series("k1", CredentialKind::Password),
+                series("k2", CredentialKind::Certificate),
+            ],
+        );
+        m.set_watched_credentials("other", &[series("k9", CredentialKind::Password)]);
+        let text = m.render();
+        assert!(text.contains(r#"entra_operator_watched_credential_expiry_timestamp_seconds{watch="legacy",app_id="app-1",key_id="k2",kind="Certificate"} 1800000000"#), "{text}");
+        // k1 removed from the application.
+        m.set_watched_credentials("legacy", &[series("k2", CredentialKind::Certificate)]);
+        let text = m.render();
+        assert!(
+            !text.contains(r#"key_id="k1""#) && text.contains(r#"key_id="k2""#),
+            "{text}"
+        );
+        // The watch deleted; the other stays.
+        m.forget_watch("legacy");
+        let text = m.render();
+        assert!(
+            !text.contains(r#"watch="legacy""#) && text.contains(r#"watch="other""#),
+            "{text}"
+        );
+        m.retain_watches(|_| false);
+        assert!(!m.render().contains("watch=\"other\""));
     }
 }

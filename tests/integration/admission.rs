@@ -8,7 +8,7 @@ use kube::{
 use serde_json::{Value, json};
 
 use entra_operator::api::{
-    CredentialRotation, DelegationPolicy, RoleDelegation, ServicePrincipal,
+    CredentialRotation, CredentialWatch, DelegationPolicy, RoleDelegation, ServicePrincipal,
     delegation_policy::ViolationAction,
 };
 
@@ -23,6 +23,7 @@ fn resource(kind: &str) -> ApiResource {
         "RoleDelegation" => ApiResource::erase::<RoleDelegation>(&()),
         "CredentialRotation" => ApiResource::erase::<CredentialRotation>(&()),
         "DelegationPolicy" => ApiResource::erase::<DelegationPolicy>(&()),
+        "CredentialWatch" => ApiResource::erase::<CredentialWatch>(&()),
         _ => unreachable!("{kind}"),
     }
 }
@@ -39,7 +40,7 @@ fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
 
 fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     match kind {
-        "DelegationPolicy" => Api::all_with(client.clone(), &resource(kind)),
+        "DelegationPolicy" | "CredentialWatch" => Api::all_with(client.clone(), &resource(kind)),
         _ => Api::namespaced_with(client.clone(), ns, &resource(kind)),
     }
 }
@@ -504,6 +505,30 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             "spec.violations",
             "Unsupported value",
         ),
+        (
+            "CredentialWatch",
+            json!({"warnBefore": "720h"}),
+            "spec.applications",
+            "name the applications to watch: applications, filter, or both",
+        ),
+        (
+            "CredentialWatch",
+            json!({"applications": ["legacy-billing"]}),
+            "spec.applications[0]",
+            "should match",
+        ),
+        (
+            "CredentialWatch",
+            json!({"filter": "startswith(displayName,'legacy-')", "interval": "30s"}),
+            "spec.interval",
+            "must be at least 1m",
+        ),
+        (
+            "CredentialWatch",
+            json!({"filter": ""}),
+            "spec.filter",
+            "at least 1 chars long",
+        ),
     ];
     assert!(cases.len() >= 12);
 
@@ -638,6 +663,18 @@ async fn immutable_fields_cannot_change() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The example CredentialWatch as admitted (its interval defaulted), then removed: it is cluster-scoped.
+async fn defaulted_watch(client: &Client, name: &str) {
+    let watches = Api::<CredentialWatch>::all(client.clone());
+    let watch = watches.get(name).await.unwrap();
+    assert_eq!(
+        watch.spec.interval.as_std(),
+        std::time::Duration::from_secs(3600),
+        "interval defaulted"
+    );
+    watches.delete(name, &Default::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn examples_are_accepted_and_defaulted() {
     let client = admin_client().await;
@@ -646,6 +683,7 @@ async fn examples_are_accepted_and_defaulted() {
 
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     let mut policy_name = String::new();
+    let mut watch_name = String::new();
     let mut dir: Vec<_> =
         std::fs::read_dir(std::path::Path::new(crate::support::MANIFEST_DIR).join("examples"))
             .unwrap()
@@ -662,6 +700,11 @@ async fn examples_are_accepted_and_defaulted() {
                 policy_name = format!("{}-{}", ns.name, doc.name_any());
                 doc.metadata.name = Some(policy_name.clone());
             }
+            if kind == "CredentialWatch" {
+                // Cluster-scoped as well.
+                watch_name = format!("{}-{}", ns.name, doc.name_any());
+                doc.metadata.name = Some(watch_name.clone());
+            }
             api(&client, &ns.name, &kind)
                 .create(&PostParams::default(), &doc)
                 .await
@@ -669,7 +712,8 @@ async fn examples_are_accepted_and_defaulted() {
             *kinds.entry(kind).or_default() += 1;
         }
     }
-    assert_eq!(kinds.len(), 4, "examples cover every kind: {kinds:?}");
+    assert_eq!(kinds.len(), 5, "examples cover every kind: {kinds:?}");
+    defaulted_watch(&client, &watch_name).await;
     let policies = Api::<DelegationPolicy>::all(client.clone());
     let policy = policies.get(&policy_name).await.unwrap();
     assert_eq!(policy.spec.violations, ViolationAction::Revoke);

@@ -19,9 +19,24 @@ fn the_sample_alerts_use_metrics_the_operator_exports() {
         "secret",
         Some(1.0),
     );
+    metrics.set_watched_credentials(
+        "watch",
+        &[entra_operator::controller::credential_watch::plan::Series {
+            app_id: "app".into(),
+            key_id: "key".into(),
+            kind: entra_operator::api::credential_watch::CredentialKind::Password,
+            expiry_seconds: 1.0,
+        }],
+    );
     let exported = metrics.render();
     let rules = rule["groups"][0]["rules"].as_array().unwrap();
-    assert!(rules.len() >= 3);
+    assert!(rules.len() >= 5);
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["alert"] == "EntraWatchedCredentialExpiresIn14Days"),
+        "the CredentialWatch alert is there"
+    );
     let name = regex::Regex::new(r"entra_operator_[a-z_]+").unwrap();
     for r in rules {
         let expr = r["expr"].as_str().unwrap();

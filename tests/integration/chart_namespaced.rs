@@ -93,7 +93,8 @@ async fn with_watch_namespaces_the_operator_needs_only_roles_there() {
     for rule in cluster_role["rules"].as_array().unwrap() {
         for resource in rule["resources"].as_array().unwrap() {
             match resource.as_str().unwrap() {
-                "delegationpolicies" => {}
+                // Cluster-scoped kinds: the guardrail, and expiry watches (read, and their status written).
+                "delegationpolicies" | "credentialwatches" | "credentialwatches/status" => {}
                 "namespaces" => assert!(
                     rule["resourceNames"].is_array(),
                     "namespaces without resourceNames: {rule}"

@@ -45,5 +45,5 @@ fn crdgen_prints_what_is_committed() {
         .map(|crd| api::crd_yaml(crd).unwrap())
         .collect();
     assert_eq!(printed, committed);
-    assert_eq!(printed.matches("kind: CustomResourceDefinition").count(), 4);
+    assert_eq!(printed.matches("kind: CustomResourceDefinition").count(), 5);
 }

@@ -9,6 +9,7 @@ mod chart;
 mod chart_namespaced;
 mod crdgen;
 mod credential_rotation;
+mod credential_watch;
 mod explain;
 mod harness;
 mod high_availability;
