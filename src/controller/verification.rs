@@ -123,6 +123,19 @@ pub fn record(
     v
 }
 
+/// Another object's verification of `key_id` (the ServicePrincipal's, of the credential a rotation takes
+/// over), when it has passed and `own` says nothing of that credential yet: taken as it is, so that a
+/// credential is not verified twice.
+pub fn adopted(
+    own: Option<&VerificationStatus>,
+    theirs: Option<&VerificationStatus>,
+    key_id: &str,
+) -> Option<VerificationStatus> {
+    let theirs = theirs.filter(|v| v.key_id == key_id && v.verified_time.is_some())?;
+    own.is_none_or(|v| v.key_id != key_id)
+        .then(|| theirs.clone())
+}
+
 /// How the status says a verification stands, for a condition's message.
 pub fn progress(v: &VerificationStatus) -> String {
     let failure = v
@@ -269,6 +282,28 @@ mod tests {
         let failed = failed.unwrap();
         assert_eq!(failed.last_failure.as_deref(), Some("AADSTS7000215"));
         assert!(progress(&failed).ends_with("the last round failed: AADSTS7000215"));
+    }
+
+    #[test]
+    fn a_verification_passed_elsewhere_is_taken_over_only_for_its_credential() {
+        let (passed, _) = run(&[(0, true), (10, true), (20, true)]);
+        let passed = passed.unwrap();
+        assert_eq!(adopted(None, Some(&passed), "k"), Some(passed.clone()));
+        assert_eq!(
+            adopted(None, Some(&passed), "other"),
+            None,
+            "another credential"
+        );
+        let (pending, _) = run(&[(0, true)]);
+        assert_eq!(adopted(None, pending.as_ref(), "k"), None, "not passed yet");
+        let own = record(None, "k", Ok(()), t(30), POLICY);
+        assert_eq!(
+            adopted(Some(&own), Some(&passed), "k"),
+            None,
+            "its own count stands"
+        );
+        let stale = record(None, "old", Ok(()), t(30), POLICY);
+        assert_eq!(adopted(Some(&stale), Some(&passed), "k"), Some(passed));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::{
         credentials::{self, Kind},
         issuance::{self, Fresh},
         key_vault, naming, publish, reconcile, secret_format, secrets, service_principal,
+        verification,
     },
 };
 
@@ -186,7 +187,10 @@ impl Run<'_> {
                 let vaults = plan::vault_names(self.gathered);
                 targets::secret_holds(self.crot, status, secret, &vaults, &key_id, clock::now());
             }
-            Step::Verify => publication.verify(status, clock::now()).await?,
+            Step::Verify => {
+                self.adopt_verification(status, &key_id);
+                publication.verify(status, clock::now()).await?
+            }
             Step::PublishKeyVault { index, name } => {
                 if let Some(why) = self.publish_vault(status, *index, name, &issued).await {
                     self.failures.push(why);
@@ -475,6 +479,16 @@ impl Run<'_> {
         match self.gathered.subject.kind {
             Kind::Certificate => Material::from_pem(issued.text.secret()).ok(),
             Kind::Password => None,
+        }
+    }
+
+    /// A credential the ServicePrincipal issued and verified before this rotation took it over (its first
+    /// one) is not verified again.
+    fn adopt_verification(&self, status: &mut CredentialRotationStatus, key_id: &str) {
+        let sp = self.gathered.subject.sp.as_ref();
+        let theirs = sp.and_then(|sp| sp.status.as_ref()?.verification.as_ref());
+        if let Some(v) = verification::adopted(status.verification.as_ref(), theirs, key_id) {
+            status.verification = Some(v);
         }
     }
 

@@ -82,9 +82,6 @@ pub enum Error {
     /// An AKS cluster runs as another application than the one rotated, and moving it is not asked for.
     #[error("{0}")]
     AksClusterNotUsingApplication(String),
-    /// The new secret does not sign in yet.
-    #[error("{0}")]
-    Verifying(String),
     /// A target has not taken the new secret yet (an AKS reset running or failed, a workload not patched).
     #[error("{message}")]
     Publishing {
@@ -115,7 +112,6 @@ impl reconcile::Failure for Error {
             Error::ServicePrincipalNotFound(_) => "ServicePrincipalNotFound",
             Error::WaitingForServicePrincipal(_) => "WaitingForServicePrincipal",
             Error::SecretConflict(_) => "SecretConflict",
-            Error::Verifying(_) => "VerifyingCredential",
             Error::Waiting { reason, .. } => reason,
             Error::Conflict(_) => "RotationConflict",
             Error::Claimed(_) => "Conflict",
@@ -129,7 +125,6 @@ impl reconcile::Failure for Error {
     fn retry_after(&self) -> Duration {
         match self {
             Error::Azure(e) => failure::azure_retry(e),
-            Error::Verifying(_) => Duration::from_secs(2),
             Error::Waiting { until, .. } => {
                 plan::wake_in(clock::now(), &[Some(*until)], Duration::from_secs(3600))
             }
@@ -150,7 +145,7 @@ impl reconcile::Failure for Error {
     fn announced(&self) -> bool {
         match self {
             Error::Repeated { cause, .. } => cause.announced(),
-            _ => !matches!(self, Error::Verifying(_) | Error::Waiting { .. }),
+            _ => !matches!(self, Error::Waiting { .. }),
         }
     }
 
@@ -189,9 +184,7 @@ impl Error {
     fn is_failure(&self) -> bool {
         match self {
             Error::Expiry { cause, .. } | Error::Repeated { cause, .. } => cause.is_failure(),
-            Error::Waiting { .. } | Error::Verifying(_) | Error::WaitingForServicePrincipal(_) => {
-                false
-            }
+            Error::Waiting { .. } | Error::WaitingForServicePrincipal(_) => false,
             _ => true,
         }
     }
