@@ -424,3 +424,29 @@ pub async fn events_of(client: &kube::Client, ns: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The token endpoint's answer to a sign-in (0: none). A request that got no answer at all (a pooled
+/// connection the server closed) is sent again, as every Azure SDK does: only Entra's answer says whether the
+/// credential works.
+pub async fn sign_in(http: &(reqwest::Client, String), client_id: &str, secret: &str) -> u16 {
+    let tenant = azure_emulator::config::Config::default_seed()
+        .seed
+        .tenant_id;
+    for _ in 0..3 {
+        let sent = http
+            .0
+            .post(format!("{}/{tenant}/oauth2/v2.0/token", http.1))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("scope", "https://management.azure.com/.default"),
+            ])
+            .send()
+            .await;
+        if let Ok(answer) = sent {
+            return answer.status().as_u16();
+        }
+    }
+    0
+}

@@ -24,7 +24,7 @@ use entra_operator::api::{CredentialRotation, DelegationPolicy, ServicePrincipal
 use crate::{
     harness::{
         Setup, delete_and_wait, emulator_http, eventually, knobs, object, ready_of as ready, seed,
-        state, teardown, text, token_status, wait_condition as wait_reason,
+        sign_in, state, teardown, text, token_status, wait_condition as wait_reason,
     },
     operator_run::{Azure, Operator},
 };
@@ -319,32 +319,6 @@ async fn consumers_and_a_cluster_never_fail_through_rotations_and_a_kill() {
         .await
         .unwrap();
     teardown(rbac, azure, ns).await;
-}
-
-/// The token endpoint's answer to a sign-in (0: none). A request that got no answer at all (a pooled
-/// connection the server closed) is sent again, as every Azure SDK does: only Entra's answer says whether the
-/// credential works.
-async fn sign_in(http: &(reqwest::Client, String), client_id: &str, secret: &str) -> u16 {
-    let tenant = azure_emulator::config::Config::default_seed()
-        .seed
-        .tenant_id;
-    for _ in 0..3 {
-        let sent = http
-            .0
-            .post(format!("{}/{tenant}/oauth2/v2.0/token", http.1))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret),
-                ("scope", "https://management.azure.com/.default"),
-            ])
-            .send()
-            .await;
-        if let Ok(answer) = sent {
-            return answer.status().as_u16();
-        }
-    }
-    0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

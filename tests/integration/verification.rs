@@ -24,7 +24,7 @@ use entra_operator::api::{CredentialRotation, ServicePrincipal};
 
 use crate::{
     harness::{
-        Setup, delete_and_wait, emulator_http, eventually, knobs, object, teardown, text,
+        Setup, delete_and_wait, emulator_http, eventually, knobs, object, sign_in, teardown, text,
         wait_condition,
     },
     operator_run::{Azure, Operator},
@@ -37,30 +37,6 @@ struct Seen {
     attempts: u64,
     failures: u64,
     keys: usize,
-}
-
-/// The token endpoint's status for a client-credentials sign-in (0: no answer at all).
-async fn sign_in(http: &(reqwest::Client, String), client_id: &str, secret: &str) -> u16 {
-    let tenant = azure_emulator::config::Config::default_seed()
-        .seed
-        .tenant_id;
-    for _ in 0..3 {
-        let sent = http
-            .0
-            .post(format!("{}/{tenant}/oauth2/v2.0/token", http.1))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret),
-                ("scope", "https://management.azure.com/.default"),
-            ])
-            .send()
-            .await;
-        if let Ok(answer) = sent {
-            return answer.status().as_u16();
-        }
-    }
-    0
 }
 
 /// Runs a ServicePrincipal rotated every 6 s under the replication knob, with the operator verifying
