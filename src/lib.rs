@@ -7,4 +7,5 @@ pub mod cli;
 pub mod controller;
 #[cfg(test)]
 pub mod fixtures;
+pub mod out;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use entra_operator::{api, cli, controller, telemetry};
+use entra_operator::{api, cli, controller, out, telemetry};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -42,8 +42,11 @@ fn crdgen(args: cli::CrdgenArgs) -> anyhow::Result<()> {
             }
         }
         None => {
+            // `crdgen | head -1` closes the pipe early: stop there and succeed, as `cat` does.
             for crd in &crds {
-                print!("{}", api::crd_yaml(crd)?);
+                if out::stdout(&api::crd_yaml(crd)?)? == out::Flow::Closed {
+                    break;
+                }
             }
         }
     }
