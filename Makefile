@@ -45,7 +45,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build the operator and the emulator
+build: ## Build the operator, the emulator and the kubectl plugin (target/debug/kubectl-entra)
 	$(CARGO) build --workspace --bins
 
 .PHONY: crds

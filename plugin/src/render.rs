@@ -165,7 +165,10 @@ mod tests {
         for (offset, want) in cases {
             let shown = when(t(offset), now);
             assert!(shown.ends_with(want), "{offset}: {shown}");
-            assert!(shown.starts_with("2027-0") && !shown.contains('.'), "{offset}: {shown}");
+            assert!(
+                shown.starts_with("2027-0") && !shown.contains('.'),
+                "{offset}: {shown}"
+            );
         }
         assert_eq!(maybe_when(None, now), "-");
     }

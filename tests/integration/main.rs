@@ -15,6 +15,7 @@ mod harness;
 mod high_availability;
 mod key_vault;
 mod operator_run;
+mod plugin;
 mod role_delegation;
 mod service_principal;
 mod soak;

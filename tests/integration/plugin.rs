@@ -1,0 +1,219 @@
+//! The kubectl plugin (`kubectl-entra`) against the real control plane and the emulator: the operator makes a
+//! ServicePrincipal Ready, then the plugin, run as an admin would run it, reports it in `status`, finds its
+//! credential in `expiring`'s window (exit 1) and not in a one-second one (exit 0), inspects its Secret
+//! without ever printing the secret, and signs in with it.
+//!
+//! The plugin is another package of the workspace, so cargo gives these tests no CARGO_BIN_EXE_ for it:
+//! `make build` (which `make test` runs first) builds it with the rest of the workspace's binaries, into the
+//! same target directory as the operator binary the tests run; [`plugin_bin`] finds it there.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::PostParams};
+use serde_json::{Value, json};
+
+use entra_operator::api::ServicePrincipal;
+
+use crate::{
+    harness::{Setup, eventually, ready_reason, teardown, text},
+    operator_run::Operator,
+    support::admin_kubeconfig,
+};
+
+/// `kubectl-entra` beside the operator binary (target/<profile>/), where `cargo build -p kubectl-entra` puts it.
+fn plugin_bin() -> PathBuf {
+    let path = testkit::operator::operator_bin()
+        .with_file_name(format!("kubectl-entra{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "no plugin at {}: build it with `cargo build -p kubectl-entra` (`make build` does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the plugin with the admin kubeconfig; its exit code and stdout (stderr must not hold a panic).
+async fn plugin(args: &[&str]) -> (i32, String) {
+    let mut command = Command::new(plugin_bin());
+    command
+        .arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .args(args)
+        .env_remove("KUBECONFIG");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    (out.status.code().unwrap(), stdout)
+}
+
+fn json_of(args: &[&str], stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
+fn time(value: &Value) -> Timestamp {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_reports_finds_inspects_and_signs_in() {
+    let Setup {
+        admin,
+        ns,
+        kubeconfig,
+        azure,
+        rbac,
+        _dir,
+    } = Setup::new("plugin").await;
+    let mut operator = Operator::start_with(&kubeconfig, &azure.env);
+    operator.wait_for("operator ready", Duration::from_secs(30));
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), &ns.name);
+    let sp: ServicePrincipal = serde_json::from_value(json!({
+        "apiVersion": "entra-operator.io/v1alpha1", "kind": "ServicePrincipal",
+        "metadata": {"name": "payroll"},
+        "spec": {"displayName": "payroll", "secret": {"name": "payroll-credentials"}},
+    }))
+    .unwrap();
+    sps.create(&PostParams::default(), &sp).await.unwrap();
+    let ready = eventually(60, "payroll Ready", || async {
+        let sp = sps.get("payroll").await.map_err(|e| e.to_string())?;
+        match ready_reason(&sp) {
+            Some((s, _)) if s == "True" => Ok(sp),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    let credential = status.credential.clone().unwrap();
+    let expires = credential.end_date_time.clone().unwrap().0;
+    let secret = Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .get("payroll-credentials")
+        .await
+        .unwrap();
+    let client_secret = text(&secret, "AZURE_CLIENT_SECRET");
+    let ns_name = ns.name.as_str();
+
+    status_lists_it_ready(ns_name, expires).await;
+    story_names_its_azure_ids(ns_name, status.app_id.as_deref().unwrap()).await;
+    expiring_finds_it_in_the_window_only(ns_name).await;
+
+    let args = [
+        "inspect",
+        "secret",
+        "payroll-credentials",
+        "-n",
+        ns_name,
+        "-o",
+        "json",
+    ];
+    let (code, stdout) = plugin(&args).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        !stdout.contains(&client_secret),
+        "the secret is never printed"
+    );
+    let report = json_of(&args, &stdout);
+    assert_eq!(report["keyId"], credential.key_id.as_str());
+    assert_eq!(report["format"], "env");
+    assert_eq!(report["owner"], "ServicePrincipal/payroll");
+    assert_eq!(report["current"], true);
+    assert_eq!(time(&report["expires"]), expires);
+
+    let ca = azure.emulator.ca_file.to_str().unwrap().to_string();
+    let args = [
+        "inspect",
+        "secret",
+        "payroll-credentials",
+        "-n",
+        ns_name,
+        "-o",
+        "json",
+        "--sign-in",
+        "--ca-file",
+        &ca,
+    ];
+    let (code, stdout) = plugin(&args).await;
+    assert!(
+        !stdout.contains(&client_secret),
+        "the secret is never printed"
+    );
+    assert_eq!(json_of(&args, &stdout)["signIn"], "signed in", "{stdout}");
+    assert_eq!(code, 0);
+    let (_, table) = plugin(&args[..5]).await;
+    assert!(
+        table.contains(credential.key_id.as_str()) && !table.contains(&client_secret),
+        "{table}"
+    );
+
+    operator.stop();
+    teardown(rbac, azure, ns).await;
+}
+
+async fn status_lists_it_ready(ns: &str, expires: Timestamp) {
+    let args = ["status", "-n", ns, "-o", "json"];
+    let (code, stdout) = plugin(&args).await;
+    assert_eq!(code, 0, "{stdout}");
+    let rows = json_of(&args, &stdout);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ServicePrincipal" && r["name"] == "payroll")
+        .unwrap_or_else(|| panic!("payroll in {rows}"));
+    assert_eq!(row["namespace"], ns);
+    assert_eq!(row["ready"], "True", "{row}");
+    assert_eq!(time(&row["expires"]), expires);
+    let (code, table) = plugin(&args[..3]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("KIND ") && table.contains("payroll"),
+        "{table}"
+    );
+}
+
+async fn story_names_its_azure_ids(ns: &str, app_id: &str) {
+    let args = ["status", "sp", "payroll", "-n", ns, "-o", "json"];
+    let (code, stdout) = plugin(&args).await;
+    assert_eq!(code, 0, "{stdout}");
+    let story = json_of(&args, &stdout);
+    assert_eq!(story["azureIds"]["appId"], app_id, "{story}");
+    assert!(
+        story["azureIds"]["servicePrincipalId"].is_string(),
+        "{story}"
+    );
+    let conditions = story["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "{story}"
+    );
+    let events = story["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["reason"] == "CredentialIssued"),
+        "{story}"
+    );
+}
+
+async fn expiring_finds_it_in_the_window_only(ns: &str) {
+    let args = ["expiring", "-n", ns, "--within", "10000h", "-o", "json"];
+    let (code, stdout) = plugin(&args).await;
+    let found = json_of(&args, &stdout);
+    assert!(
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "payroll" && e["kind"] == "ServicePrincipal"),
+        "{found}"
+    );
+    assert_eq!(code, 1, "something expires within 10000h: exit 1");
+    let args = ["expiring", "-n", ns, "--within", "1s", "-o", "json"];
+    let (code, stdout) = plugin(&args).await;
+    assert_eq!(json_of(&args, &stdout), json!([]));
+    assert_eq!(code, 0, "nothing expires within 1s: exit 0");
+}
