@@ -78,6 +78,17 @@ Exit codes: 0 success; 2 an error.")]
 The window is a Go duration (720h, 90m, 1h30m) or a number of days (30d).
 Exit codes: 0 nothing expires in the window; 1 something does (it is listed); 2 an error.")]
     Expiring(ExpiringArgs),
+    /// Rotate a CredentialRotation's credential now: sets spec.rotationToken to the current time; with --wait,
+    /// follows the rotation until every target holds the new key or one refuses it.
+    #[command(after_help = "Examples:
+  kubectl entra rotate payroll -n team-a
+  kubectl entra rotate payroll -n team-a --wait
+  kubectl entra rotate payroll --wait --timeout 10m -o json
+
+For a GitOps-managed object, also set spec.rotationToken in Git to the value printed (any new string rotates).
+Exit codes: 0 rotation requested (and, with --wait, every target holds the new key); 1 a target refused it or
+--timeout passed; 2 an error.")]
+    Rotate(RotateArgs),
     /// Inspect a resource the operator wrote.
     #[command(subcommand)]
     Inspect(Inspect),
@@ -99,6 +110,18 @@ pub struct ExpiringArgs {
     /// The window from now: a Go duration (720h) or days (30d).
     #[arg(long, value_name = "DURATION", default_value = "30d")]
     pub within: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The CredentialRotation's name.
+    pub name: String,
+    /// Follow the rotation until every target holds the new key, or one fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (a Go duration, or days as 1d).
+    #[arg(long, value_name = "DURATION", default_value = "5m", requires = "wait")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,7 +169,7 @@ mod tests {
     fn the_command_line_is_consistent_and_every_verb_has_examples() {
         Cli::command().debug_assert();
         let mut cli = Cli::command();
-        for verb in ["status", "expiring"] {
+        for verb in ["status", "expiring", "rotate"] {
             let help = cli
                 .find_subcommand_mut(verb)
                 .unwrap()

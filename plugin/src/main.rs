@@ -3,13 +3,15 @@
 //! what it says is what the operator would conclude.
 //!
 //! Exit codes: 0 success; 1 a verb's "found something" (`expiring`: something expires in the window;
-//! `inspect secret --sign-in`: the sign-in failed); 2 an error (clap's usage errors are 2 as well).
+//! `inspect secret --sign-in`: the sign-in failed; `rotate --wait`: a target refused the key, or it timed
+//! out); 2 an error (clap's usage errors are 2 as well).
 
 mod cli;
 mod cluster;
 mod expiring;
 mod inspect;
 mod render;
+mod rotate;
 mod status;
 mod story;
 
@@ -49,6 +51,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(false)
         }
         Verb::Expiring(args) => expiring::run(&cluster, &args.within, format).await,
+        Verb::Rotate(args) => {
+            let wait = match args.wait {
+                true => Some(
+                    expiring::window(&args.timeout)
+                        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?,
+                ),
+                false => None,
+            };
+            rotate::run(&cluster, &args.name, wait, format).await
+        }
         Verb::Inspect(Inspect::Secret(args)) => inspect::run(&cluster, args, format).await,
     }
 }

@@ -1,7 +1,8 @@
 //! The kubectl plugin (`kubectl-entra`) against the real control plane and the emulator: the operator makes a
 //! ServicePrincipal Ready, then the plugin, run as an admin would run it, reports it in `status`, finds its
 //! credential in `expiring`'s window (exit 1) and not in a one-second one (exit 0), inspects its Secret
-//! without ever printing the secret, and signs in with it.
+//! without ever printing the secret, and signs in with it; then `rotate --wait` rotates a CredentialRotation of
+//! the same application and returns once its Secret holds the new key.
 //!
 //! The plugin is another package of the workspace, so cargo gives these tests no CARGO_BIN_EXE_ for it:
 //! `make build` (which `make test` runs first) builds it with the rest of the workspace's binaries, into the
@@ -11,13 +12,13 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, api::PostParams};
+use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::{Value, json};
 
-use entra_operator::api::ServicePrincipal;
+use entra_operator::api::{CredentialRotation, ServicePrincipal};
 
 use crate::{
-    harness::{Setup, eventually, ready_reason, teardown, text},
+    harness::{Setup, eventually, object, ready_reason, teardown, text, wait_condition},
     operator_run::Operator,
     support::admin_kubeconfig,
 };
@@ -149,8 +150,52 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
         "{table}"
     );
 
+    rotate_waits_for_the_new_key(&admin, ns_name, status.app_id.as_deref().unwrap()).await;
+
     operator.stop();
     teardown(rbac, azure, ns).await;
+}
+
+/// A rotation of the same application into a Secret of its own; `rotate --wait` sets the token and returns
+/// once that Secret holds a new key.
+async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str, app_id: &str) {
+    let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), ns);
+    let crot: CredentialRotation = object(
+        "CredentialRotation",
+        "payroll",
+        json!({"applicationId": app_id, "renewBefore": "1m", "overlap": "1s", "credentialLifetime": "1h",
+            "targets": {"secret": {"name": "payroll-rotated"}}}),
+    );
+    crots.create(&PostParams::default(), &crot).await.unwrap();
+    let first = wait_condition(&crots, "payroll", "True", "Ready", 60).await;
+    let first_key = first.status.unwrap().current_key_id.unwrap();
+    let args = [
+        "rotate",
+        "payroll",
+        "-n",
+        ns,
+        "--wait",
+        "--timeout",
+        "2m",
+        "-o",
+        "json",
+    ];
+    let (code, stdout) = plugin(&args).await;
+    let outcome = json_of(&args, &stdout);
+    assert_eq!(outcome["progress"]["state"], "done", "{outcome}");
+    assert_eq!(code, 0, "{outcome}");
+    let new_key = outcome["progress"]["keyId"].as_str().unwrap();
+    assert_ne!(new_key, first_key, "a new key");
+    let now = crots.get("payroll").await.unwrap();
+    assert_eq!(
+        now.spec.rotation_token.as_deref(),
+        outcome["rotationToken"].as_str()
+    );
+    let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+        .get("payroll-rotated")
+        .await
+        .unwrap();
+    assert_eq!(secret.annotations()["entra-operator.io/key-id"], new_key);
 }
 
 async fn status_lists_it_ready(ns: &str, expires: Timestamp) {
