@@ -86,12 +86,45 @@ Exit codes: 0 nothing expires in the window; 1 something does (it is listed); 2 
   kubectl entra rotate payroll --wait --timeout 10m -o json
 
 For a GitOps-managed object, also set spec.rotationToken in Git to the value printed (any new string rotates).
-Exit codes: 0 rotation requested (and, with --wait, every target holds the new key); 1 a target refused it or
+Exit codes: 0 rotation requested (and, with --wait, every target holds the new key); 1 a target refused it or \
 --timeout passed; 2 an error.")]
     Rotate(RotateArgs),
     /// Inspect a resource the operator wrote.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// The tenancy guardrail: what the cluster's DelegationPolicies allow a namespace.
+    #[command(subcommand)]
+    Policy(Policy),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Policy {
+    /// Runs the operator's own guardrail decision for a RoleDelegation in -n NS asking for ROLE at SCOPE (for
+    /// its namespace's ServicePrincipal, or --principal): names the DelegationPolicy that allows it, or says
+    /// why each selecting policy denies it, field by field.
+    #[command(after_help = "Examples:
+  kubectl entra policy explain -n team-a --role Reader \\
+      --scope /subscriptions/0000.../resourceGroups/team-a-web
+  kubectl entra policy explain -n team-a --role acdd72a7-3385-48ef-bd42-f606fba81ae7 --scope ... -o json
+  kubectl entra policy explain -n team-a --role Reader --scope ... --principal 9a41...
+
+This is the decision made before Azure is asked anything: a role whose definition can assign roles is refused \
+afterwards unless a policy names it.
+Exit codes: 0 allowed; 1 denied; 2 an error.")]
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The role: its name (Reader) or its definition GUID or id.
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    /// The ARM scope: /subscriptions/ID[/resourceGroups/NAME[/providers/...]].
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: String,
+    /// A principal object id (spec.principalId) instead of the namespace's own ServicePrincipal.
+    #[arg(long, value_name = "ID")]
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -133,10 +166,11 @@ pub enum Inspect {
   kubectl entra inspect secret payroll-credentials --sign-in          # a real sign-in against Entra
   kubectl entra inspect secret payroll-credentials --sign-in --ca-file emulator-ca.pem
 
---sign-in asks Entra for a Microsoft Graph and an Azure Resource Manager token with the Secret's credential,
+--sign-in asks Entra for a Microsoft Graph and an Azure Resource Manager token with the Secret's credential, \
 as the operator verifies a new one, and prints \"signed in\" or the kind of failure, never the credential.
-The tenant, client id and authority host come from the Secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
-AZURE_AUTHORITY_HOST in the env format; the matching fields in the others), else from the owner's status,
+
+The tenant, client id and authority host come from the Secret (AZURE_TENANT_ID, AZURE_CLIENT_ID, \
+AZURE_AUTHORITY_HOST in the env format; the matching fields in the others), else from the owner's status, \
 else from the flags; a flag given wins.
 Exit codes: 0 success (and signed in, with --sign-in); 1 the sign-in failed; 2 an error.")]
     Secret(InspectSecretArgs),

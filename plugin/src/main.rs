@@ -4,12 +4,13 @@
 //!
 //! Exit codes: 0 success; 1 a verb's "found something" (`expiring`: something expires in the window;
 //! `inspect secret --sign-in`: the sign-in failed; `rotate --wait`: a target refused the key, or it timed
-//! out); 2 an error (clap's usage errors are 2 as well).
+//! out; `policy explain`: denied); 2 an error (clap's usage errors are 2 as well).
 
 mod cli;
 mod cluster;
 mod expiring;
 mod inspect;
+mod policy;
 mod render;
 mod rotate;
 mod status;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Inspect, Verb};
+use cli::{Cli, Inspect, Policy, Verb};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,5 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             rotate::run(&cluster, &args.name, wait, format).await
         }
         Verb::Inspect(Inspect::Secret(args)) => inspect::run(&cluster, args, format).await,
+        Verb::Policy(Policy::Explain(args)) => {
+            let principal = args.principal.as_deref();
+            policy::run(&cluster, &args.role, &args.scope, principal, format).await
+        }
     }
 }

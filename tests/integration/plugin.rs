@@ -2,7 +2,8 @@
 //! ServicePrincipal Ready, then the plugin, run as an admin would run it, reports it in `status`, finds its
 //! credential in `expiring`'s window (exit 1) and not in a one-second one (exit 0), inspects its Secret
 //! without ever printing the secret, and signs in with it; then `rotate --wait` rotates a CredentialRotation of
-//! the same application and returns once its Secret holds the new key.
+//! the same application and returns once its Secret holds the new key; `policy explain` names the policy that
+//! allows a grant and the one that denies another.
 //!
 //! The plugin is another package of the workspace, so cargo gives these tests no CARGO_BIN_EXE_ for it:
 //! `make build` (which `make test` runs first) builds it with the rest of the workspace's binaries, into the
@@ -15,10 +16,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::{Value, json};
 
-use entra_operator::api::{CredentialRotation, ServicePrincipal};
+use entra_operator::api::{CredentialRotation, DelegationPolicy, ServicePrincipal};
 
 use crate::{
-    harness::{Setup, eventually, object, ready_reason, teardown, text, wait_condition},
+    harness::{
+        Setup, eventually, object, put_policy, ready_reason, teardown, text, wait_condition,
+    },
     operator_run::Operator,
     support::admin_kubeconfig,
 };
@@ -151,6 +154,7 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
     );
 
     rotate_waits_for_the_new_key(&admin, ns_name, status.app_id.as_deref().unwrap()).await;
+    policy_explain_names_the_allowing_policy(&admin, ns_name).await;
 
     operator.stop();
     teardown(rbac, azure, ns).await;
@@ -159,6 +163,8 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
 /// A rotation of the same application into a Secret of its own; `rotate --wait` sets the token and returns
 /// once that Secret holds a new key.
 async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str, app_id: &str) {
+    // Rotating an application by its id takes a policy that lists it (policy::applications::may_rotate).
+    let allows = put_policy(admin, ns, "rotate", json!({"applications": [app_id]})).await;
     let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), ns);
     let crot: CredentialRotation = object(
         "CredentialRotation",
@@ -196,6 +202,10 @@ async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str, app_id: &s
         .await
         .unwrap();
     assert_eq!(secret.annotations()["entra-operator.io/key-id"], new_key);
+    Api::<DelegationPolicy>::all(admin.clone())
+        .delete(&allows, &Default::default())
+        .await
+        .unwrap();
 }
 
 async fn status_lists_it_ready(ns: &str, expires: Timestamp) {
@@ -261,4 +271,50 @@ async fn expiring_finds_it_in_the_window_only(ns: &str) {
     let (code, stdout) = plugin(&args).await;
     assert_eq!(json_of(&args, &stdout), json!([]));
     assert_eq!(code, 0, "nothing expires within 1s: exit 0");
+}
+
+/// `policy explain` runs the operator's guardrail against the cluster's policies: the one selecting this
+/// namespace allows Reader at its resource group (exit 0) and denies Contributor, naming itself (exit 1).
+async fn policy_explain_names_the_allowing_policy(admin: &kube::Client, ns: &str) {
+    let scope = format!("/subscriptions/00000000-0000-4000-8000-0000000000aa/resourceGroups/{ns}");
+    let policy = put_policy(
+        admin,
+        ns,
+        "plugin",
+        json!({"scopes": [scope], "roles": ["Reader"]}),
+    )
+    .await;
+    let args = [
+        "policy", "explain", "-n", ns, "--role", "Reader", "--scope", &scope, "-o", "json",
+    ];
+    let (code, stdout) = plugin(&args).await;
+    let allowed = json_of(&args, &stdout);
+    assert_eq!(
+        (code, &allowed["allowed"], &allowed["policy"]),
+        (0, &json!(true), &json!(policy)),
+        "{allowed}"
+    );
+    let args = [
+        "policy",
+        "explain",
+        "-n",
+        ns,
+        "--role",
+        "Contributor",
+        "--scope",
+        &scope,
+        "-o",
+        "json",
+    ];
+    let (code, stdout) = plugin(&args).await;
+    let denied = json_of(&args, &stdout);
+    assert_eq!((code, &denied["allowed"]), (1, &json!(false)), "{denied}");
+    assert!(
+        denied["message"].as_str().unwrap().contains(&policy),
+        "{denied}"
+    );
+    Api::<DelegationPolicy>::all(admin.clone())
+        .delete(&policy, &Default::default())
+        .await
+        .unwrap();
 }
