@@ -92,9 +92,28 @@ Exit codes: 0 rotation requested (and, with --wait, every target holds the new k
     /// Inspect a resource the operator wrote.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// Whether the operator can do its job, as the cluster shows it: its CRDs are installed as this version
+    /// defines them, and a replica holds and renews the leader-election Lease.
+    #[command(after_help = "Examples:
+  kubectl entra check
+  kubectl entra check --operator-namespace platform --lease entra-operator -o json
+
+Not checked yet: the operator's own Azure sign-in and whether its Azure permissions suffice.
+Exit codes: 0 every check passed; 1 one failed (the table says which); 2 an error.")]
+    Check(CheckArgs),
     /// The tenancy guardrail: what the cluster's DelegationPolicies allow a namespace.
     #[command(subcommand)]
     Policy(Policy),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The namespace the operator runs in (the chart's release namespace), where its Lease is.
+    #[arg(long, value_name = "NS", default_value = "entra-operator-system")]
+    pub operator_namespace: String,
+    /// The leader-election Lease's name (the chart's leaderElection.leaseName).
+    #[arg(long, value_name = "NAME", default_value = "entra-operator")]
+    pub lease: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,7 +222,7 @@ mod tests {
     fn the_command_line_is_consistent_and_every_verb_has_examples() {
         Cli::command().debug_assert();
         let mut cli = Cli::command();
-        for verb in ["status", "expiring", "rotate"] {
+        for verb in ["status", "expiring", "rotate", "check"] {
             let help = cli
                 .find_subcommand_mut(verb)
                 .unwrap()

@@ -4,8 +4,9 @@
 //!
 //! Exit codes: 0 success; 1 a verb's "found something" (`expiring`: something expires in the window;
 //! `inspect secret --sign-in`: the sign-in failed; `rotate --wait`: a target refused the key, or it timed
-//! out; `policy explain`: denied); 2 an error (clap's usage errors are 2 as well).
+//! out; `policy explain`: denied; `check`: a check failed); 2 an error (clap's usage errors are 2 as well).
 
+mod check;
 mod cli;
 mod cluster;
 mod expiring;
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             rotate::run(&cluster, &args.name, wait, format).await
         }
         Verb::Inspect(Inspect::Secret(args)) => inspect::run(&cluster, args, format).await,
+        Verb::Check(args) => check::run(&cluster, args, format).await,
         Verb::Policy(Policy::Explain(args)) => {
             let principal = args.principal.as_deref();
             policy::run(&cluster, &args.role, &args.scope, principal, format).await

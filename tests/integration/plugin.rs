@@ -3,7 +3,7 @@
 //! credential in `expiring`'s window (exit 1) and not in a one-second one (exit 0), inspects its Secret
 //! without ever printing the secret, and signs in with it; then `rotate --wait` rotates a CredentialRotation of
 //! the same application and returns once its Secret holds the new key; `policy explain` names the policy that
-//! allows a grant and the one that denies another.
+//! allows a grant and the one that denies another; `check` finds every CRD and no leader.
 //!
 //! The plugin is another package of the workspace, so cargo gives these tests no CARGO_BIN_EXE_ for it:
 //! `make build` (which `make test` runs first) builds it with the rest of the workspace's binaries, into the
@@ -155,6 +155,7 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
 
     rotate_waits_for_the_new_key(&admin, ns_name, status.app_id.as_deref().unwrap()).await;
     policy_explain_names_the_allowing_policy(&admin, ns_name).await;
+    check_reports_each_crd_and_no_leader(ns_name).await;
 
     operator.stop();
     teardown(rbac, azure, ns).await;
@@ -317,4 +318,29 @@ async fn policy_explain_names_the_allowing_policy(admin: &kube::Client, ns: &str
         .delete(&policy, &Default::default())
         .await
         .unwrap();
+}
+
+/// `check` looks at every CRD, and finds no leader: this test's operator runs without leader election, so its
+/// namespace has no Lease (exit 1). Whether each CRD matches is not asserted: admission_fuzz, running beside,
+/// installs altered CRDs for a moment.
+async fn check_reports_each_crd_and_no_leader(ns: &str) {
+    let args = ["check", "--operator-namespace", ns, "-o", "json"];
+    let (code, stdout) = plugin(&args).await;
+    let findings = json_of(&args, &stdout);
+    let findings = findings.as_array().unwrap();
+    let crds = findings
+        .iter()
+        .filter(|f| f["check"].as_str().unwrap().starts_with("CRD "))
+        .count();
+    assert_eq!(crds, entra_operator::api::crds().len(), "{findings:?}");
+    let leader = findings
+        .iter()
+        .find(|f| f["check"] == "operator leader")
+        .unwrap();
+    assert_eq!(leader["ok"], false, "{leader}");
+    assert!(
+        leader["detail"].as_str().unwrap().contains("no Lease"),
+        "{leader}"
+    );
+    assert_eq!(code, 1);
 }
