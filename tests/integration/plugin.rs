@@ -153,7 +153,7 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
         "{table}"
     );
 
-    rotate_waits_for_the_new_key(&admin, ns_name, status.app_id.as_deref().unwrap()).await;
+    rotate_waits_for_the_new_key(&admin, ns_name).await;
     policy_explain_names_the_allowing_policy(&admin, ns_name).await;
     check_reports_each_crd_and_no_leader(ns_name).await;
 
@@ -161,17 +161,15 @@ async fn the_plugin_reports_finds_inspects_and_signs_in() {
     teardown(rbac, azure, ns).await;
 }
 
-/// A rotation of the same application into a Secret of its own; `rotate --wait` sets the token and returns
-/// once that Secret holds a new key.
-async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str, app_id: &str) {
-    // Rotating an application by its id takes a policy that lists it (policy::applications::may_rotate).
-    let allows = put_policy(admin, ns, "rotate", json!({"applications": [app_id]})).await;
+/// A rotation of the ServicePrincipal `payroll` (its Secret `payroll`); `rotate --wait` sets the token and
+/// returns once the Secret holds a new key.
+async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str) {
     let crots: Api<CredentialRotation> = Api::namespaced(admin.clone(), ns);
     let crot: CredentialRotation = object(
         "CredentialRotation",
         "payroll",
-        json!({"applicationId": app_id, "renewBefore": "1m", "overlap": "1s", "credentialLifetime": "1h",
-            "targets": {"secret": {"name": "payroll-rotated"}}}),
+        json!({"servicePrincipalRef": {"name": "payroll"}, "renewBefore": "1m", "overlap": "1s",
+            "credentialLifetime": "1h"}),
     );
     crots.create(&PostParams::default(), &crot).await.unwrap();
     let first = wait_condition(&crots, "payroll", "True", "Ready", 60).await;
@@ -199,14 +197,17 @@ async fn rotate_waits_for_the_new_key(admin: &kube::Client, ns: &str, app_id: &s
         outcome["rotationToken"].as_str()
     );
     let secret = Api::<Secret>::namespaced(admin.clone(), ns)
-        .get("payroll-rotated")
+        .get(&secret_name_of(admin, ns).await)
         .await
         .unwrap();
     assert_eq!(secret.annotations()["entra-operator.io/key-id"], new_key);
-    Api::<DelegationPolicy>::all(admin.clone())
-        .delete(&allows, &Default::default())
-        .await
-        .unwrap();
+}
+
+/// The Secret the ServicePrincipal `payroll` delivers to.
+async fn secret_name_of(admin: &kube::Client, ns: &str) -> String {
+    let sps: Api<ServicePrincipal> = Api::namespaced(admin.clone(), ns);
+    let sp = sps.get("payroll").await.unwrap();
+    sp.spec.secret.unwrap().name
 }
 
 async fn status_lists_it_ready(ns: &str, expires: Timestamp) {
