@@ -450,3 +450,18 @@ pub async fn sign_in(http: &(reqwest::Client, String), client_id: &str, secret: 
     }
     0
 }
+
+/// The Python of the contract suite's venv, with Microsoft's Azure SDKs installed (once, by
+/// `emulator/contract/sdk-venv.sh`): how the tests run those SDKs against the emulator.
+pub fn sdk_python() -> String {
+    let script = crate::repo_root().join("emulator/contract/sdk-venv.sh");
+    let venv = std::process::Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{} runs: {e}", script.display()));
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    String::from_utf8(venv.stdout).unwrap().trim().to_string()
+}

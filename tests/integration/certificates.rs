@@ -104,16 +104,7 @@ token = credential.get_token("https://management.azure.com/.default").token
 claims = token.split(".")[1]
 print(json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["appid"])
 "#;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::process::Command::new(repo.join("emulator/contract/sdk-venv.sh"))
-        .output()
-        .expect("emulator/contract/sdk-venv.sh runs");
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+    let python = crate::harness::sdk_python();
     let tenant = azure_emulator::config::Config::default_seed()
         .seed
         .tenant_id;

@@ -114,16 +114,7 @@ p = got.properties
 print(json.dumps({"value": got.value, "expires": int(p.expires_on.timestamp()),
                   "notBefore": int(p.not_before.timestamp()), "contentType": p.content_type, "tags": p.tags}))
 "#;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::process::Command::new(repo.join("emulator/contract/sdk-venv.sh"))
-        .output()
-        .expect("emulator/contract/sdk-venv.sh runs");
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+    let python = crate::harness::sdk_python();
     let tenant = azure_emulator::config::Config::default_seed()
         .seed
         .tenant_id;
