@@ -184,6 +184,45 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// The credential a round signs in with (no Debug: the text is the secret).
+pub struct Candidate<'a> {
+    pub key_id: &'a str,
+    pub client_id: &'a str,
+    pub kind: Kind,
+    /// A password, or a certificate's PEM.
+    pub text: &'a str,
+}
+
+/// One reconcile's part of a verification, the same for every kind that verifies: a round when one is due,
+/// recorded in `verification` and in the Verifying condition of `conditions`. None once the credential has
+/// passed; else when the next round is due.
+pub async fn advance(
+    ctx: &super::Context,
+    candidate: Candidate<'_>,
+    verification: &mut Option<VerificationStatus>,
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    generation: Option<i64>,
+) -> Option<Timestamp> {
+    let (key, policy, now) = (candidate.key_id, ctx.verification, super::clock::now());
+    let mut next = self::next(verification.as_ref(), key, now, policy);
+    if next == Next::SignInNow {
+        let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
+        let (client_id, kind, text) = (candidate.client_id, candidate.kind, candidate.text);
+        let outcome = round(cloud, http, tenant, client_id, kind, text).await;
+        let at = super::clock::now();
+        let recorded = record(verification.as_ref(), key, outcome, at, policy);
+        set_condition(conditions, &recorded, generation, Time(at));
+        next = self::next(Some(&recorded), key, at, policy);
+        *verification = Some(recorded);
+    }
+    match next {
+        Next::Verified => None,
+        Next::WaitUntil(until) => Some(until),
+        // Only with a zero window: the next round at once, on the next reconcile.
+        Next::SignInNow => Some(now),
+    }
+}
+
 /// One round: a Microsoft Graph token and an Azure Resource Manager token for `client_id`, with `text` (a
 /// password, or a certificate's PEM).
 pub async fn round(

@@ -189,7 +189,7 @@ impl Run<'_> {
             }
             Step::Verify => {
                 self.adopt_verification(status, &key_id);
-                publication.verify(status, clock::now()).await?
+                publication.verify(status).await?
             }
             Step::PublishKeyVault { index, name } => {
                 if let Some(why) = self.publish_vault(status, *index, name, &issued).await {

@@ -444,44 +444,28 @@ impl Publication<'_> {
     /// Proves that Entra accepts the key everywhere (see `verification`): a round of sign-ins when one is
     /// due, recorded in status; until enough have passed in a row over the window, nothing else is published
     /// and the reconcile stops, to look again when the next round is due.
-    pub(super) async fn verify(
-        &self,
-        status: &mut CredentialRotationStatus,
-        now: Timestamp,
-    ) -> Result<(), Error> {
-        let (ctx, key) = (self.ctx, self.key_id);
-        let policy = ctx.verification;
-        let mut next = verification::next(status.verification.as_ref(), key, now, policy);
-        if next == verification::Next::SignInNow {
-            let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
-            let outcome =
-                verification::round(cloud, http, tenant, self.client_id, self.kind, self.text)
-                    .await;
-            let at = clock::now();
-            let recorded =
-                verification::record(status.verification.as_ref(), key, outcome, at, policy);
-            next = verification::next(Some(&recorded), key, at, policy);
-            let generation = self.crot.metadata.generation;
-            verification::set_condition(&mut status.conditions, &recorded, generation, Time(at));
-            status.verification = Some(recorded);
-        }
+    pub(super) async fn verify(&self, status: &mut CredentialRotationStatus) -> Result<(), Error> {
+        let candidate = verification::Candidate {
+            key_id: self.key_id,
+            client_id: self.client_id,
+            kind: self.kind,
+            text: self.text,
+        };
+        let generation = self.crot.metadata.generation;
+        let (record, conditions) = (&mut status.verification, &mut status.conditions);
+        let due = verification::advance(self.ctx, candidate, record, conditions, generation).await;
         let progress = status.verification.as_ref().map(verification::progress);
-        let until = match next {
-            verification::Next::Verified => {
-                let published = TargetState::Published;
-                self.set(
-                    status,
-                    TargetKind::SignIn,
-                    SIGN_IN_TARGET,
-                    published,
-                    None,
-                    None,
-                );
-                return Ok(());
-            }
-            verification::Next::WaitUntil(until) => until,
-            // Only with a zero window: the next round at once, on the next reconcile.
-            verification::Next::SignInNow => now,
+        let Some(until) = due else {
+            let published = TargetState::Published;
+            self.set(
+                status,
+                TargetKind::SignIn,
+                SIGN_IN_TARGET,
+                published,
+                None,
+                None,
+            );
+            return Ok(());
         };
         let message = progress.unwrap_or_default();
         let pending = TargetState::Pending;

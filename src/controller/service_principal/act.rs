@@ -36,7 +36,7 @@ use crate::{
         key_vault, publish, secrets, verification,
     },
 };
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 /// Acts on `planned`; the status to write, the service principal's id, and when to look again while the
@@ -146,33 +146,21 @@ async fn verify(
     let grandfathered = before.is_some_and(|b| {
         b.verification.is_none()
             && b.credential.as_ref().map(|c| &c.key_id) == Some(&credential.key_id)
-            && crate::api::conditions::is_true(&b.conditions, crate::api::conditions::READY)
+            && conditions::is_true(&b.conditions, conditions::READY)
     });
     if grandfathered || sp.annotations().contains_key(ROTATED_BY_ANNOTATION) {
         return None;
     }
-    let (key, policy, now) = (&credential.key_id, ctx.verification, clock::now());
-    let mut next = verification::next(status.verification.as_ref(), key, now, policy);
-    if next == verification::Next::SignInNow {
-        let (cloud, http, tenant) = (&ctx.cloud, &ctx.http, &ctx.tenant_id);
-        let client_id = status.app_id.clone().unwrap_or_default();
-        let outcome = verification::round(cloud, http, tenant, &client_id, kind, text).await;
-        let at = clock::now();
-        let recorded = verification::record(status.verification.as_ref(), key, outcome, at, policy);
-        verification::set_condition(
-            &mut status.conditions,
-            &recorded,
-            sp.metadata.generation,
-            Time(at),
-        );
-        next = verification::next(Some(&recorded), key, at, policy);
-        status.verification = Some(recorded);
-    }
-    let until = match next {
-        verification::Next::Verified => return None,
-        verification::Next::WaitUntil(until) => until,
-        verification::Next::SignInNow => now,
+    let client_id = status.app_id.clone().unwrap_or_default();
+    let candidate = verification::Candidate {
+        key_id: &credential.key_id,
+        client_id: &client_id,
+        kind,
+        text,
     };
+    let (record, conditions) = (&mut status.verification, &mut status.conditions);
+    let until =
+        verification::advance(ctx, candidate, record, conditions, sp.metadata.generation).await?;
     let message = status
         .verification
         .as_ref()
